@@ -1,0 +1,42 @@
+"""s3fast: an asyncio-native, high-throughput S3 transfer engine.
+
+``S3`` is a drop-in for ``metaflow.S3``; ``AsyncS3`` is the same API for asyncio code.
+"""
+
+from __future__ import annotations
+
+from .aio import AsyncS3
+from .config import TransferConfig
+from .errors import (
+    MetaflowS3AccessDenied,
+    MetaflowS3Exception,
+    MetaflowS3InsufficientDiskSpace,
+    MetaflowS3InvalidObject,
+    MetaflowS3InvalidRange,
+    MetaflowS3NotFound,
+    MetaflowS3TransferError,
+    MetaflowS3URLException,
+)
+from .objects import RangeInfo, S3GetObject, S3Object, S3PutObject
+from .sync import S3
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "S3",
+    "AsyncS3",
+    "MetaflowS3AccessDenied",
+    "MetaflowS3Exception",
+    "MetaflowS3InsufficientDiskSpace",
+    "MetaflowS3InvalidObject",
+    "MetaflowS3InvalidRange",
+    "MetaflowS3NotFound",
+    "MetaflowS3TransferError",
+    "MetaflowS3URLException",
+    "RangeInfo",
+    "S3GetObject",
+    "S3Object",
+    "S3PutObject",
+    "TransferConfig",
+    "__version__",
+]

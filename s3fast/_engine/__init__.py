@@ -1,0 +1,1 @@
+"""The async core: client setup and limiter, downloads, uploads, listings."""

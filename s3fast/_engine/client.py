@@ -1,0 +1,120 @@
+"""The engine's shared state: one aiobotocore client, one concurrency limiter, one config.
+
+aiobotocore does credentials (the standard AWS chain), endpoint and region resolution, SigV4
+signing, request retries for transient errors (``standard`` mode) and XML error parsing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession, get_session
+
+from ..config import TransferConfig
+from ..tuning import default_concurrency
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "METAFLOW_S3_ENDPOINT_URL")
+
+
+def resolve_endpoint(endpoint_url: str | None) -> str | None:
+    """``endpoint_url`` > ``AWS_ENDPOINT_URL_S3`` > ``AWS_ENDPOINT_URL`` >
+    ``METAFLOW_S3_ENDPOINT_URL``, read now."""
+    if endpoint_url:
+        return endpoint_url
+    for name in ENDPOINT_VARS:
+        if os.environ.get(name):
+            return os.environ[name]
+    return None
+
+
+class Engine:
+    """Lives on one event loop. Made by AsyncS3; ``start()`` before use, ``close()`` after."""
+
+    def __init__(self, config: TransferConfig, endpoint_url: str | None) -> None:
+        self.config = config
+        self.endpoint_url = resolve_endpoint(endpoint_url)
+        self.concurrency = config.max_concurrency or default_concurrency()
+        self._client: Any = None
+        self._client_cm: Any = None
+        self._limiter: asyncio.Semaphore | None = None
+        self._start_lock: asyncio.Lock | None = None
+        self.conditional_put = True  # cleared if the server rejects If-None-Match
+
+    async def client(self) -> Any:
+        if self._client is None:
+            if self._start_lock is None:
+                self._start_lock = asyncio.Lock()
+            async with self._start_lock:
+                if self._client is None:
+                    await self._start()
+        return self._client
+
+    async def _start(self) -> None:
+        session: AioSession = get_session()
+        cfg = self.config
+        aio_cfg = AioConfig(
+            max_pool_connections=self.concurrency,
+            connect_timeout=cfg.connect_timeout,
+            read_timeout=cfg.read_timeout,
+            retries={"max_attempts": cfg.max_attempts, "mode": "standard"},
+            s3={"addressing_style": "path"} if self.endpoint_url else None,
+            signature_version="s3v4",
+            tcp_keepalive=True,
+        )
+        region = session.get_config_variable("region") or "us-east-1"
+        verify: bool | str = cfg.ca_bundle or cfg.verify_ssl
+        cm = session.create_client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name=region,
+            config=aio_cfg,
+            verify=verify,
+        )
+        self._client = await cm.__aenter__()
+        self._client_cm = cm
+        self._limiter = asyncio.Semaphore(self.concurrency)
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[Any]:
+        """One request in flight: the engine's single concurrency limiter."""
+        client = await self.client()
+        assert self._limiter is not None
+        async with self._limiter:
+            yield client
+
+    async def close(self) -> None:
+        cm, self._client_cm, self._client = self._client_cm, None, None
+        if cm is not None:
+            await cm.__aexit__(None, None, None)
+
+
+async def bounded_map(
+    fn: Callable[[T], Awaitable[R]], items: Sequence[T] | Iterable[T], window: int
+) -> list[R]:
+    """``[await fn(x) for x in items]`` with at most ``window`` running at once, results in
+    input order. The first failure cancels the rest, waits for their cleanup, and is raised."""
+    items = list(items)
+    results: list[Any] = [None] * len(items)
+    feed = iter(enumerate(items))
+
+    async def worker() -> None:
+        for idx, item in feed:
+            results[idx] = await fn(item)
+
+    tasks = [asyncio.ensure_future(worker()) for _ in range(min(window, len(items)))]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    return results

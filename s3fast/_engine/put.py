@@ -1,0 +1,260 @@
+"""Uploads: one object from memory, a local file or a file object.
+
+Below ``multipart_threshold`` one PutObject; above, a multipart upload whose parts go out
+concurrently (bounded by the engine's limiter) and which is aborted on any failure or
+cancellation. ``overwrite=False`` is a conditional write (``If-None-Match: *``), atomic on the
+server; servers that reject the header fall back to a HEAD check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import botocore.exceptions
+
+from ..errors import MetaflowS3Exception, MetaflowS3NotFound, error_code, raise_translated
+from ..limits import MAX_PUT_OBJECT_SIZE, part_size_for
+from ..urls import S3Path
+from .client import Engine, bounded_map
+
+ABORT_TIMEOUT = 15.0
+_PRECONDITION = ("PreconditionFailed", "412", "ConditionalRequestConflict")
+_UNSUPPORTED = ("NotImplemented", "501")
+
+
+@dataclass
+class Source:
+    """Bytes to upload: exactly one of ``data``, ``path`` or ``fileobj``."""
+
+    data: bytes | None = None
+    path: str | None = None
+    fileobj: io.IOBase | None = None
+
+    def size(self) -> int:
+        if self.data is not None:
+            return len(self.data)
+        if self.path is not None:
+            return os.stat(self.path).st_size
+        assert self.fileobj is not None
+        self.fileobj.seek(0, os.SEEK_END)
+        size = self.fileobj.tell()
+        self.fileobj.seek(0)
+        return size
+
+
+class _Reader:
+    """Reads byte spans of a source off the event loop."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.fd: int | None = None
+        self.lock = asyncio.Lock()  # file objects are not safe for concurrent seek+read
+
+    async def __aenter__(self) -> _Reader:
+        if self.source.path is not None:
+            loop = asyncio.get_running_loop()
+            self.fd = await loop.run_in_executor(
+                None, os.open, self.source.path, os.O_RDONLY | os.O_CLOEXEC
+            )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    async def read(self, offset: int, size: int) -> bytes:
+        src = self.source
+        if src.data is not None:
+            return src.data[offset : offset + size]
+        loop = asyncio.get_running_loop()
+        if self.fd is not None:
+            data = await loop.run_in_executor(None, _pread_all, self.fd, size, offset)
+        else:
+            assert src.fileobj is not None
+            fobj = src.fileobj
+            async with self.lock:
+                data = await loop.run_in_executor(None, _seek_read, fobj, offset, size)
+        if len(data) != size:
+            raise MetaflowS3Exception(
+                f"{src.path or 'file object'}: expected {size} bytes at offset {offset}, "
+                f"read {len(data)} (the source changed during the upload?)"
+            )
+        return data
+
+
+def _pread_all(fd: int, size: int, offset: int) -> bytes:
+    chunks = []
+    while size > 0:
+        chunk = os.pread(fd, size, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size -= len(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def _seek_read(fobj: Any, offset: int, size: int) -> bytes:
+    fobj.seek(offset)
+    data = fobj.read(size)
+    return bytes(data) if data is not None else b""
+
+
+def _extra(content_type: str | None, metadata: dict[str, str] | None, encryption: str | None) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    if content_type:
+        extra["ContentType"] = content_type
+    if metadata:
+        extra["Metadata"] = metadata
+    if encryption:
+        extra["ServerSideEncryption"] = encryption
+    return extra
+
+
+async def _exists(engine: Engine, path: S3Path, url: str) -> bool:
+    try:
+        async with engine.slot() as client:
+            await client.head_object(Bucket=path.bucket, Key=path.key)
+        return True
+    except botocore.exceptions.ClientError as exc:
+        if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise_translated(exc, url)
+
+
+async def put(
+    engine: Engine,
+    path: S3Path,
+    url: str,
+    source: Source,
+    *,
+    overwrite: bool = True,
+    content_type: str | None = None,
+    metadata: dict[str, str] | None = None,
+    encryption: str | None = None,
+) -> bool:
+    """Upload; returns False when ``overwrite=False`` and the key already existed."""
+    try:
+        loop = asyncio.get_running_loop()
+        size = await loop.run_in_executor(None, source.size)
+        extra = _extra(content_type, metadata, encryption)
+        if not overwrite and not engine.conditional_put and await _exists(engine, path, url):
+            return False
+        async with _Reader(source) as reader:
+            if size < engine.config.multipart_threshold and size <= MAX_PUT_OBJECT_SIZE:
+                return await _put_single(engine, path, url, reader, size, extra, overwrite)
+            if not overwrite and await _exists(engine, path, url):
+                return False  # skip the big upload; the complete below is conditional too
+            return await _put_multipart(engine, path, url, reader, size, extra, overwrite)
+    except Exception as exc:
+        if isinstance(exc, FileNotFoundError) and not isinstance(exc, MetaflowS3Exception):
+            raise MetaflowS3NotFound(f"Local file not found: {source.path}", source.path) from exc
+        raise_translated(exc, url)
+
+
+async def _put_single(
+    engine: Engine,
+    path: S3Path,
+    url: str,
+    reader: _Reader,
+    size: int,
+    extra: dict[str, Any],
+    overwrite: bool,
+) -> bool:
+    body = await reader.read(0, size)
+    conditional = not overwrite and engine.conditional_put
+    try:
+        async with engine.slot() as client:
+            await client.put_object(
+                Bucket=path.bucket,
+                Key=path.key,
+                Body=body,
+                **extra,
+                **({"IfNoneMatch": "*"} if conditional else {}),
+            )
+        return True
+    except botocore.exceptions.ClientError as exc:
+        code = error_code(exc)
+        if conditional and code in _PRECONDITION:
+            return False
+        if conditional and code in _UNSUPPORTED:
+            engine.conditional_put = False
+            if await _exists(engine, path, url):
+                return False
+            return await _put_single(engine, path, url, reader, size, extra, True)
+        raise
+
+
+async def _put_multipart(
+    engine: Engine,
+    path: S3Path,
+    url: str,
+    reader: _Reader,
+    size: int,
+    extra: dict[str, Any],
+    overwrite: bool,
+) -> bool:
+    part = part_size_for(size, engine.config.part_size)
+    spans = [(n + 1, off, min(part, size - off)) for n, off in enumerate(range(0, size, part))]
+    async with engine.slot() as client:
+        created = await client.create_multipart_upload(Bucket=path.bucket, Key=path.key, **extra)
+    upload_id = created["UploadId"]
+    try:
+
+        async def upload(span: tuple[int, int, int]) -> dict[str, Any]:
+            number, offset, length = span
+            async with engine.slot() as client:
+                data = await reader.read(offset, length)
+                resp = await client.upload_part(
+                    Bucket=path.bucket,
+                    Key=path.key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=data,
+                )
+            done = {"PartNumber": number, "ETag": resp["ETag"]}
+            for name in ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumSHA1", "ChecksumSHA256", "ChecksumCRC64NVME"):
+                if resp.get(name):
+                    done[name] = resp[name]
+            return done
+
+        parts = await bounded_map(upload, spans, engine.concurrency)
+        conditional = not overwrite and engine.conditional_put
+        async with engine.slot() as client:
+            try:
+                await client.complete_multipart_upload(
+                    Bucket=path.bucket,
+                    Key=path.key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                    **({"IfNoneMatch": "*"} if conditional else {}),
+                )
+            except botocore.exceptions.ClientError as exc:
+                if conditional and error_code(exc) in _PRECONDITION:
+                    await _abort(engine, path, upload_id)
+                    return False
+                raise
+        return True
+    except BaseException:
+        await asyncio.shield(_abort(engine, path, upload_id))
+        raise
+
+
+async def _abort(engine: Engine, path: S3Path, upload_id: str) -> None:
+    """Abort a multipart upload, bounded in time; never raises (the caller's error wins)."""
+    try:
+        client = await engine.client()
+        async with asyncio.timeout(ABORT_TIMEOUT):
+            await client.abort_multipart_upload(
+                Bucket=path.bucket, Key=path.key, UploadId=upload_id
+            )
+    except Exception:  # best effort; S3 lifecycle rules are the backstop
+        logging.getLogger(__name__).warning(
+            "could not abort multipart upload %s of s3://%s/%s", upload_id, path.bucket, path.key
+        )

@@ -1,0 +1,161 @@
+"""S3: a drop-in for ``metaflow.S3``. Each method is one call through the bridge onto the
+shared event loop, where an :class:`~s3fast.aio.AsyncS3` does the work."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+from . import _bridge
+from .aio import AsyncS3, PutValue
+from .config import TransferConfig
+from .objects import S3Object
+
+
+def _listify(values: Any) -> Any:
+    # Materialize iterators here, in the caller's thread, not on the loop.
+    if values is None or isinstance(values, str | bytes):
+        return values
+    return list(values)
+
+
+class S3:
+    """The s3fast client, with metaflow.S3's constructor, methods and results.
+
+    ``with S3(s3root="s3://bucket/prefix") as s3: s3.get_many([...])`` — downloads live in a
+    private temp dir until the ``with`` block ends (or ``close()``).
+
+    Parameters
+    ----------
+    tmproot : str, optional
+        Where downloads land (see :class:`~s3fast.AsyncS3` for the default order).
+    bucket : str, optional
+        Override the bucket of ``DATATOOLS_S3ROOT`` when ``run`` is given.
+    prefix : str, optional
+        Override the path of ``DATATOOLS_S3ROOT`` when ``run`` is given.
+    run : FlowSpec or Run, optional
+        Derive the prefix from the current or a past run, e.g. ``S3(run=self)``.
+    s3root : str, optional
+        If ``run`` is not given, use this as the S3 prefix.
+    encryption : str, optional
+        Server-side encryption for uploads.
+    endpoint_url : str, optional
+        S3 endpoint (keyword only).
+    config : TransferConfig, optional
+        Transfer settings (keyword only).
+    """
+
+    def __init__(
+        self,
+        tmproot: str | None = None,
+        bucket: str | None = None,
+        prefix: str | None = None,
+        run: Any = None,
+        s3root: str | None = None,
+        encryption: str | None = None,
+        *,
+        endpoint_url: str | None = None,
+        config: TransferConfig | None = None,
+    ) -> None:
+        self._aio = AsyncS3(
+            tmproot,
+            bucket,
+            prefix,
+            run,
+            s3root,
+            encryption,
+            endpoint_url=endpoint_url,
+            config=config,
+        )
+        # Temp files go even if close() is never called.
+        self._finalizer = weakref.finalize(self, self._aio._targets.close)
+
+    def __enter__(self) -> S3:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Delete every file downloaded in this scope and close connections."""
+        if not self._aio._closed:
+            try:
+                _bridge.run(self._aio.close())
+            finally:
+                self._finalizer()
+
+    @property
+    def tmpdirs(self) -> list[str]:
+        return self._aio.tmpdirs
+
+    def get(
+        self,
+        key: Any = None,
+        return_missing: bool = False,
+        return_info: bool = True,
+        *,
+        in_memory: bool = False,
+    ) -> S3Object:
+        """Get a single object from S3. See :meth:`AsyncS3.get`."""
+        return _bridge.run(self._aio.get(key, return_missing, return_info, in_memory=in_memory))
+
+    def get_many(
+        self,
+        keys: Iterable[Any],
+        return_missing: bool = False,
+        return_info: bool = True,
+        *,
+        in_memory: bool = False,
+    ) -> list[S3Object]:
+        """Get many objects from S3 in parallel. See :meth:`AsyncS3.get_many`."""
+        return _bridge.run(
+            self._aio.get_many(_listify(keys), return_missing, return_info, in_memory=in_memory)
+        )
+
+    def get_recursive(
+        self, keys: Iterable[str], return_info: bool = False, *, in_memory: bool = False
+    ) -> list[S3Object]:
+        """Get every object under the given prefixes. See :meth:`AsyncS3.get_recursive`."""
+        return _bridge.run(
+            self._aio.get_recursive(_listify(keys), return_info, in_memory=in_memory)
+        )
+
+    def get_all(self, return_info: bool = False, *, in_memory: bool = False) -> list[S3Object]:
+        """Get every object under the client's root. See :meth:`AsyncS3.get_all`."""
+        return _bridge.run(self._aio.get_all(return_info, in_memory=in_memory))
+
+    def put(
+        self,
+        key: Any,
+        obj: PutValue,
+        overwrite: bool = True,
+        content_type: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> str:
+        """Upload one object. See :meth:`AsyncS3.put`."""
+        return _bridge.run(self._aio.put(key, obj, overwrite, content_type, metadata))
+
+    def put_many(self, key_objs: Iterable[Any], overwrite: bool = True) -> list[tuple[str, str]]:
+        """Upload many objects. See :meth:`AsyncS3.put_many`."""
+        return _bridge.run(self._aio.put_many(_listify(key_objs), overwrite))
+
+    def put_files(self, key_paths: Iterable[Any], overwrite: bool = True) -> list[tuple[str, str]]:
+        """Upload many local files. See :meth:`AsyncS3.put_files`."""
+        return _bridge.run(self._aio.put_files(_listify(key_paths), overwrite))
+
+    def list_paths(self, keys: Iterable[str] | None = None) -> list[S3Object]:
+        """List the next level of paths. See :meth:`AsyncS3.list_paths`."""
+        return _bridge.run(self._aio.list_paths(_listify(keys)))
+
+    def list_recursive(self, keys: Iterable[str] | None = None) -> list[S3Object]:
+        """List every object under the given prefixes. See :meth:`AsyncS3.list_recursive`."""
+        return _bridge.run(self._aio.list_recursive(_listify(keys)))
+
+    def info(self, key: str | None = None, return_missing: bool = False) -> S3Object:
+        """Metadata about one object. See :meth:`AsyncS3.info`."""
+        return _bridge.run(self._aio.info(key, return_missing))
+
+    def info_many(self, keys: Iterable[str], return_missing: bool = False) -> list[S3Object]:
+        """Metadata about many objects. See :meth:`AsyncS3.info_many`."""
+        return _bridge.run(self._aio.info_many(_listify(keys), return_missing))

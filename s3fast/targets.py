@@ -1,0 +1,150 @@
+"""Where downloaded bytes land: private temp dirs on tmpfs or disk, with free-space checks.
+
+The root is chosen in this order: the ``tmproot`` argument, ``S3FAST_TMPDIR``,
+``METAFLOW_TEMPDIR``, ``metaflow.current.tempdir`` inside a running flow (all of these are
+*explicit*: only that place is used), else a tmpfs mount (``/dev/shm``) while its free space
+covers the download with a margin, falling back to the system temp dir.
+
+Each root gets one private directory (mode 0700, files 0600) per client, made on first use and
+removed by :meth:`Targets.close`. Local names are ``<n>-<sanitized leaf>``: they never derive
+from a key in a way that can leave the directory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+
+from .errors import MetaflowS3InsufficientDiskSpace
+from .limits import MiB
+
+TMPFS_CANDIDATES = ("/dev/shm",)
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_DIR_PREFIX = "s3fast."
+
+
+def _explicit_root(tmproot: str | None) -> str | None:
+    if tmproot:
+        return tmproot
+    for name in ("S3FAST_TMPDIR", "METAFLOW_TEMPDIR"):
+        if os.environ.get(name):
+            return os.environ[name]
+    if "metaflow" in sys.modules:  # only look inside a flow that is already imported
+        try:
+            from metaflow import current  # type: ignore[import-not-found]
+
+            if current.is_running_flow and getattr(current, "tempdir", None):
+                return str(current.tempdir)
+        except Exception:
+            pass
+    return None
+
+
+def _is_tmpfs(path: str) -> bool:
+    try:
+        with open("/proc/mounts") as f:
+            mounts = [line.split() for line in f]
+    except OSError:
+        return False
+    real = os.path.realpath(path)
+    return any(len(m) > 2 and m[1] == real and m[2] == "tmpfs" for m in mounts)
+
+
+def free_bytes(path: str) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def margin(path: str, explicit: bool = False) -> int:
+    """Space to leave free. A place the user chose keeps a little slack; an automatic choice
+    keeps more, and tmpfs (which is memory) more still."""
+    st = os.statvfs(path)
+    total = st.f_blocks * st.f_frsize
+    if explicit:
+        return min(16 * MiB, total // 100)
+    if _is_tmpfs(path):
+        return max(256 * MiB, total // 10)
+    return max(64 * MiB, total // 100)
+
+
+def local_name(counter: int, url: str, tag: str = "") -> str:
+    leaf = url.rstrip("/").rsplit("/", 1)[-1]
+    leaf = _SAFE.sub("_", leaf).strip("._")[:80] or "object"
+    return f"{counter:06d}-{leaf}{'-' + tag if tag else ''}"
+
+
+class _Root:
+    def __init__(self, base: str, explicit: bool) -> None:
+        self.base = base
+        self.explicit = explicit
+        self.dir: str | None = None
+        self.reserved = 0
+
+
+class Targets:
+    """Private temp dirs and space reservations for one client. Thread-safe."""
+
+    def __init__(self, tmproot: str | None = None) -> None:
+        explicit = _explicit_root(tmproot)
+        if explicit is not None:
+            self._roots = [_Root(explicit, True)]
+        else:
+            shm = [p for p in TMPFS_CANDIDATES if os.path.isdir(p) and os.access(p, os.W_OK)]
+            self._roots = [_Root(p, False) for p in shm] + [_Root(tempfile.gettempdir(), False)]
+        self._lock = threading.Lock()
+        self._counter = itertools.count()
+        self._closed = False
+
+    @property
+    def dirs(self) -> list[str]:
+        """The private dirs made so far."""
+        return [r.dir for r in self._roots if r.dir]
+
+    def _ensure_dir(self, root: _Root) -> str:
+        if root.dir is None:
+            os.makedirs(root.base, exist_ok=True)
+            root.dir = tempfile.mkdtemp(prefix=_DIR_PREFIX, dir=root.base)  # mode 0700
+        return root.dir
+
+    def reserve(self, size: int, url: str) -> tuple[str, int]:
+        """Pick a directory with room for ``size`` more bytes and reserve them.
+
+        Returns ``(dir, token)``; hand the token back to :meth:`release`. Raises
+        :class:`MetaflowS3InsufficientDiskSpace` before anything is written if no place fits.
+        """
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the S3 client is closed")
+            tried = []
+            for idx, root in enumerate(self._roots):
+                os.makedirs(root.base, exist_ok=True)
+                avail = free_bytes(root.base) - root.reserved
+                need = size + margin(root.base, root.explicit)
+                if size == 0 or avail >= need:
+                    root.reserved += size
+                    return self._ensure_dir(root), idx
+                tried.append(f"{root.base} has {max(avail, 0) // MiB} MiB free")
+            raise MetaflowS3InsufficientDiskSpace(
+                f"{url}: not enough space for {size} bytes ({'; '.join(tried)})", url
+            )
+
+    def release(self, token: int, size: int) -> None:
+        with self._lock:
+            self._roots[token].reserved -= size
+
+    def new_path(self, directory: str, url: str, tag: str = "") -> str:
+        return os.path.join(directory, local_name(next(self._counter), url, tag))
+
+    def close(self) -> None:
+        """Remove every private dir; safe to call twice."""
+        with self._lock:
+            self._closed = True
+            for root in self._roots:
+                if root.dir is not None:
+                    shutil.rmtree(root.dir, ignore_errors=True)
+                    root.dir = None
