@@ -1,0 +1,37 @@
+# s3fast: every install step lives here, so a fresh clone needs only `make bench` / `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.s3fast-installed
+
+.PHONY: venv test test-fast bench bench-quick lint format clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "s3fast needs Python >= 3.11")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[test,bench,lint]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m benchmarks --quick
+
+lint: $(STAMP)
+	$(BIN)/ruff check s3fast tests benchmarks examples
+	$(BIN)/ruff format --check s3fast tests benchmarks examples
+	$(BIN)/mypy s3fast
+
+format: $(STAMP)
+	$(BIN)/ruff format s3fast tests benchmarks examples
+	$(BIN)/ruff check --fix s3fast tests benchmarks examples
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
