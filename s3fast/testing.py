@@ -139,6 +139,7 @@ class SeaweedFS:
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             f"-s3.config={config}",
+            "-s3.autoCreateBucket=false",  # behave like S3: a missing bucket is an error
         ]
         if self.https_cert and self.https_key:
             args += [
