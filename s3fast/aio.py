@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -220,14 +221,33 @@ class AsyncS3:
         List[S3Object]
         """
         self._check_open()
-        requests = [self._request(key) for key in _as_list(keys, "keys")]
+        jobs = [(self._s3root, *self._request(key)) for key in _as_list(keys, "keys")]
+        return await self._download_batch(jobs, return_missing, return_info, in_memory)
 
-        async def one(req: tuple[str, ByteRange | None]) -> S3Object:
-            return await self._download(
-                self._s3root, req[0], req[1], return_missing, return_info, in_memory
-            )
+    async def _download_batch(
+        self,
+        jobs: list[tuple[str | None, str, ByteRange | None]],
+        return_missing: bool,
+        return_info: bool,
+        in_memory: bool,
+    ) -> list[S3Object]:
+        """Download ``(prefix, url, range)`` jobs in parallel. If one fails, the files the
+        others already wrote are removed: a failed batch leaves nothing behind."""
+        written: list[str] = []
 
-        return await bounded_map(one, requests, self._engine.concurrency)
+        async def one(job: tuple[str | None, str, ByteRange | None]) -> S3Object:
+            obj = await self._download(*job, return_missing, return_info, in_memory)
+            if obj.path:
+                written.append(obj.path)
+            return obj
+
+        try:
+            return await bounded_map(one, jobs, self._engine.concurrency)
+        except BaseException:
+            for path in written:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            raise
 
     async def _list_tree(self, prefix_url: str) -> list[tuple[str, Entry]]:
         """Everything under ``prefix_url`` as a directory: the object named exactly so, if any,
@@ -260,16 +280,12 @@ class AsyncS3:
         self._check_open()
         prefixes = [self._url(key) for key in _as_list(keys, "keys")]
         trees = await bounded_map(self._list_tree, prefixes, self._engine.concurrency)
-        todo = [
-            (self._s3root if return_info else prefix, url)
+        jobs = [
+            (self._s3root if return_info else prefix, url, None)
             for prefix, tree in zip(prefixes, trees, strict=True)
-            for url, entry in tree
+            for url, _ in tree
         ]
-
-        async def one(item: tuple[str | None, str]) -> S3Object:
-            return await self._download(item[0], item[1], None, False, return_info, in_memory)
-
-        return await bounded_map(one, todo, self._engine.concurrency)
+        return await self._download_batch(jobs, False, return_info, in_memory)
 
     async def get_all(self, return_info: bool = False, *, in_memory: bool = False) -> list[S3Object]:
         """Get every object under the client's root (``run=`` or ``s3root=``).
