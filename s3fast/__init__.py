@@ -23,7 +23,6 @@ from .sync import S3
 __version__ = "0.1.0"
 
 __all__ = [
-    "S3",
     "AsyncS3",
     "MetaflowS3AccessDenied",
     "MetaflowS3Exception",
@@ -34,6 +33,7 @@ __all__ = [
     "MetaflowS3TransferError",
     "MetaflowS3URLException",
     "RangeInfo",
+    "S3",
     "S3GetObject",
     "S3Object",
     "S3PutObject",

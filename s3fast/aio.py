@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -140,7 +141,11 @@ class AsyncS3:
         return_info: bool,
         in_memory: bool,
     ) -> S3Object:
-        sink = MemorySink() if in_memory else FileSink(self._targets, url, brange.tag() if brange else "")
+        sink = (
+            MemorySink()
+            if in_memory
+            else FileSink(self._targets, url, brange.tag() if brange else "")
+        )
         try:
             got = await fetch(self._engine, parse(url), url, brange, sink)
         except MetaflowS3NotFound:
@@ -150,7 +155,12 @@ class AsyncS3:
         head = got.head
         if not return_info:
             return S3Object(
-                prefix, url, got.path, got.length, blob=got.blob, etag=head.etag,
+                prefix,
+                url,
+                got.path,
+                got.length,
+                blob=got.blob,
+                etag=head.etag,
                 version_id=head.version_id,
             )
         return S3Object(
@@ -280,14 +290,16 @@ class AsyncS3:
         self._check_open()
         prefixes = [self._url(key) for key in _as_list(keys, "keys")]
         trees = await bounded_map(self._list_tree, prefixes, self._engine.concurrency)
-        jobs = [
+        jobs: list[tuple[str | None, str, ByteRange | None]] = [
             (self._s3root if return_info else prefix, url, None)
             for prefix, tree in zip(prefixes, trees, strict=True)
             for url, _ in tree
         ]
         return await self._download_batch(jobs, False, return_info, in_memory)
 
-    async def get_all(self, return_info: bool = False, *, in_memory: bool = False) -> list[S3Object]:
+    async def get_all(
+        self, return_info: bool = False, *, in_memory: bool = False
+    ) -> list[S3Object]:
         """Get every object under the client's root (``run=`` or ``s3root=``).
 
         Returns
@@ -340,7 +352,9 @@ class AsyncS3:
             if path.key and not path.key.endswith("/"):
                 path = type(path)(path.bucket, path.key + "/")
             entries = await list_prefix(self._engine, path, prefix_url)
-            return [S3Object(prefix_url, f"s3://{path.bucket}/{e.key}", None, e.size) for e in entries]
+            return [
+                S3Object(prefix_url, f"s3://{path.bucket}/{e.key}", None, e.size) for e in entries
+            ]
 
         listed = await bounded_map(one, prefixes, self._engine.concurrency)
         return [obj for objs in listed for obj in objs]
@@ -402,7 +416,9 @@ class AsyncS3:
         try:
             return {USER_METADATA_KEY: json.dumps(metadata)}
         except (TypeError, ValueError) as exc:
-            raise MetaflowS3InvalidObject(f"{url}: metadata is not JSON-encodable ({exc})", url) from exc
+            raise MetaflowS3InvalidObject(
+                f"{url}: metadata is not JSON-encodable ({exc})", url
+            ) from exc
 
     def _target(self, key: Any) -> str:
         url = self._url(key)
@@ -478,7 +494,9 @@ class AsyncS3:
         done = await bounded_map(one, items, self._engine.concurrency)
         return [(item[0], item[1]) for item, ok in zip(items, done, strict=True) if ok]
 
-    async def put_many(self, key_objs: Iterable[Any], overwrite: bool = True) -> list[tuple[str, str]]:
+    async def put_many(
+        self, key_objs: Iterable[Any], overwrite: bool = True
+    ) -> list[tuple[str, str]]:
         """Upload many objects in parallel.
 
         Parameters
@@ -510,7 +528,9 @@ class AsyncS3:
             )
         return await self._put_batch(items, overwrite)
 
-    async def put_files(self, key_paths: Iterable[Any], overwrite: bool = True) -> list[tuple[str, str]]:
+    async def put_files(
+        self, key_paths: Iterable[Any], overwrite: bool = True
+    ) -> list[tuple[str, str]]:
         """Upload many local files in parallel.
 
         Parameters
@@ -531,23 +551,31 @@ class AsyncS3:
             key, local, content_type, metadata, encryption = _unpack(entry, "path")
             url = self._target(key)
             if not isinstance(local, str | os.PathLike):
-                raise MetaflowS3InvalidObject(f"{url}: local path must be a str, got {local!r}", url)
-            local = os.fspath(local)
-            if not os.path.exists(local):
-                raise MetaflowS3NotFound(f"Local file not found: {local}", local)
-            if not os.path.isfile(local):
-                raise MetaflowS3InvalidObject(f"{local}: not a regular file (key {url})", url)
+                raise MetaflowS3InvalidObject(
+                    f"{url}: local path must be a str, got {local!r}", url
+                )
             items.append(
                 (
                     key,
                     url,
-                    Source(path=local),
+                    Source(path=os.fspath(local)),
                     content_type,
                     self._user_metadata(metadata, url),
                     encryption or self._encryption,
                 )
             )
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, _check_local_files, [(i[1], i[2].path) for i in items])
         return await self._put_batch(items, overwrite)
+
+
+def _check_local_files(pairs: list[tuple[str, str | None]]) -> None:
+    for url, local in pairs:
+        assert local is not None
+        if not os.path.exists(local):
+            raise MetaflowS3NotFound(f"Local file not found: {local}", local)
+        if not os.path.isfile(local):
+            raise MetaflowS3InvalidObject(f"{local}: not a regular file (key {url})", url)
 
 
 def _as_list(values: Any, name: str) -> list[Any]:
@@ -558,12 +586,16 @@ def _as_list(values: Any, name: str) -> list[Any]:
 
 def _unpack(entry: Any, field: str) -> tuple[Any, Any, Any, Any, Any]:
     if isinstance(entry, S3PutObject):
-        return entry.key, getattr(entry, field), entry.content_type, entry.metadata, entry.encryption
+        return (
+            entry.key,
+            getattr(entry, field),
+            entry.content_type,
+            entry.metadata,
+            entry.encryption,
+        )
     if isinstance(entry, tuple | list) and len(entry) == 2:
         return entry[0], entry[1], None, None, None
-    raise MetaflowS3InvalidObject(
-        f"{entry!r}: expected a (key, {field}) pair or an S3PutObject"
-    )
+    raise MetaflowS3InvalidObject(f"{entry!r}: expected a (key, {field}) pair or an S3PutObject")
 
 
 def _source(obj: Any, url: str, key: Any) -> Source:

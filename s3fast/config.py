@@ -111,4 +111,4 @@ class TransferConfig:
             changes["verify_ssl"] = verify.strip().lower() not in ("0", "false", "no", "off")
         if os.environ.get("S3FAST_CA_BUNDLE"):
             changes["ca_bundle"] = os.environ["S3FAST_CA_BUNDLE"]
-        return dataclasses.replace(base, **changes) if changes else base
+        return dataclasses.replace(base, **changes) if changes else base  # type: ignore[arg-type]

@@ -126,7 +126,9 @@ def translate(exc: BaseException, url: str | None) -> BaseException:
         if code in ("InvalidBucketName", "InvalidArgument", "KeyTooLongError"):
             return MetaflowS3URLException(msg, url)
         return MetaflowS3TransferError(msg, url)
-    if isinstance(exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError):
+    if isinstance(
+        exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError
+    ):
         return MetaflowS3AccessDenied(f"{where}: no AWS credentials were found ({exc})", url)
     if isinstance(exc, botocore.exceptions.ParamValidationError):
         return MetaflowS3URLException(f"{where}: {exc}", url)

@@ -105,7 +105,9 @@ class SeaweedFS:
                 },
                 {
                     "name": "reader",
-                    "credentials": [{"accessKey": READER.access_key, "secretKey": READER.secret_key}],
+                    "credentials": [
+                        {"accessKey": READER.access_key, "secretKey": READER.secret_key}
+                    ],
                     "actions": ["Read", "List"],
                 },
             ]
@@ -205,7 +207,11 @@ class SeaweedFS:
         return self._proc.pid if self._proc else None
 
     def env(self, identity: Identity = ADMIN) -> dict[str, str]:
-        return {**identity.env(), "AWS_ENDPOINT_URL_S3": self.endpoint_url, "AWS_DEFAULT_REGION": "us-east-1"}
+        return {
+            **identity.env(),
+            "AWS_ENDPOINT_URL_S3": self.endpoint_url,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
 
     def __enter__(self) -> SeaweedFS:
         return self.start()
@@ -242,7 +248,11 @@ class Moto:
             pass
 
     def env(self, identity: Identity = ADMIN) -> dict[str, str]:
-        return {**identity.env(), "AWS_ENDPOINT_URL_S3": self.endpoint_url, "AWS_DEFAULT_REGION": "us-east-1"}
+        return {
+            **identity.env(),
+            "AWS_ENDPOINT_URL_S3": self.endpoint_url,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
 
     def __enter__(self) -> Moto:
         return self.start()

@@ -107,7 +107,7 @@ def resolve_root(
                 raise MetaflowS3URLException(
                     "Initializing S3 with a FlowSpec outside of a running flow is not supported."
                 )
-            prefix = os.path.join(prefix, current.flow_name, current.run_id)
+            prefix = os.path.join(prefix, str(current.flow_name), str(current.run_id))
         else:
             prefix = os.path.join(prefix, run.parent.id, run.id)
         return "s3://" + os.path.join(bucket, prefix.strip("/"))

@@ -62,8 +62,14 @@ def server(request: pytest.FixtureRequest) -> Server:
     return request.getfixturevalue("seaweed" if request.param == "seaweedfs" else "moto_server")
 
 
-_CLEARED_PREFIXES = ("AWS_", "METAFLOW_S3", "METAFLOW_DATATOOLS", "METAFLOW_DATASTORE_SYSROOT",
-                     "METAFLOW_TEMPDIR", "S3FAST_")
+_CLEARED_PREFIXES = (
+    "AWS_",
+    "METAFLOW_S3",
+    "METAFLOW_DATATOOLS",
+    "METAFLOW_DATASTORE_SYSROOT",
+    "METAFLOW_TEMPDIR",
+    "S3FAST_",
+)
 
 
 @pytest.fixture(autouse=True)

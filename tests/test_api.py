@@ -96,7 +96,11 @@ def test_ranges(seeded: str) -> None:
         (S3GetObject("big.bin", 100, None), data[100:], RangeInfo(n, 100, n - 100)),
         (S3GetObject("big.bin", None, -50), data[-50:], RangeInfo(n, n - 50, 50)),
         (S3GetObject("big.bin", n - 5, 1000), data[-5:], RangeInfo(n, n - 5, 5)),
-        (S3GetObject("big.bin", 1000, 3 * MiB), data[1000 : 1000 + 3 * MiB], RangeInfo(n, 1000, 3 * MiB)),
+        (
+            S3GetObject("big.bin", 1000, 3 * MiB),
+            data[1000 : 1000 + 3 * MiB],
+            RangeInfo(n, 1000, 3 * MiB),
+        ),
         (S3GetObject("plain.txt", 6, 100), b"world", RangeInfo(11, 6, 5)),
     ]
     with S3(s3root=seeded, config=SMALL_PARTS) as s3:
@@ -115,7 +119,9 @@ def test_missing(seeded: str) -> None:
         with pytest.raises(MetaflowS3NotFound) as err:
             s3.get("nope")
         assert seeded + "/nope" in str(err.value)
-        assert isinstance(err.value, FileNotFoundError) and isinstance(err.value, MetaflowS3Exception)
+        assert isinstance(err.value, FileNotFoundError) and isinstance(
+            err.value, MetaflowS3Exception
+        )
         with pytest.raises(MetaflowS3NotFound):
             s3.get_many(["plain.txt", "nope"])
         objs = s3.get_many(["plain.txt", "nope"], return_missing=True)
@@ -160,13 +166,25 @@ def test_put_many_and_files(bucket: str, tmp_path: object) -> None:
     with S3(s3root=f"s3://{bucket}", config=SMALL_PARTS) as s3:
         res = s3.put_files([(k, p) for k, (p, _) in files.items()])
         assert res == [(k, f"s3://{bucket}/{k}") for k in files]
-        res = s3.put_files([S3PutObject("files/meta", path=files["files/1"][0], metadata={"a": "b"}, content_type="x/y")])
+        res = s3.put_files(
+            [
+                S3PutObject(
+                    "files/meta", path=files["files/1"][0], metadata={"a": "b"}, content_type="x/y"
+                )
+            ]
+        )
         assert res == [("files/meta", f"s3://{bucket}/files/meta")]
         for k, (_, data) in files.items():
             assert sha(s3.get(k).blob) == sha(data)
         meta = s3.info("files/meta")
         assert meta.metadata == {"a": "b"} and meta.content_type == "x/y"
-        res = s3.put_many([("m/1", "one"), S3PutObject("m/2", value=b"two", metadata={"z": 1}), ("m/3", io.BytesIO(b"three"))])
+        res = s3.put_many(
+            [
+                ("m/1", "one"),
+                S3PutObject("m/2", value=b"two", metadata={"z": 1}),
+                ("m/3", io.BytesIO(b"three")),
+            ]
+        )
         assert [k for k, _ in res] == ["m/1", "m/2", "m/3"]
         assert [o.blob for o in s3.get_many(["m/1", "m/2", "m/3"])] == [b"one", b"two", b"three"]
         assert s3.info("m/2").metadata == {"z": 1}
@@ -213,7 +231,11 @@ def test_listing(seeded: str) -> None:
 def test_get_recursive_and_all(seeded: str) -> None:
     with S3(s3root=seeded, config=SMALL_PARTS) as s3:
         objs = s3.get_recursive(["dir", "with space"])
-        assert {o.url for o in objs} == {seeded + "/dir", seeded + "/dir/child", seeded + "/with space/a b.txt"}
+        assert {o.url for o in objs} == {
+            seeded + "/dir",
+            seeded + "/dir/child",
+            seeded + "/with space/a b.txt",
+        }
         child = next(o for o in objs if o.url.endswith("child"))
         assert child.key == "child" and child.prefix == seeded + "/dir" and child.blob == b"child"
         objs = s3.get_recursive(["dir"], return_info=True)
@@ -226,7 +248,7 @@ def test_get_recursive_and_all(seeded: str) -> None:
 
 def test_info_many(seeded: str) -> None:
     with S3(s3root=seeded) as s3:
-        objs = s3.info_many(list(AWKWARD) + ["nope"], return_missing=True)
+        objs = s3.info_many([*AWKWARD, "nope"], return_missing=True)
         assert [o.size for o in objs] == [len(v) for v in AWKWARD.values()] + [None]
         assert not any(o.downloaded for o in objs)
 
@@ -271,4 +293,4 @@ async def test_async_api(seeded: str) -> None:
         assert (await s3.put_many([("async/y", "y")])) == [("async/y", seeded + "/async/y")]
         assert len(await s3.info_many(["async/x", "async/y"])) == 2
         dirs = s3.tmpdirs
-    assert dirs and not any(os.path.exists(d) for d in dirs)
+    assert dirs and not any(map(os.path.exists, dirs))

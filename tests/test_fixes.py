@@ -66,7 +66,11 @@ def test_invalid_range_raises_at_once(bucket: str, boto: object) -> None:
         with pytest.raises(MetaflowS3InvalidRange, match=f"s3://{bucket}/small"):
             s3.get_many(["small", S3GetObject("small", 100, 5)])
         assert time.monotonic() - start < FAST
-        for bad in [S3GetObject("small", -1, 5), S3GetObject("small", 0, 0), S3GetObject("small", "0", 5)]:
+        for bad in [
+            S3GetObject("small", -1, 5),
+            S3GetObject("small", 0, 0),
+            S3GetObject("small", "0", 5),
+        ]:
             with pytest.raises(MetaflowS3InvalidRange):
                 s3.get(bad)
 
@@ -110,7 +114,9 @@ def test_bad_credentials_fail_fast(
             assert "s3fast-admin-secret" not in str(err.value)
 
 
-def test_read_only_identity_cannot_write(seaweed_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_read_only_identity_cannot_write(
+    seaweed_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with S3(s3root=f"s3://{seaweed_bucket}") as s3:
         s3.put("readable", "yes")
     _with_identity(monkeypatch, READER)

@@ -121,16 +121,24 @@ def test_same_results_as_metaflow(seaweed_bucket: str, mf: Any, tmp_path: Any) -
                 s.get_many(gets, return_missing=True, return_info=return_info),
                 m.get_many(gets, return_missing=True, return_info=return_info),
             )
-            _same([s.get("a/one.txt", return_info=return_info)], [m.get("a/one.txt", return_info=return_info)])
-            _same(s.get_recursive(["a"], return_info=return_info), m.get_recursive(["a"], return_info=return_info))
+            _same(
+                [s.get("a/one.txt", return_info=return_info)],
+                [m.get("a/one.txt", return_info=return_info)],
+            )
+            _same(
+                s.get_recursive(["a"], return_info=return_info),
+                m.get_recursive(["a"], return_info=return_info),
+            )
             _same(s.get_all(return_info=return_info), m.get_all(return_info=return_info))
         _same([s.get("missing", return_missing=True)], [m.get("missing", return_missing=True)])
         _same(s.list_paths(), m.list_paths())
         _same(s.list_paths(["a", "ünï"]), m.list_paths(["a", "ünï"]))
         _same(s.list_recursive(), m.list_recursive())
         _same(s.list_recursive(["a"]), m.list_recursive(["a"]))
-        _same(s.info_many(["a/one.txt", "missing", "top"], return_missing=True),
-              m.info_many(["a/one.txt", "missing", "top"], return_missing=True))
+        _same(
+            s.info_many(["a/one.txt", "missing", "top"], return_missing=True),
+            m.info_many(["a/one.txt", "missing", "top"], return_missing=True),
+        )
         _same([s.info("a/b/two.bin")], [m.info("a/b/two.bin")])
         assert s.put("new1", "x") == m.put("new1", "x") == f"{root}/new1"
         # overwrite=False: existing keys are left alone and left out of the result

@@ -54,7 +54,13 @@ def test_tmproot_order(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) 
 
 
 def test_local_names_never_escape() -> None:
-    for url in ["s3://b/../../etc/passwd", "s3://b/a/..", "s3://b//abs", "s3://b/" + "x" * 1000, "s3://b/."]:
+    for url in [
+        "s3://b/../../etc/passwd",
+        "s3://b/a/..",
+        "s3://b//abs",
+        "s3://b/" + "x" * 1000,
+        "s3://b/.",
+    ]:
         name = local_name(7, url)
         assert "/" not in name and not name.startswith(".") and len(name) < 120
 
@@ -65,7 +71,11 @@ def _seed(boto: object, bucket: str, sizes: dict[str, int]) -> None:
 
 
 def test_tmpfs_falls_back_to_disk(
-    bucket: str, boto: object, small_tmpfs: str, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    bucket: str,
+    boto: object,
+    small_tmpfs: str,
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _seed(boto, bucket, {"big": 4 * MiB})
     disk = tmp_path / "disk"
@@ -79,9 +89,13 @@ def test_tmpfs_falls_back_to_disk(
     assert os.listdir(disk) == []
 
 
-def test_explicit_root_too_small_raises_before_writing(bucket: str, boto: object, small_tmpfs: str) -> None:
+def test_explicit_root_too_small_raises_before_writing(
+    bucket: str, boto: object, small_tmpfs: str
+) -> None:
     _seed(boto, bucket, {"a": 3 * MiB, "b": 3 * MiB, "c": 3 * MiB, "huge": 20 * MiB})
-    with S3(s3root=f"s3://{bucket}", tmproot=small_tmpfs, config=TransferConfig(max_concurrency=1)) as s3:
+    with S3(
+        s3root=f"s3://{bucket}", tmproot=small_tmpfs, config=TransferConfig(max_concurrency=1)
+    ) as s3:
         with pytest.raises(MetaflowS3InsufficientDiskSpace, match=f"s3://{bucket}/huge"):
             s3.get("huge")
         assert all(os.listdir(d) == [] for d in s3.tmpdirs)
@@ -146,7 +160,9 @@ _CTRL_C_SCRIPT = textwrap.dedent(
 )
 
 
-def test_ctrl_c_in_sync_call(bucket: str, boto: object, server: object, tmp_path: pathlib.Path) -> None:
+def test_ctrl_c_in_sync_call(
+    bucket: str, boto: object, server: object, tmp_path: pathlib.Path
+) -> None:
     _seed(boto, bucket, {f"k{i}": 2 * MiB for i in range(20)})
     local = tmp_path / "big"
     local.write_bytes(os.urandom(40 * MiB))

@@ -108,10 +108,10 @@ class MemorySink:
     async def open(self, size: int) -> None:
         self.buf = bytearray(size)
 
-    def put(self, offset: int, data: bytes) -> None:
+    def put(self, offset: int, data: bytes | bytearray) -> None:
         self.buf[offset : offset + len(data)] = data
 
-    async def write(self, offset: int, data: bytes) -> None:  # pragma: no cover - direct
+    async def write(self, offset: int, data: bytes | bytearray) -> None:  # pragma: no cover
         self.put(offset, data)
 
     async def commit(self) -> tuple[str | None, bytes | None]:
@@ -162,7 +162,7 @@ class FileSink:
             raise
         return fd
 
-    def put(self, offset: int, data: bytes) -> None:  # pragma: no cover - not direct
+    def put(self, offset: int, data: bytes | bytearray) -> None:  # pragma: no cover
         raise NotImplementedError
 
     async def write(self, offset: int, data: bytes | bytearray) -> None:

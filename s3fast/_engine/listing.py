@@ -15,7 +15,9 @@ class Entry:
     size: int | None  # None for a common prefix ("directory")
 
 
-async def list_prefix(engine: Engine, path: S3Path, url: str, *, delimiter: str = "") -> list[Entry]:
+async def list_prefix(
+    engine: Engine, path: S3Path, url: str, *, delimiter: str = ""
+) -> list[Entry]:
     """Every key under ``path.key`` (objects first, then common prefixes, page by page)."""
     entries: list[Entry] = []
     try:

@@ -106,7 +106,9 @@ def _seek_read(fobj: Any, offset: int, size: int) -> bytes:
     return bytes(data) if data is not None else b""
 
 
-def _extra(content_type: str | None, metadata: dict[str, str] | None, encryption: str | None) -> dict[str, Any]:
+def _extra(
+    content_type: str | None, metadata: dict[str, str] | None, encryption: str | None
+) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if content_type:
         extra["ContentType"] = content_type
@@ -219,7 +221,13 @@ async def _put_multipart(
                     Body=data,
                 )
             done = {"PartNumber": number, "ETag": resp["ETag"]}
-            for name in ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumSHA1", "ChecksumSHA256", "ChecksumCRC64NVME"):
+            for name in (
+                "ChecksumCRC32",
+                "ChecksumCRC32C",
+                "ChecksumSHA1",
+                "ChecksumSHA256",
+                "ChecksumCRC64NVME",
+            ):
                 if resp.get(name):
                     done[name] = resp[name]
             return done
