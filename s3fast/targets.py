@@ -84,6 +84,14 @@ class _Root:
         self.explicit = explicit
         self.dir: str | None = None
         self.reserved = 0
+        self._margin: int | None = None
+
+    def margin(self) -> int:
+        """Made on first use (the base may not exist before), then cached."""
+        if self._margin is None:
+            os.makedirs(self.base, exist_ok=True)
+            self._margin = margin(self.base, self.explicit)
+        return self._margin
 
 
 class Targets:
@@ -107,7 +115,6 @@ class Targets:
 
     def _ensure_dir(self, root: _Root) -> str:
         if root.dir is None:
-            os.makedirs(root.base, exist_ok=True)
             root.dir = tempfile.mkdtemp(prefix=_DIR_PREFIX, dir=root.base)  # mode 0700
         return root.dir
 
@@ -122,9 +129,8 @@ class Targets:
                 raise RuntimeError("the S3 client is closed")
             tried = []
             for idx, root in enumerate(self._roots):
-                os.makedirs(root.base, exist_ok=True)
+                need = size + root.margin()
                 avail = free_bytes(root.base) - root.reserved
-                need = size + margin(root.base, root.explicit)
                 if size == 0 or avail >= need:
                     root.reserved += size
                     return self._ensure_dir(root), idx
