@@ -25,7 +25,9 @@ class S3FastDemoFlow(FlowSpec):
             total = sum(o.size for o in objs)
             summary = s3.get("summary.json")
         assert len(objs) == 10 and summary.metadata == {"kind": "summary"}
-        print(f"s3fast read {len(objs)} objects, {total} bytes, from {self.urls[0].rsplit('/', 2)[0]}")
+        print(
+            f"s3fast read {len(objs)} objects, {total} bytes, from {self.urls[0].rsplit('/', 2)[0]}"
+        )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from .errors import (
 from .limits import USER_METADATA_KEY
 from .objects import RangeInfo, S3Object, S3PutObject
 from .targets import Targets
-from .urls import ByteRange, byte_range, join, parse, resolve_root
+from .urls import ByteRange, S3Path, byte_range, join, parse, resolve_root
 
 PutValue = str | bytes | bytearray | memoryview | io.RawIOBase | io.BufferedIOBase
 
@@ -263,10 +263,13 @@ class AsyncS3:
         """Everything under ``prefix_url`` as a directory: the object named exactly so, if any,
         and keys below ``prefix/``; never siblings such as ``prefix_v2/...``."""
         path = parse(prefix_url, need_key=False)
-        entries = await list_prefix(self._engine, path, prefix_url)
+        entries = []
         if path.key and not path.key.endswith("/"):
-            below = path.key + "/"
-            entries = [e for e in entries if e.key == path.key or e.key.startswith(below)]
+            # The exact object, if any, sorts first among keys starting with its name.
+            first = await list_prefix(self._engine, path, prefix_url, limit=1)
+            entries = [e for e in first if e.key == path.key]
+            path = S3Path(path.bucket, path.key + "/")
+        entries += await list_prefix(self._engine, path, prefix_url)
         return [(f"s3://{path.bucket}/{e.key}", e) for e in entries]
 
     async def get_recursive(
@@ -350,7 +353,7 @@ class AsyncS3:
         async def one(prefix_url: str) -> list[S3Object]:
             path = parse(prefix_url, need_key=False)
             if path.key and not path.key.endswith("/"):
-                path = type(path)(path.bucket, path.key + "/")
+                path = S3Path(path.bucket, path.key + "/")
             entries = await list_prefix(self._engine, path, prefix_url)
             return [
                 S3Object(prefix_url, f"s3://{path.bucket}/{e.key}", None, e.size) for e in entries

@@ -35,7 +35,11 @@ def test_readme_has_examples() -> None:
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_example_runs(index: int, demo_bucket: dict[str, str]) -> None:
     done = subprocess.run(
-        [sys.executable, "-c", BLOCKS[index]], env=demo_bucket, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", BLOCKS[index]],
+        env=demo_bucket,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip()

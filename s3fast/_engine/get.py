@@ -280,6 +280,13 @@ async def _span(
                 resp = await client.get_object(Bucket=path.bucket, Key=path.key, **kwargs)
                 body = resp["Body"]
                 try:
+                    got = Head.from_response(resp, url)
+                    if (got.start, got.end) != (progress[0], end):
+                        raise MetaflowS3TransferError(
+                            f"{url}: asked for bytes {progress[0]}-{end}, "
+                            f"the server sent {got.start}-{got.end}",
+                            url,
+                        )
                     await _drain(body, sink, progress, base, end)
                 finally:
                     body.close()
@@ -309,7 +316,6 @@ async def fetch(
     range_size = engine.config.range_size
     progress = [0]
     broken = False
-    opened = False
     try:
         async with engine.slot() as client:
             try:
@@ -327,7 +333,6 @@ async def fetch(
                 head = Head.from_response(resp, url)
                 last = final_end(brange, head.total)
                 await sink.open(max(0, last - head.start + 1))
-                opened = True
                 progress[0] = head.start
                 try:
                     await _drain(body, sink, progress, head.start, head.end)
@@ -346,8 +351,7 @@ async def fetch(
             await bounded_map(one, rest, engine.concurrency)
         local, blob = await sink.commit()
     except BaseException as exc:
-        if opened or isinstance(sink, FileSink):
-            await asyncio.shield(sink.discard())
+        await asyncio.shield(sink.discard())
         raise_translated(exc, url)
     length = max(0, last - head.start + 1)
     return Fetched(head=head, offset=head.start, length=length, path=local, blob=blob)

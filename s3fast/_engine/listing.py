@@ -16,15 +16,19 @@ class Entry:
 
 
 async def list_prefix(
-    engine: Engine, path: S3Path, url: str, *, delimiter: str = ""
+    engine: Engine, path: S3Path, url: str, *, delimiter: str = "", limit: int | None = None
 ) -> list[Entry]:
-    """Every key under ``path.key`` (objects first, then common prefixes, page by page)."""
+    """Every key under ``path.key`` (objects first, then common prefixes, page by page), or
+    only the first ``limit`` of them."""
     entries: list[Entry] = []
     try:
         async with engine.slot() as client:
             paginator = client.get_paginator("list_objects_v2")
             async for page in paginator.paginate(
-                Bucket=path.bucket, Prefix=path.key, Delimiter=delimiter
+                Bucket=path.bucket,
+                Prefix=path.key,
+                Delimiter=delimiter,
+                PaginationConfig={"MaxItems": limit} if limit else {},
             ):
                 for item in page.get("Contents", ()):
                     entries.append(Entry(item["Key"], int(item["Size"])))
