@@ -27,6 +27,8 @@ from .targets import Targets
 from .urls import ByteRange, S3Path, byte_range, join, parse, resolve_root
 
 PutValue = str | bytes | bytearray | memoryview | io.RawIOBase | io.BufferedIOBase
+# (key as given, url, source, content type, user metadata, encryption)
+_PutItem = tuple[Any, str, Source, str | None, dict[str, str] | None, str | None]
 
 
 def _in_flow() -> bool:
@@ -472,16 +474,34 @@ class AsyncS3:
         )
         return url
 
-    async def _put_batch(
-        self, items: list[tuple[Any, str, Source, Any, Any, Any]], overwrite: bool
-    ) -> list[tuple[str, str]]:
+    def _put_items(
+        self, entries: Iterable[Any], name: str, field: str, make_source: Any
+    ) -> list[_PutItem]:
+        """Validate every entry of a batch upload before anything is sent."""
+        items = []
+        for entry in _as_list(entries, name):
+            key, value, content_type, metadata, encryption = _unpack(entry, field)
+            url = self._target(key)
+            items.append(
+                (
+                    key,
+                    url,
+                    make_source(value, url, key),
+                    content_type,
+                    self._user_metadata(metadata, url),
+                    encryption or self._encryption,
+                )
+            )
+        return items
+
+    async def _put_batch(self, items: list[_PutItem], overwrite: bool) -> list[tuple[str, str]]:
         seen: set[str] = set()
         for _, url, _, _, _, _ in items:
             if url in seen:
                 raise MetaflowS3URLException(f"{url}: the same key appears twice in one call", url)
             seen.add(url)
 
-        async def one(item: tuple[Any, str, Source, Any, Any, Any]) -> bool:
+        async def one(item: _PutItem) -> bool:
             _, url, source, content_type, metadata, encryption = item
             return await put(
                 self._engine,
@@ -515,20 +535,7 @@ class AsyncS3:
             ``(key, url)`` of each object uploaded, in input order.
         """
         self._check_open()
-        items = []
-        for entry in _as_list(key_objs, "key_objs"):
-            key, value, content_type, metadata, encryption = _unpack(entry, "value")
-            url = self._target(key)
-            items.append(
-                (
-                    key,
-                    url,
-                    _source(value, url, key),
-                    content_type,
-                    self._user_metadata(metadata, url),
-                    encryption or self._encryption,
-                )
-            )
+        items = self._put_items(key_objs, "key_objs", "value", _source)
         return await self._put_batch(items, overwrite)
 
     async def put_files(
@@ -549,27 +556,16 @@ class AsyncS3:
             ``(key, url)`` of each file uploaded, in input order.
         """
         self._check_open()
-        items = []
-        for entry in _as_list(key_paths, "key_paths"):
-            key, local, content_type, metadata, encryption = _unpack(entry, "path")
-            url = self._target(key)
-            if not isinstance(local, str | os.PathLike):
-                raise MetaflowS3InvalidObject(
-                    f"{url}: local path must be a str, got {local!r}", url
-                )
-            items.append(
-                (
-                    key,
-                    url,
-                    Source(path=os.fspath(local)),
-                    content_type,
-                    self._user_metadata(metadata, url),
-                    encryption or self._encryption,
-                )
-            )
+        items = self._put_items(key_paths, "key_paths", "path", _file_source)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, _check_local_files, [(i[1], i[2].path) for i in items])
         return await self._put_batch(items, overwrite)
+
+
+def _file_source(local: Any, url: str, key: Any) -> Source:
+    if not isinstance(local, str | os.PathLike):
+        raise MetaflowS3InvalidObject(f"{url}: local path must be a str, got {local!r}", url)
+    return Source(path=os.fspath(local))
 
 
 def _check_local_files(pairs: list[tuple[str, str | None]]) -> None:
