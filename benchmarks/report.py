@@ -1,0 +1,295 @@
+"""Summaries of the raw runs: markdown tables, the JSON record, the PNG plot, and a
+description of the machine and of every package version."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+from typing import Any
+
+from . import BYTE_WORKLOADS, PACKAGES, REFERENCE_CLIENTS, S3FAST_CLIENTS
+
+GiB = 1024**3
+
+
+# --- the machine ------------------------------------------------------------------------
+
+
+def nic_speed() -> str:
+    """Line rate of the physical NICs that report one, from /sys/class/net/*/speed."""
+    found = []
+    try:
+        names = sorted(os.listdir("/sys/class/net"))
+    except OSError:
+        names = []
+    for name in names:
+        if name == "lo":
+            continue
+        try:
+            with open(f"/sys/class/net/{name}/speed") as f:
+                mbit = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if mbit > 0:
+            found.append(f"{name} {mbit / 1000:g} Gbit/s")
+    return ", ".join(found) if found else "n/a (loopback)"
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "hostname": socket.gethostname(),
+        "kernel": platform.release(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "cores": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "nic": nic_speed(),
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            models = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+        info["cpu_model"] = models[0] if models else platform.processor()
+    except OSError:
+        info["cpu_model"] = platform.processor()
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    info["memory_gib"] = round(int(line.split()[1]) / 1024**2, 1)
+    except OSError:
+        pass
+    return info
+
+
+def versions(weed: str | None) -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str] = {}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    if weed:
+        try:
+            text = subprocess.run(
+                [weed, "version"], capture_output=True, text=True, timeout=20
+            ).stdout
+            out["weed"] = next((ln.strip() for ln in text.splitlines() if "version" in ln), text)
+        except (OSError, subprocess.SubprocessError) as exc:
+            out["weed"] = f"unknown ({exc})"
+    return out
+
+
+# --- numbers ----------------------------------------------------------------------------
+
+
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (profile, workload, client), in first-seen order."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r["profile"], r["workload"], r["client"]), []).append(r)
+    rows = []
+    for (profile, workload, client), rs in groups.items():
+        row: dict[str, Any] = {"profile": profile, "workload": workload, "client": client}
+        bad = [r for r in rs if r["status"] != "OK"]
+        row["status"] = next((r["status"] for r in bad if r["status"] == "WRONG DATA"), None) or (
+            bad[0]["status"] if bad else "OK"
+        )
+        if any(r.get("error") for r in bad):
+            row["error"] = next(r["error"] for r in bad if r.get("error"))
+        ok = [r for r in rs if r["status"] == "OK"]
+        row["rounds_ok"] = len(ok)
+        if ok:
+            walls = [r["wall_s"] for r in ok]
+            wall = statistics.median(walls)
+            row.update(
+                wall_s=wall,
+                wall_min_s=min(walls),
+                wall_max_s=max(walls),
+                bytes=ok[0]["bytes"],
+                objects=ok[0]["objects"],
+                cpu_s=statistics.median(r["cpu_s"] for r in ok),
+                rss_mib=max(r["rss_mib"] for r in ok),
+            )
+            servers = [r["server_cpu_s"] for r in ok if r.get("server_cpu_s") is not None]
+            row["server_cpu_s"] = statistics.median(servers) if servers else None
+            if workload in BYTE_WORKLOADS:
+                row["gbit_s"] = row["bytes"] * 8 / wall / 1e9
+                row["cpu_s_per_gib"] = row["cpu_s"] / (row["bytes"] / GiB)
+                row["rate"] = row["gbit_s"]
+            else:
+                row["objects_s"] = row["objects"] / wall
+                row["cpu_ms_per_object"] = row["cpu_s"] * 1000 / row["objects"]
+                row["rate"] = row["objects_s"]
+            notes = {r["note"] for r in ok if r.get("note")}
+            if notes:
+                row["note"] = "; ".join(sorted(notes))
+        rows.append(row)
+    return rows
+
+
+def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (profile, workload): each s3fast client's rate over the best peer's (and the floor's)."""
+    out = []
+    keys = dict.fromkeys((r["profile"], r["workload"]) for r in rows)
+    for profile, workload in keys:
+        group = [r for r in rows if (r["profile"], r["workload"]) == (profile, workload)]
+        rated = [r for r in group if r.get("rate") and r["status"] == "OK"]
+        peers = [r for r in rated if r["client"] not in S3FAST_CLIENTS + REFERENCE_CLIENTS]
+        best = max(peers, key=lambda r: r["rate"]) if peers else None
+        floor = next((r for r in rated if r["client"] in REFERENCE_CLIENTS), None)
+        entry: dict[str, Any] = {
+            "profile": profile,
+            "workload": workload,
+            "best_peer": best["client"] if best else None,
+            "best_peer_rate": best["rate"] if best else None,
+        }
+        for r in rated:
+            if r["client"] in S3FAST_CLIENTS:
+                entry[r["client"]] = r["rate"] / best["rate"] if best else None
+                entry[r["client"] + "_vs_floor"] = r["rate"] / floor["rate"] if floor else None
+        out.append(entry)
+    return out
+
+
+def _rate(row: dict[str, Any]) -> str:
+    if "gbit_s" in row:
+        return f"{row['gbit_s']:.2f} Gbit/s"
+    if "objects_s" in row:
+        return f"{row['objects_s']:,.0f} obj/s"
+    return ""
+
+
+def _cpu(row: dict[str, Any]) -> str:
+    if "cpu_s_per_gib" in row:
+        return f"{row['cpu_s_per_gib']:.2f} s/GiB"
+    if "cpu_ms_per_object" in row:
+        return f"{row['cpu_ms_per_object']:.3f} ms/obj"
+    return ""
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = [
+        "profile",
+        "workload",
+        "client",
+        "wall s (median)",
+        "spread s",
+        "rate",
+        "client CPU",
+        "server CPU s",
+        "peak RSS MiB",
+        "result",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        has = "wall_s" in r
+        server = r.get("server_cpu_s")
+        status = r["status"]
+        if status != "OK" and r.get("error") and status == "WRONG DATA":
+            status = f"WRONG DATA ({r['error'][:80]})"
+        cells = [
+            r["profile"],
+            r["workload"],
+            r["client"],
+            f"{r['wall_s']:.3f}" if has else "",
+            f"{r['wall_min_s']:.3f}-{r['wall_max_s']:.3f}" if has else "",
+            _rate(r),
+            _cpu(r),
+            f"{server:.2f}" if has and server is not None else ("n/a" if has else ""),
+            f"{r['rss_mib']:.0f}" if has else "",
+            status.replace("|", "/"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ratio_table(entries: list[dict[str, Any]]) -> str:
+    lines = [
+        "| profile | workload | best peer | s3fast_sync / best peer | s3fast_async / best peer "
+        "| s3fast_sync / floor | s3fast_async / floor |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def x(v: Any) -> str:
+        return f"{v:.2f}x" if isinstance(v, float) else "-"
+
+    for e in entries:
+        if e["best_peer"] is None and not any(e.get(c) for c in S3FAST_CLIENTS):
+            continue
+        unit = "Gbit/s" if e["workload"] in BYTE_WORKLOADS else "obj/s"
+        peer = f"{e['best_peer']} ({e['best_peer_rate']:,.2f} {unit})" if e["best_peer"] else "-"
+        lines.append(
+            f"| {e['profile']} | {e['workload']} | {peer} | {x(e.get('s3fast_sync'))} | "
+            f"{x(e.get('s3fast_async'))} | {x(e.get('s3fast_sync_vs_floor'))} | "
+            f"{x(e.get('s3fast_async_vs_floor'))} |"
+        )
+    return "\n".join(lines)
+
+
+def write_json(path: str, record: dict[str, Any]) -> None:
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1, default=str)
+        f.write("\n")
+
+
+# --- the plot ---------------------------------------------------------------------------
+
+
+def plot(path: str, rows: list[dict[str, Any]], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    profiles = list(dict.fromkeys(r["profile"] for r in rows))
+    panels = [
+        ("gbit_s", "Gbit/s (higher is better)", True),
+        ("cpu_s_per_gib", "client CPU s per GiB (lower is better)", True),
+        ("objects_s", "objects/s (higher is better)", False),
+        ("cpu_ms_per_object", "client CPU ms per object (lower is better)", False),
+    ]
+    # Two rows of two panels per profile: rates on top, CPU cost below.
+    fig, grid = plt.subplots(2 * len(profiles), 2, figsize=(15, 8.5 * len(profiles)), squeeze=False)
+    clients = list(dict.fromkeys(r["client"] for r in rows))
+    colors = {c: plt.get_cmap("tab10")(i % 10) for i, c in enumerate(clients)}
+    for i, profile in enumerate(profiles):
+        axes = [grid[2 * i][0], grid[2 * i + 1][0], grid[2 * i][1], grid[2 * i + 1][1]]
+        for j, (metric, label, byte_wl) in enumerate(panels):
+            ax = axes[j]
+            sel = [r for r in rows if r["profile"] == profile and metric in r]
+            workloads = list(
+                dict.fromkeys(
+                    r["workload"] for r in sel if (r["workload"] in BYTE_WORKLOADS) == byte_wl
+                )
+            )
+            width = 0.8 / max(1, len(clients))
+            for k, client in enumerate(clients):
+                xs, ys = [], []
+                for w, workload in enumerate(workloads):
+                    hit = [r for r in sel if r["workload"] == workload and r["client"] == client]
+                    if hit:
+                        xs.append(w + k * width - 0.4 + width / 2)
+                        ys.append(hit[0][metric])
+                if ys:
+                    ax.bar(xs, ys, width, label=client, color=colors[client])
+            ax.set_xticks(range(len(workloads)))
+            ax.set_xticklabels(workloads)
+            ax.set_title(f"{profile}: {label}", fontsize=10)
+            if metric == "objects_s" and workloads:
+                ax.set_yscale("log")
+            ax.grid(axis="y", alpha=0.3)
+        for ax in axes:
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8)
+                break
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,392 @@
+"""The driver: server, data, the interleaved run matrix, and the report."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from . import CLIENTS, REQUIRES, SUPPORTS, WORKLOADS, dataset, report
+from .profiles import PROFILES, Resolved, resolve
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+BUCKET = "s3fast-bench"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Benchmark s3fast against other Python S3 clients, each run in its own process.",
+    )
+    p.add_argument("--quick", action="store_true", help="small data, one round (under a minute)")
+    p.add_argument("--rounds", type=int, help="rounds, interleaved (default 3; --quick: 1)")
+    p.add_argument("--clients", help=f"comma-separated, from: {','.join(CLIENTS)}")
+    p.add_argument("--workloads", help=f"comma-separated, from: {','.join(WORKLOADS)}")
+    p.add_argument(
+        "--profiles",
+        default="all",
+        help=f"comma-separated, from: {','.join(PROFILES)} (default all)",
+    )
+    p.add_argument("--out", help=f"directory for the JSON and PNG (default {RESULTS})")
+    p.add_argument(
+        "--endpoint",
+        default=os.environ.get("S3FAST_BENCH_ENDPOINT"),
+        help="an S3 endpoint to use instead of an embedded SeaweedFS (env S3FAST_BENCH_ENDPOINT)",
+    )
+    p.add_argument(
+        "--bucket",
+        default=os.environ.get("S3FAST_BENCH_BUCKET"),
+        help="an existing bucket on --endpoint (env S3FAST_BENCH_BUCKET)",
+    )
+    p.add_argument("--timeout", type=float, help="seconds per run (default 600; --quick: 120)")
+    args = p.parse_args(argv)
+    args.clients = _names(args.clients, CLIENTS, "client")
+    args.workloads = _names(args.workloads, WORKLOADS, "workload")
+    args.profiles = [resolve(name) for name in _names(args.profiles, tuple(PROFILES), "profile")]
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.timeout = args.timeout or (120.0 if args.quick else 600.0)
+    if args.rounds < 1:
+        p.error("--rounds must be >= 1")
+    if args.bucket and not args.endpoint and not os.environ.get("AWS_ENDPOINT_URL_S3"):
+        pass  # real AWS S3, with the usual configuration
+    if args.endpoint and not args.bucket:
+        p.error("--endpoint needs --bucket (or S3FAST_BENCH_BUCKET)")
+    return args
+
+
+def _names(raw: str | None, known: tuple[str, ...], what: str) -> list[str]:
+    if not raw:
+        return list(known)
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown {what}(s) {unknown}; known: {', '.join(known)}")
+    return names
+
+
+def _missing_module(client: str) -> str | None:
+    for mod in REQUIRES[client]:
+        if importlib.util.find_spec(mod) is None:
+            return mod
+    return None
+
+
+def _credentials_env() -> dict[str, str]:
+    """The usual AWS chain, resolved once here and handed to workers as plain variables."""
+    if os.environ.get("AWS_ACCESS_KEY_ID"):
+        return {}
+    import boto3
+
+    creds = boto3.Session().get_credentials()
+    if creds is None:
+        return {}
+    frozen = creds.get_frozen_credentials()
+    env = {"AWS_ACCESS_KEY_ID": frozen.access_key, "AWS_SECRET_ACCESS_KEY": frozen.secret_key}
+    if frozen.token:
+        env["AWS_SESSION_TOKEN"] = frozen.token
+    return env
+
+
+class Progress:
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+        self.bar: Any = None
+        if sys.stderr.isatty():
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, file=sys.stderr, dynamic_ncols=True, leave=False)
+            except ImportError:
+                pass
+
+    def start(self, label: str) -> None:
+        if self.bar is not None:
+            self.bar.set_description(label)
+
+    def finish(self, label: str, result: dict[str, Any]) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        else:
+            wall = f"{result['wall_s']:.2f} s " if "wall_s" in result else ""
+            width = len(str(self.total))
+            print(
+                f"[{self.done:>{width}}/{self.total}] {label}: {wall}{result['status']}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_worker(
+    client: str,
+    workload: str,
+    prof: Resolved,
+    spec_path: str,
+    scratch: str,
+    env: dict[str, str],
+    timeout: float,
+) -> dict[str, Any]:
+    run_tmp = tempfile.mkdtemp(prefix=f"{client}-{workload}-", dir=scratch)
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.worker",
+        "--client",
+        client,
+        "--workload",
+        workload,
+        "--spec",
+        spec_path,
+        "--tmp",
+        run_tmp,
+    ]
+    if prof.cpus is not None:
+        cmd += ["--cpus", ",".join(map(str, prof.cpus))]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**env, **prof.env},
+        cwd=run_tmp,
+        start_new_session=True,  # its own process group: metaflow's children die with it
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill(proc)
+        return {
+            "client": client,
+            "workload": workload,
+            "status": f"error: timeout after {timeout:.0f} s",
+        }
+    finally:
+        _kill(proc)
+        shutil.rmtree(run_tmp, ignore_errors=True)
+    lines = out.decode(errors="replace").strip().splitlines()
+    tail = err.decode(errors="replace").strip().splitlines()[-20:]
+    try:
+        result = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        last = tail[-1] if tail else "no output"
+        return {
+            "client": client,
+            "workload": workload,
+            "status": f"error: worker exited {proc.returncode}: {last[:160]}",
+            "stderr_tail": tail,
+        }
+    if result["status"] != "OK" and tail:
+        result["stderr_tail"] = tail
+    return dict(result)
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    # and anything it left in its group (metaflow's s3op workers)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    started = time.time()
+    sizes = dataset.QUICK if args.quick else dataset.FULL
+    out_dir = Path(args.out) if args.out else RESULTS
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{time.strftime('%Y-%m-%d')}-{socket.gethostname()}"
+    shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+
+    with ExitStack() as stack:
+        scratch = tempfile.mkdtemp(prefix="s3fast-bench-", dir=shm)
+        stack.callback(shutil.rmtree, scratch, True)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        weed: str | None = None
+        if args.endpoint or args.bucket:
+            endpoint = args.endpoint
+            bucket = args.bucket
+            region = env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or "us-east-1"
+            env.update(_credentials_env())
+            if endpoint:
+                env["AWS_ENDPOINT_URL_S3"] = endpoint
+            server_desc = f"{endpoint or 'AWS S3'} bucket {bucket}"
+        else:
+            from s3fast.testing import SeaweedFS, weed_binary
+
+            weed = weed_binary()
+            print("starting SeaweedFS ...", file=sys.stderr, flush=True)
+            server = stack.enter_context(SeaweedFS())
+            endpoint, bucket, region = server.endpoint_url, BUCKET, "us-east-1"
+            env.update(server.env())
+            env["AWS_EC2_METADATA_DISABLED"] = "true"
+            env["S3FAST_BENCH_SERVER_PID"] = str(server.pid)
+            server_desc = f"embedded SeaweedFS at {endpoint} (pid {server.pid}, loopback)"
+        env["AWS_DEFAULT_REGION"] = region
+        if endpoint:
+            env["METAFLOW_S3_ENDPOINT_URL"] = endpoint
+        for name, value in env.items():  # the parent's own boto3 sees the same setup
+            if name.startswith("AWS_"):
+                os.environ[name] = value
+
+        s3 = dataset.boto_client(endpoint, region)
+        if weed is not None:
+            s3.create_bucket(Bucket=bucket)
+        else:
+            s3.head_bucket(Bucket=bucket)
+        data = dataset.seed(s3, bucket, sizes)
+        print("writing local files for put_files ...", file=sys.stderr, flush=True)
+        files = dataset.make_local_files(os.path.join(scratch, "put-src"), sizes)
+        spec = {
+            "bucket": bucket,
+            "endpoint": endpoint,
+            "region": region,
+            "root": dataset.ROOT,
+            "large": data["large"],
+            "big": data["big"],
+            "small": data["small"],
+            "list": data["list"] or [(k, s, h) for k, s, h in data["small"]],
+            "list_prefix": data["list_prefix"],
+            "put": files,
+        }
+        spec_path = os.path.join(scratch, "spec.json")
+        with open(spec_path, "w") as f:
+            json.dump(spec, f)
+
+        missing = {c: _missing_module(c) for c in args.clients}
+        plan = [
+            (rnd, prof, w, c)
+            for rnd in range(1, args.rounds + 1)
+            for prof in args.profiles
+            for w in args.workloads
+            for c in args.clients
+        ]
+        live = [p for p in plan if w_supported(p[3], p[2]) and not missing[p[3]]]
+        progress = Progress(len(live))
+        runs: list[dict[str, Any]] = []
+        bench_started = time.time()
+        try:
+            for rnd, prof, w, c in plan:
+                base = {"round": rnd, "profile": prof.profile.name, "workload": w, "client": c}
+                if missing[c]:
+                    runs.append(
+                        {
+                            **base,
+                            "status": "skipped (not installed)",
+                            "error": f"no module {missing[c]}",
+                        }
+                    )
+                    continue
+                if not w_supported(c, w):
+                    runs.append({**base, "status": "n/a"})
+                    continue
+                label = f"round {rnd}/{args.rounds} {prof.profile.name} {w} {c}"
+                progress.start(label)
+                result = run_worker(c, w, prof, spec_path, scratch, env, args.timeout)
+                if w == "put_files":
+                    prefix = dataset.put_prefix(c)
+                    if result["status"] == "OK":
+                        problem = dataset.verify_and_clear_puts(s3, bucket, prefix, files)
+                        if problem:
+                            result.update(status="WRONG DATA", error=problem)
+                    else:
+                        dataset.clear_prefix(s3, bucket, prefix)
+                runs.append({**base, **result})
+                progress.finish(label, result)
+        finally:
+            progress.close()
+        bench_s = time.time() - bench_started
+        s3.close()
+
+        rows = report.summarize(runs)
+        ratio = report.ratios(rows)
+        mach = report.machine()
+        vers = report.versions(weed)
+        total_s = time.time() - started
+        print(f"# s3fast benchmarks: {stem}\n")
+        print(
+            f"- machine: {mach.get('cpu_model')}, {mach['cores']} cores, "
+            f"{mach.get('memory_gib')} GiB, Linux {mach['kernel']}, Python {mach['python']}"
+        )
+        print(f"- server: {server_desc}" + (f", {vers.get('weed')}" if weed else ""))
+        print(f"- NIC line rate: {mach['nic']}")
+        print(f"- data: {sizes.describe()}")
+        for prof in args.profiles:
+            print(f"- profile: {prof.describe()}")
+        print(
+            f"- rounds: {args.rounds} (interleaved); runs took {bench_s:.0f} s, "
+            f"{total_s:.0f} s in all with setup and seeding"
+        )
+        print("- client CPU is user+sys of the worker process (and its children, for metaflow)\n")
+        print(report.table(rows))
+        print(
+            "\nRate of s3fast over the best peer (higher is better; floor is a raw-socket reference):\n"
+        )
+        print(report.ratio_table(ratio))
+        notes = {f"{r['client']} {r['workload']}: {r['note']}" for r in rows if r.get("note")}
+        for note in sorted(notes):
+            print(f"\n- {note}", end="")
+        print()
+
+        record = {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+            "duration_s": total_s,
+            "runs_duration_s": bench_s,
+            "argv": sys.argv[1:] if argv is None else argv,
+            "quick": args.quick,
+            "rounds": args.rounds,
+            "machine": mach,
+            "versions": vers,
+            "server": server_desc,
+            "data": dataset.describe(data, sizes),
+            "profiles": [
+                {
+                    "name": p.profile.name,
+                    "cpus": p.cpus,
+                    "env": p.env,
+                    "warning": p.warning,
+                    "describe": p.describe(),
+                }
+                for p in args.profiles
+            ],
+            "summary": rows,
+            "ratios": ratio,
+            "runs": runs,
+        }
+        json_path = out_dir / f"{stem}.json"
+        png_path = out_dir / f"{stem}.png"
+        report.write_json(str(json_path), record)
+        report.plot(str(png_path), rows, f"s3fast benchmarks {stem} ({server_desc})")
+        print(f"\nwrote {json_path} and {png_path}", file=sys.stderr)
+    return 0
+
+
+def w_supported(client: str, workload: str) -> bool:
+    return workload in SUPPORTS[client]
