@@ -21,6 +21,7 @@ import sys
 import time
 import traceback
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -177,8 +178,13 @@ class Ctx:
         extra = sorted(set(got) - set(expected))
         if extra:
             raise WrongData(f"unexpected objects, e.g. {extra[0]}")
+        # hashlib drops the GIL on big buffers: hash on every CPU we may use.
+        with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
+            digests = dict(
+                zip(expected, pool.map(lambda k: _digest(got[k]), expected), strict=True)
+            )
         for key, (size, sha) in expected.items():
-            n, digest = _digest(got[key])
+            n, digest = digests[key]
             if n != size:
                 raise WrongData(f"{key}: {n} bytes, expected {size}")
             if digest != sha:
