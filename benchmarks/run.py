@@ -31,6 +31,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Benchmark s3fast against other Python S3 clients, each run in its own process.",
     )
     p.add_argument("--quick", action="store_true", help="small data, one round (under a minute)")
+    p.add_argument(
+        "--large",
+        action="store_true",
+        help="the data-plane target sizes: 64 x 16 MiB, a 1 GiB object, 2,000 small objects",
+    )
     p.add_argument("--rounds", type=int, help="rounds, interleaved (default 3; --quick: 1)")
     p.add_argument("--clients", help=f"comma-separated, from: {','.join(CLIENTS)}")
     p.add_argument("--workloads", help=f"comma-separated, from: {','.join(WORKLOADS)}")
@@ -218,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
     started = time.time()
-    sizes = dataset.QUICK if args.quick else dataset.FULL
+    sizes = dataset.QUICK if args.quick else dataset.LARGE if args.large else dataset.DEFAULT
     out_dir = Path(args.out) if args.out else RESULTS
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{time.strftime('%Y-%m-%d')}-{socket.gethostname()}"

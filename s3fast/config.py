@@ -52,6 +52,9 @@ class TransferConfig:
         Verify TLS certificates (on by default; turning it off is explicit).
     ca_bundle : str, optional
         Path to a CA bundle for TLS verification.
+    transport : str
+        ``"http"`` (default): GETs go over s3fast's own zero-copy HTTP/1.1 pool;
+        ``"botocore"``: every request goes through aiobotocore.
     """
 
     max_concurrency: int | None = None
@@ -63,6 +66,7 @@ class TransferConfig:
     read_timeout: float = 60.0
     verify_ssl: bool = True
     ca_bundle: str | None = None
+    transport: str = "http"
 
     def __post_init__(self) -> None:
         if self.max_concurrency is not None and self.max_concurrency < 1:
@@ -79,13 +83,16 @@ class TransferConfig:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
         if self.connect_timeout <= 0 or self.read_timeout <= 0:
             raise ValueError("timeouts must be positive")
+        if self.transport not in ("http", "botocore"):
+            raise ValueError(f"transport must be 'http' or 'botocore', got {self.transport!r}")
 
     @classmethod
     def from_env(cls, base: TransferConfig | None = None) -> TransferConfig:
         """``base`` (or the defaults) overridden by ``S3FAST_*`` environment variables,
         read now: ``S3FAST_MAX_CONCURRENCY``, ``S3FAST_RANGE_SIZE``, ``S3FAST_PART_SIZE``,
         ``S3FAST_MULTIPART_THRESHOLD``, ``S3FAST_MAX_ATTEMPTS``, ``S3FAST_CONNECT_TIMEOUT``,
-        ``S3FAST_READ_TIMEOUT``, ``S3FAST_VERIFY_SSL`` (0/false to disable), ``S3FAST_CA_BUNDLE``.
+        ``S3FAST_READ_TIMEOUT``, ``S3FAST_VERIFY_SSL`` (0/false to disable), ``S3FAST_CA_BUNDLE``,
+        ``S3FAST_TRANSPORT``.
         """
         base = base or cls()
         changes: dict[str, object] = {}
@@ -111,4 +118,6 @@ class TransferConfig:
             changes["verify_ssl"] = verify.strip().lower() not in ("0", "false", "no", "off")
         if os.environ.get("S3FAST_CA_BUNDLE"):
             changes["ca_bundle"] = os.environ["S3FAST_CA_BUNDLE"]
+        if os.environ.get("S3FAST_TRANSPORT"):
+            changes["transport"] = os.environ["S3FAST_TRANSPORT"]
         return dataclasses.replace(base, **changes) if changes else base  # type: ignore[arg-type]

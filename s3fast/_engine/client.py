@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -17,11 +18,22 @@ from aiobotocore.session import AioSession, get_session
 
 from ..config import TransferConfig
 from ..tuning import default_concurrency
+from .http import HttpGetter
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "METAFLOW_S3_ENDPOINT_URL")
+
+
+def ssl_context(cfg: TransferConfig) -> ssl.SSLContext:
+    """Certificates verified by default: against ``ca_bundle``, else ``AWS_CA_BUNDLE``, else
+    the system store. Turning verification off is explicit (``verify_ssl=False``)."""
+    ctx = ssl.create_default_context(cafile=cfg.ca_bundle or os.environ.get("AWS_CA_BUNDLE"))
+    if not cfg.verify_ssl:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 def resolve_endpoint(endpoint_url: str | None) -> str | None:
@@ -46,6 +58,7 @@ class Engine:
         self._client_cm: Any = None
         self._limiter: asyncio.Semaphore | None = None
         self._start_lock: asyncio.Lock | None = None
+        self._http: HttpGetter | None = None
         self.conditional_put = True  # cleared if the server rejects If-None-Match
 
     async def client(self) -> Any:
@@ -81,6 +94,15 @@ class Engine:
         self._client = await cm.__aenter__()
         self._client_cm = cm
         self._limiter = asyncio.Semaphore(self.concurrency)
+        if cfg.transport == "http":
+            self._http = HttpGetter(
+                self._client, ssl_context(cfg), (cfg.connect_timeout, cfg.read_timeout)
+            )
+
+    async def http(self) -> HttpGetter | None:
+        """The lean GET transport, or None when GETs go through botocore."""
+        await self.client()
+        return self._http
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[Any]:
@@ -91,6 +113,9 @@ class Engine:
             yield client
 
     async def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
         cm, self._client_cm, self._client = self._client_cm, None, None
         if cm is not None:
             await cm.__aexit__(None, None, None)

@@ -10,8 +10,12 @@ layer retries only broken bodies, so the two never overlap).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import mmap
 import os
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,9 +32,9 @@ from ..targets import Targets
 from ..urls import ByteRange, S3Path, parse_content_range
 from .client import Engine, bounded_map
 
-WRITE_CHUNK = 1 * MiB
+READ_CHUNK = 1 * MiB
 
-# Failures of a body stream that a ranged re-request can resume.
+# Failures that a (ranged) re-request can resume: broken bodies, 5xx answers, timeouts.
 RESUMABLE: tuple[type[BaseException], ...] = (
     aiohttp.ClientPayloadError,
     aiohttp.ClientConnectionError,
@@ -97,22 +101,20 @@ class Fetched:
 
 
 # --- sinks: where the bytes of one download go ---------------------------------------------
+#
+# A sink is one writable buffer the size of the download: a bytearray, or a memory-mapped temp
+# file. Response bodies are received (or copied, on the botocore transport) straight into it.
 
 
 class MemorySink:
-    direct = True
-
     def __init__(self) -> None:
         self.buf = bytearray()
 
     async def open(self, size: int) -> None:
         self.buf = bytearray(size)
 
-    def put(self, offset: int, data: bytes | bytearray) -> None:
-        self.buf[offset : offset + len(data)] = data
-
-    async def write(self, offset: int, data: bytes | bytearray) -> None:  # pragma: no cover
-        self.put(offset, data)
+    def view(self, offset: int, length: int) -> memoryview:
+        return memoryview(self.buf)[offset : offset + length]
 
     async def commit(self) -> tuple[str | None, bytes | None]:
         return None, bytes(self.buf)
@@ -121,24 +123,17 @@ class MemorySink:
         self.buf = bytearray()
 
 
-def _pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view, offset = view[n:], offset + n
-
-
 class FileSink:
-    """A private temp file, written at offsets off the event loop, renamed into place when
-    complete and removed otherwise. Space is reserved before the first byte is written."""
-
-    direct = False
+    """A private temp file (``.part`` until complete, then renamed), its blocks allocated
+    up front (so a full disk fails before any byte is written, never half-way) and mapped
+    into memory, so bodies land in the page cache with one copy. Removed unless committed."""
 
     def __init__(self, targets: Targets, url: str, tag: str = "") -> None:
         self.targets = targets
         self.url = url
         self.tag = tag
         self.fd: int | None = None
+        self.map: mmap.mmap | None = None
         self.path: str | None = None
         self.token: int | None = None
         self.size = 0
@@ -148,39 +143,50 @@ class FileSink:
         self.size = size
         self.path = self.targets.new_path(directory, self.url, self.tag)
         loop = asyncio.get_running_loop()
-        self.fd = await loop.run_in_executor(None, self._create, self.path + ".part", size)
+        self.fd, self.map = await loop.run_in_executor(
+            None, self._create, self.path + ".part", size
+        )
 
     @staticmethod
-    def _create(part: str, size: int) -> int:
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    def _create(part: str, size: int) -> tuple[int, mmap.mmap | None]:
+        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            if size:
+            if not size:
+                return fd, None
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
                 os.ftruncate(fd, size)
+            return fd, mmap.mmap(fd, size)
         except BaseException:
             os.close(fd)
             os.unlink(part)
             raise
-        return fd
 
-    def put(self, offset: int, data: bytes | bytearray) -> None:  # pragma: no cover
-        raise NotImplementedError
+    def view(self, offset: int, length: int) -> memoryview:
+        if not length:
+            return memoryview(bytearray())
+        assert self.map is not None
+        return memoryview(self.map)[offset : offset + length]
 
-    async def write(self, offset: int, data: bytes | bytearray) -> None:
-        assert self.fd is not None
-        await asyncio.get_running_loop().run_in_executor(None, _pwrite_all, self.fd, data, offset)
+    def _close(self) -> None:
+        mapped, self.map = self.map, None
+        if mapped is not None:
+            mapped.close()
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
 
     async def commit(self) -> tuple[str | None, bytes | None]:
-        assert self.path is not None and self.fd is not None
-        fd, self.fd = self.fd, None
-        path = self.path
-
-        def _finish() -> None:
-            os.close(fd)
-            os.rename(path + ".part", path)
-
-        await asyncio.get_running_loop().run_in_executor(None, _finish)
+        assert self.path is not None
+        self._close()
+        await asyncio.get_running_loop().run_in_executor(
+            None, os.rename, self.path + ".part", self.path
+        )
         self._release()
-        return path, None
+        return self.path, None
 
     def _release(self) -> None:
         if self.token is not None:
@@ -188,16 +194,14 @@ class FileSink:
             self.token = None
 
     async def discard(self) -> None:
-        fd, self.fd = self.fd, None
-        if fd is not None:
-            os.close(fd)
-        if self.path is not None:
-            for name in (self.path + ".part", self.path):
-                try:
-                    os.unlink(name)
-                except FileNotFoundError:
-                    pass
-        self._release()
+        try:
+            self._close()
+        finally:
+            if self.path is not None:
+                for name in (self.path + ".part", self.path):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name)
+            self._release()
 
 
 Sink = MemorySink | FileSink
@@ -223,34 +227,59 @@ def final_end(brange: ByteRange | None, total: int) -> int:
     return total - 1
 
 
-async def _drain(body: Any, sink: Sink, progress: list[int], base: int, end: int) -> None:
-    """Copy a response body into ``sink``; ``progress[0]`` is the next absolute offset owed."""
-    pending = bytearray()
-    try:
-        while progress[0] + len(pending) <= end:
-            want = min(WRITE_CHUNK, end + 1 - progress[0] - len(pending))
-            chunk = await body.read(want)
-            if not chunk:
-                break
-            if sink.direct:
-                sink.put(progress[0] - base, chunk)
-                progress[0] += len(chunk)
-                continue
-            pending += chunk
-            if len(pending) >= WRITE_CHUNK:
-                await sink.write(progress[0] - base, pending)
-                progress[0] += len(pending)
-                pending = bytearray()
-    except RESUMABLE:
-        if pending:  # keep what did arrive; the resume starts after it
-            await sink.write(progress[0] - base, pending)
-            progress[0] += len(pending)
-        raise
-    if pending:
-        await sink.write(progress[0] - base, pending)
-        progress[0] += len(pending)
-    if progress[0] != end + 1:
-        raise _ShortBody(f"body ended at byte {progress[0]}, expected {end + 1}")
+async def _drain(body: Any, dest: memoryview, progress: list[int]) -> None:
+    """Copy a botocore response body into ``dest``, advancing ``progress[0]``."""
+    filled = 0
+    while filled < len(dest):
+        chunk = await body.read(min(READ_CHUNK, len(dest) - filled))
+        if not chunk:
+            break
+        dest[filled : filled + len(chunk)] = chunk
+        filled += len(chunk)
+        progress[0] += len(chunk)
+    if filled != len(dest):
+        raise _ShortBody(f"body ended after {filled} of {len(dest)} bytes")
+
+
+Prepare = Callable[[Head], Awaitable[memoryview]]
+
+
+async def _exchange(
+    engine: Engine,
+    path: S3Path,
+    url: str,
+    range_header: str | None,
+    etag: str | None,
+    prepare: Prepare,
+    progress: list[int],
+) -> None:
+    """One GET through the engine's transport. ``prepare(head)`` returns the buffer for the
+    body; ``progress[0]`` advances with every body byte that arrives, also on failure."""
+    http = await engine.http()
+    if http is not None:
+
+        async def prepare_fields(fields: dict[str, Any]) -> memoryview:
+            return await prepare(Head.from_response(fields, url))
+
+        async with engine.slot():
+            await http.get(path.bucket, path.key, range_header, etag, prepare_fields, progress)
+        return
+    kwargs: dict[str, Any] = {}
+    if range_header:
+        kwargs["Range"] = range_header
+    if etag:
+        kwargs["IfMatch"] = f'"{etag}"'
+    async with engine.slot() as client:
+        resp = await client.get_object(Bucket=path.bucket, Key=path.key, **kwargs)
+        body = resp["Body"]
+        try:
+            dest = await prepare(Head.from_response(resp, url))
+            try:
+                await _drain(body, dest, progress)
+            finally:
+                dest.release()
+        finally:
+            body.close()
 
 
 async def _backoff(attempt: int) -> None:
@@ -271,31 +300,27 @@ async def _span(
     """Fetch absolute bytes ``start..end`` into ``sink`` (at ``start - base``), resuming a
     broken body from the last byte received."""
     progress = [start]
+
+    async def prepare(head: Head) -> memoryview:
+        if (head.start, head.end) != (progress[0], end):
+            raise MetaflowS3TransferError(
+                f"{url}: asked for bytes {progress[0]}-{end}, "
+                f"the server sent {head.start}-{head.end}",
+                url,
+            )
+        return sink.view(progress[0] - base, end + 1 - progress[0])
+
     while True:
         try:
-            async with engine.slot() as client:
-                kwargs: dict[str, Any] = {"Range": f"bytes={progress[0]}-{end}"}
-                if etag:
-                    kwargs["IfMatch"] = f'"{etag}"'
-                resp = await client.get_object(Bucket=path.bucket, Key=path.key, **kwargs)
-                body = resp["Body"]
-                try:
-                    got = Head.from_response(resp, url)
-                    if (got.start, got.end) != (progress[0], end):
-                        raise MetaflowS3TransferError(
-                            f"{url}: asked for bytes {progress[0]}-{end}, "
-                            f"the server sent {got.start}-{got.end}",
-                            url,
-                        )
-                    await _drain(body, sink, progress, base, end)
-                finally:
-                    body.close()
+            await _exchange(
+                engine, path, url, f"bytes={progress[0]}-{end}", etag, prepare, progress
+            )
             return
         except RESUMABLE as exc:
             attempt += 1
             if attempt >= engine.config.max_attempts:
                 raise MetaflowS3TransferError(
-                    f"{url}: body broke off {attempt} times; last at byte {progress[0]} "
+                    f"{url}: gave up after {attempt} attempts at byte {progress[0]} "
                     f"({type(exc).__name__}: {exc})",
                     url,
                 ) from exc
@@ -315,32 +340,39 @@ async def fetch(
     """Download ``brange`` (None: all) of ``path`` into ``sink``."""
     range_size = engine.config.range_size
     progress = [0]
-    broken = False
+    first: list[Head] = []
+    last = 0
+
+    async def prepare(head: Head) -> memoryview:
+        nonlocal last
+        last = final_end(brange, head.total)
+        await sink.open(max(0, last - head.start + 1))
+        first.append(head)
+        progress[0] = head.start
+        return sink.view(0, head.end + 1 - head.start)
+
     try:
-        async with engine.slot() as client:
+        range_header: str | None = first_range(brange, range_size)
+        attempt = 0
+        while True:
             try:
-                resp = await client.get_object(
-                    Bucket=path.bucket, Key=path.key, Range=first_range(brange, range_size)
-                )
+                await _exchange(engine, path, url, range_header, None, prepare, progress)
+                break
             except botocore.exceptions.ClientError as exc:
                 # A whole-object read of an empty object: S3 refuses "bytes=0-N" with 416.
-                if brange is None and error_code(exc) in ("InvalidRange", "416"):
-                    resp = await client.get_object(Bucket=path.bucket, Key=path.key)
-                else:
+                if brange is None and range_header and error_code(exc) in ("InvalidRange", "416"):
+                    range_header = None
+                    continue
+                raise
+            except RESUMABLE:
+                if first:  # the body broke off: resume below from the last byte received
+                    break
+                attempt += 1
+                if attempt >= engine.config.max_attempts:
                     raise
-            body = resp["Body"]
-            try:
-                head = Head.from_response(resp, url)
-                last = final_end(brange, head.total)
-                await sink.open(max(0, last - head.start + 1))
-                progress[0] = head.start
-                try:
-                    await _drain(body, sink, progress, head.start, head.end)
-                except RESUMABLE:
-                    broken = True
-            finally:
-                body.close()
-        if broken:
+                await _backoff(attempt)
+        head = first[0]
+        if progress[0] <= head.end:
             await _span(engine, path, url, sink, head.start, progress[0], head.end, head.etag, 1)
         rest = split(head.end + 1, last, range_size)
         if rest:

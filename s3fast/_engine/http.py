@@ -1,0 +1,375 @@
+"""The hot path: a lean HTTP/1.1 keep-alive pool for GETs, on asyncio ``BufferedProtocol``.
+
+The kernel copies response bodies straight into the destination (``get_buffer`` hands out a
+slice of the caller's preallocated buffer or memory-mapped temp file), so each byte is copied
+once. Requests are signed with SigV4 here (the derived key cached per day and region, the
+empty-payload hash for GET); credentials, region and addressing (virtual-hosted or
+path-style, as botocore decides for the bucket) still come from aiobotocore.
+
+Errors are returned in botocore's shape (``ClientError`` with the S3 error code), so the one
+translator in :mod:`s3fast.errors` handles both transports. 5xx and throttling answers raise
+:class:`TransientHTTPError`, which the caller retries with backoff like a broken body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import hmac
+import inspect
+import re
+import ssl
+from collections import deque
+from collections.abc import Awaitable, Callable
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import botocore.exceptions
+
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+MAX_HEAD = 64 * 1024
+_CODE = re.compile(rb"<Code>([^<]*)</Code>")
+_MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
+TRANSIENT_STATUS = {429, 500, 502, 503, 504}
+
+
+class TransientHTTPError(ConnectionError):
+    """A 5xx or throttling answer: retried by the caller, with backoff."""
+
+
+class _Conn(asyncio.BufferedProtocol):
+    """One keep-alive connection; one exchange at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray(MAX_HEAD)
+        self.used = 0  # bytes of self.buf holding header (or small body) data
+        self.dest: memoryview | None = None  # where body bytes go now
+        self.received = 0  # body bytes received into dest
+        self.want = 0  # body bytes expected in dest
+        self.waiter: asyncio.Future[None] | None = None
+        self.head_end = -1
+        self.lost: BaseException | None = None
+        self.active = False  # an exchange is in progress
+
+    # -- asyncio protocol --
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self.dest is not None:
+            return self.dest[self.received :]
+        if self.used == len(self.buf):
+            self.buf.extend(bytes(len(self.buf)))
+        return memoryview(self.buf)[self.used :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if not self.active:
+            self._fail(ConnectionError("unsolicited data on an idle connection"))
+            self.transport.close()  # type: ignore[union-attr]
+            return
+        if self.dest is not None:
+            self.received += nbytes
+            if self.received >= self.want:
+                self.dest = None  # the next bytes (there should be none) go to self.buf
+                self.used = self.head_end = 0
+                self.transport.pause_reading()  # type: ignore[union-attr]
+                self._wake()
+            return
+        self.used += nbytes
+        if self.head_end < 0:
+            end = self.buf.find(b"\r\n\r\n", 0, self.used)
+            if end >= 0:
+                self.head_end = end + 4
+                self.transport.pause_reading()  # type: ignore[union-attr]
+                self._wake()
+            elif self.used >= MAX_HEAD * 4:
+                self._fail(ConnectionError("response headers too large"))
+        elif self.used >= self.want + self.head_end:
+            self._wake()
+
+    def eof_received(self) -> bool:
+        self._fail(ConnectionResetError("the server closed the connection"))
+        return False
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._fail(exc or ConnectionResetError("connection closed"))
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.lost is None:
+            self.lost = exc
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(
+                exc if isinstance(exc, ConnectionError) else ConnectionError(str(exc))
+            )
+
+    # -- used by the pool --
+    @property
+    def usable(self) -> bool:
+        return self.lost is None and self.transport is not None and not self.transport.is_closing()
+
+    async def _wait(self, timeout: float) -> None:
+        if self.lost is not None:
+            raise ConnectionResetError(str(self.lost))
+        self.waiter = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(timeout):
+                await self.waiter
+        finally:
+            self.waiter = None
+
+    async def head(self, request: bytes, timeout: float) -> tuple[int, dict[str, str]]:
+        self.used, self.head_end, self.dest, self.received, self.want = 0, -1, None, 0, 0
+        self.active = True
+        assert self.transport is not None
+        self.transport.write(request)
+        self.transport.resume_reading()
+        await self._wait(timeout)
+        lines = bytes(self.buf[: self.head_end - 4]).decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
+            raise ConnectionError(f"not an HTTP/1.x response: {lines[0][:80]!r}")
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            raise ConnectionError("chunked responses are not expected for S3 GET")
+        return int(parts[1]), headers
+
+    async def body_into(self, dest: memoryview, timeout: float) -> int:
+        """Read ``len(dest)`` body bytes into ``dest``; returns the bytes received (fewer only
+        when an exception is raised, in which case ``self.received`` says how many)."""
+        extra = self.used - self.head_end
+        take = min(extra, len(dest))
+        dest[:take] = self.buf[self.head_end : self.head_end + take]
+        self.received, self.want = take, len(dest)
+        if take < len(dest):
+            self.dest = dest
+            try:
+                assert self.transport is not None
+                self.transport.resume_reading()
+                await self._wait(timeout)
+            finally:
+                self.dest = None
+        if extra > take:
+            raise ConnectionError("the server sent more than Content-Length")
+        return self.received
+
+    async def small_body(self, length: int, timeout: float) -> bytes:
+        self.want = length
+        if self.used - self.head_end < length:
+            assert self.transport is not None
+            self.transport.resume_reading()
+            await self._wait(timeout)
+        return bytes(self.buf[self.head_end : self.head_end + length])
+
+    def park(self) -> None:
+        """Idle in the pool, reading, so that a close by the server is noticed."""
+        self.active = False
+        assert self.transport is not None
+        self.transport.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class _Signer:
+    """SigV4 for S3 requests, with the derived key cached per (secret, day, region)."""
+
+    def __init__(self, credentials: Any, region: str) -> None:
+        self.credentials = credentials
+        self.region = region
+        self._keys: dict[tuple[str, str], bytes] = {}
+
+    async def frozen(self) -> Any:
+        if self.credentials is None:
+            raise botocore.exceptions.NoCredentialsError()
+        frozen = self.credentials.get_frozen_credentials()
+        if inspect.isawaitable(frozen):
+            frozen = await frozen
+        return frozen
+
+    def _key(self, secret: str, day: str) -> bytes:
+        key = self._keys.get((secret, day))
+        if key is None:
+            k = hmac.new(("AWS4" + secret).encode(), day.encode(), hashlib.sha256).digest()
+            for part in (self.region, "s3", "aws4_request"):
+                k = hmac.new(k, part.encode(), hashlib.sha256).digest()
+            self._keys = {(secret, day): k}
+            key = k
+        return key
+
+    async def sign(self, method: str, host: str, path: str, extra: dict[str, str]) -> bytes:
+        creds = await self.frozen()
+        now = datetime.datetime.now(datetime.UTC)
+        amz_date = now.strftime("%Y%m%dT%H%M%SZ")
+        day = amz_date[:8]
+        headers = {"host": host, "x-amz-content-sha256": EMPTY_SHA256, "x-amz-date": amz_date}
+        if creds.token:
+            headers["x-amz-security-token"] = creds.token
+        headers.update({k.lower(): v for k, v in extra.items()})
+        names = sorted(headers)
+        canonical = "\n".join(
+            [
+                method,
+                path,
+                "",
+                *(f"{n}:{headers[n].strip()}" for n in names),
+                "",
+                ";".join(names),
+                EMPTY_SHA256,
+            ]
+        )
+        scope = f"{day}/{self.region}/s3/aws4_request"
+        to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+        signature = hmac.new(
+            self._key(creds.secret_key, day), to_sign.encode(), hashlib.sha256
+        ).hexdigest()
+        headers["authorization"] = (
+            f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, "
+            f"SignedHeaders={';'.join(names)}, Signature={signature}"
+        )
+        lines = [f"{method} {path} HTTP/1.1"] + [f"{n}: {v}" for n, v in headers.items()]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+
+
+def _error(status: int, body: bytes, headers: dict[str, str]) -> Exception:
+    code_m, msg_m = _CODE.search(body), _MESSAGE.search(body)
+    code = code_m.group(1).decode() if code_m else str(status)
+    message = msg_m.group(1).decode() if msg_m else ""
+    if status in TRANSIENT_STATUS or code in ("SlowDown", "InternalError", "ServiceUnavailable"):
+        return TransientHTTPError(f"HTTP {status} {code}: {message}")
+    return botocore.exceptions.ClientError(
+        {
+            "Error": {"Code": code, "Message": message},
+            "ResponseMetadata": {"HTTPStatusCode": status},
+        },
+        "GetObject",
+    )
+
+
+def response_fields(headers: dict[str, str]) -> dict[str, Any]:
+    """The fields of a GET response, named as botocore names them."""
+    out: dict[str, Any] = {
+        "ContentLength": int(headers.get("content-length", "0")),
+        "ContentRange": headers.get("content-range"),
+        "ContentType": headers.get("content-type"),
+        "ETag": headers.get("etag"),
+        "VersionId": headers.get("x-amz-version-id"),
+        "ServerSideEncryption": headers.get("x-amz-server-side-encryption"),
+        "Metadata": {k[11:]: v for k, v in headers.items() if k.startswith("x-amz-meta-")},
+    }
+    if headers.get("last-modified"):
+        out["LastModified"] = parsedate_to_datetime(headers["last-modified"])
+    return out
+
+
+class HttpGetter:
+    """GETs over pooled keep-alive connections to the endpoints botocore addresses."""
+
+    def __init__(
+        self, client: Any, ssl_context: ssl.SSLContext | None, timeouts: tuple[float, float]
+    ) -> None:
+        self._client = client
+        self._signer = _Signer(
+            client._request_signer._credentials, client.meta.region_name or "us-east-1"
+        )
+        self._ssl = ssl_context
+        self._connect_timeout, self._read_timeout = timeouts
+        self._idle: dict[tuple[str, str, int], deque[_Conn]] = {}
+        self._layout: dict[
+            str, tuple[str, str, int, str]
+        ] = {}  # bucket -> scheme, host, port, path prefix
+
+    async def _address(self, bucket: str) -> tuple[str, str, int, str]:
+        """Where botocore sends requests for ``bucket``: learned once from a presigned URL."""
+        layout = self._layout.get(bucket)
+        if layout is None:
+            url = await self._client.generate_presigned_url(
+                "get_object", Params={"Bucket": bucket, "Key": "k"}, ExpiresIn=60
+            )
+            parts = urlsplit(url)
+            prefix = parts.path[: -len("k")]  # "/bucket/" (path-style) or "/" (virtual-hosted)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            layout = (parts.scheme, parts.hostname or "", port, prefix)
+            self._layout[bucket] = layout
+        return layout
+
+    async def _connect(self, scheme: str, host: str, port: int) -> _Conn:
+        pool = self._idle.setdefault((scheme, host, port), deque())
+        while pool:
+            conn = pool.pop()
+            if conn.usable:
+                return conn
+            conn.close()
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self._connect_timeout):
+            _, conn = await loop.create_connection(
+                _Conn,
+                host,
+                port,
+                ssl=self._ssl if scheme == "https" else None,
+                server_hostname=host if scheme == "https" else None,
+            )
+        return conn
+
+    async def get(
+        self,
+        bucket: str,
+        key: str,
+        range_header: str | None,
+        etag: str | None,
+        prepare: Callable[[dict[str, Any]], Awaitable[memoryview]],
+        progress: list[int],
+    ) -> None:
+        """One GET. ``prepare(fields)`` gets the response fields and returns the buffer for
+        the body; ``progress[0]`` advances by the body bytes received, also when the body
+        breaks off (so the caller can resume)."""
+        scheme, host, port, prefix = await self._address(bucket)
+        extra = {}
+        if range_header:
+            extra["range"] = range_header
+        if etag:
+            extra["if-match"] = f'"{etag}"'
+        host_header = host if port in (80, 443) else f"{host}:{port}"
+        request = await self._signer.sign("GET", host_header, prefix + quote(key, safe="/~"), extra)
+        conn = await self._connect(scheme, host, port)
+        reusable = False
+        try:
+            status, headers = await conn.head(request, self._read_timeout)
+            length = int(headers.get("content-length", "0"))
+            keep_alive = headers.get("connection", "").lower() != "close"
+            if status not in (200, 206):
+                body = (
+                    await conn.small_body(length, self._read_timeout) if length <= MAX_HEAD else b""
+                )
+                reusable = keep_alive and length <= MAX_HEAD
+                raise _error(status, body, headers)
+            dest = await prepare(response_fields(headers))
+            if len(dest) != length:
+                raise ConnectionError(f"buffer of {len(dest)} bytes for a body of {length}")
+            try:
+                await conn.body_into(dest, self._read_timeout)
+            finally:
+                progress[0] += conn.received
+                dest.release()
+            reusable = keep_alive
+        finally:
+            if reusable and conn.usable:
+                conn.park()
+                self._idle[(scheme, host, port)].append(conn)
+            else:
+                conn.close()
+
+    def close(self) -> None:
+        for pool in self._idle.values():
+            while pool:
+                pool.pop().close()
