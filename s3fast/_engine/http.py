@@ -42,7 +42,8 @@ class TransientHTTPError(ConnectionError):
 class _Conn(asyncio.BufferedProtocol):
     """One keep-alive connection; one exchange at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, read_timeout: float) -> None:
+        self.read_timeout = read_timeout  # a stall longer than this raises TimeoutError
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray(MAX_HEAD)
         self.used = 0  # bytes of self.buf holding header (or small body) data
@@ -114,23 +115,23 @@ class _Conn(asyncio.BufferedProtocol):
     def usable(self) -> bool:
         return self.lost is None and self.transport is not None and not self.transport.is_closing()
 
-    async def _wait(self, timeout: float) -> None:
+    async def _wait(self) -> None:
         if self.lost is not None:
             raise ConnectionResetError(str(self.lost))
         self.waiter = asyncio.get_running_loop().create_future()
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(self.read_timeout):
                 await self.waiter
         finally:
             self.waiter = None
 
-    async def head(self, request: bytes, timeout: float) -> tuple[int, dict[str, str]]:
+    async def head(self, request: bytes) -> tuple[int, dict[str, str]]:
         self.used, self.head_end, self.dest, self.received, self.want = 0, -1, None, 0, 0
         self.active = True
         assert self.transport is not None
         self.transport.write(request)
         self.transport.resume_reading()
-        await self._wait(timeout)
+        await self._wait()
         lines = bytes(self.buf[: self.head_end - 4]).decode("latin-1").split("\r\n")
         parts = lines[0].split(" ", 2)
         if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
@@ -143,7 +144,7 @@ class _Conn(asyncio.BufferedProtocol):
             raise ConnectionError("chunked responses are not expected for S3 GET")
         return int(parts[1]), headers
 
-    async def body_into(self, dest: memoryview, timeout: float) -> int:
+    async def body_into(self, dest: memoryview) -> int:
         """Read ``len(dest)`` body bytes into ``dest``; returns the bytes received (fewer only
         when an exception is raised, in which case ``self.received`` says how many)."""
         extra = self.used - self.head_end
@@ -155,19 +156,19 @@ class _Conn(asyncio.BufferedProtocol):
             try:
                 assert self.transport is not None
                 self.transport.resume_reading()
-                await self._wait(timeout)
+                await self._wait()
             finally:
                 self.dest = None
         if extra > take:
             raise ConnectionError("the server sent more than Content-Length")
         return self.received
 
-    async def small_body(self, length: int, timeout: float) -> bytes:
+    async def small_body(self, length: int) -> bytes:
         self.want = length
         if self.used - self.head_end < length:
             assert self.transport is not None
             self.transport.resume_reading()
-            await self._wait(timeout)
+            await self._wait()
         return bytes(self.buf[self.head_end : self.head_end + length])
 
     def park(self) -> None:
@@ -313,7 +314,7 @@ class HttpGetter:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self._connect_timeout):
             _, conn = await loop.create_connection(
-                _Conn,
+                lambda: _Conn(self._read_timeout),
                 host,
                 port,
                 ssl=self._ssl if scheme == "https" else None,
@@ -344,20 +345,18 @@ class HttpGetter:
         conn = await self._connect(scheme, host, port)
         reusable = False
         try:
-            status, headers = await conn.head(request, self._read_timeout)
+            status, headers = await conn.head(request)
             length = int(headers.get("content-length", "0"))
             keep_alive = headers.get("connection", "").lower() != "close"
             if status not in (200, 206):
-                body = (
-                    await conn.small_body(length, self._read_timeout) if length <= MAX_HEAD else b""
-                )
+                body = await conn.small_body(length) if length <= MAX_HEAD else b""
                 reusable = keep_alive and length <= MAX_HEAD
                 raise _error(status, body, headers)
             dest = await prepare(response_fields(headers))
             if len(dest) != length:
                 raise ConnectionError(f"buffer of {len(dest)} bytes for a body of {length}")
             try:
-                await conn.body_into(dest, self._read_timeout)
+                await conn.body_into(dest)
             finally:
                 progress[0] += conn.received
                 dest.release()
