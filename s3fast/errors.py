@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ssl
 from typing import NoReturn
 
 import aiohttp
@@ -132,6 +133,8 @@ def translate(exc: BaseException, url: str | None) -> BaseException:
         return MetaflowS3AccessDenied(f"{where}: no AWS credentials were found ({exc})", url)
     if isinstance(exc, botocore.exceptions.ParamValidationError):
         return MetaflowS3URLException(f"{where}: {exc}", url)
+    if isinstance(exc, ssl.SSLError):
+        return MetaflowS3TransferError(f"{where}: TLS error: {exc}", url)
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return MetaflowS3InsufficientDiskSpace(f"{where}: {exc.strerror}", url)
     if isinstance(

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import mmap
 import os
 import random
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -106,21 +108,60 @@ class Fetched:
 # file. Response bodies are received (or copied, on the botocore transport) straight into it.
 
 
+def _writable_bytes(size: int) -> tuple[bytes, memoryview] | None:
+    """A new ``bytes`` of ``size`` zero bytes and a writable view of its storage, so a body
+    can be received straight into the object handed to the caller, without a final copy.
+
+    ``bytes(n)`` is allocated with calloc (zero pages, mapped lazily), unlike ``bytearray(n)``
+    which is zero-filled up front. Writing into a ``bytes`` is safe only while no one else
+    holds it (it is not hashed or shared until the download completes), and only for objects
+    too large for CPython's shared single-byte cache; CPython only, checked at import.
+    """
+    if not _BYTES_WRITABLE or size < 4096:
+        return None
+    blob = bytes(size)
+    array = (ctypes.c_ubyte * size).from_address(id(blob) + _BYTES_OFFSET)
+    return blob, memoryview(array).cast("B")
+
+
+def _bytes_self_check() -> bool:
+    if sys.implementation.name != "cpython":
+        return False
+    try:
+        probe = bytes(4096)
+        array = (ctypes.c_ubyte * 4096).from_address(id(probe) + _BYTES_OFFSET)
+        memoryview(array).cast("B")[:4] = b"s3ft"
+        return probe[:4] == b"s3ft" and probe[4:] == bytes(4092)
+    except Exception:
+        return False
+
+
+_BYTES_OFFSET = sys.getsizeof(b"") - 1  # where a bytes object's data starts (CPython)
+_BYTES_WRITABLE = _bytes_self_check()
+
+
 class MemorySink:
     def __init__(self) -> None:
-        self.buf = bytearray()
+        self.buf: bytearray | memoryview = bytearray()
+        self.blob: bytes | None = None
 
     async def open(self, size: int) -> None:
-        self.buf = bytearray(size)
+        direct = _writable_bytes(size)
+        if direct is None:
+            self.buf = bytearray(size)
+        else:
+            self.blob, self.buf = direct
 
     def view(self, offset: int, length: int) -> memoryview:
         return memoryview(self.buf)[offset : offset + length]
 
     async def commit(self) -> tuple[str | None, bytes | None]:
-        return None, bytes(self.buf)
+        blob = self.blob if self.blob is not None else bytes(self.buf)
+        self.buf, self.blob = bytearray(), None
+        return None, blob
 
     async def discard(self) -> None:
-        self.buf = bytearray()
+        self.buf, self.blob = bytearray(), None
 
 
 class FileSink:

@@ -1,0 +1,155 @@
+"""The zero-copy GET transport against SeaweedFS: keep-alive reuse, bodies that break off,
+503 bursts, stalls (through a fault-injecting proxy), and HTTPS with a self-signed CA."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import pathlib
+import ssl
+from collections.abc import Iterator
+
+import pytest
+
+from s3fast import S3, MetaflowS3TransferError, S3GetObject, TransferConfig
+from s3fast.limits import MiB
+from s3fast.testing import SeaweedFS
+
+from .conftest import Server
+from .proxy import FaultProxy, Faults
+
+
+@pytest.fixture(scope="module")
+def proxy(seaweed: Server) -> Iterator[FaultProxy]:
+    p = FaultProxy(int(seaweed.endpoint_url.rsplit(":", 1)[1])).start()
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def data(seaweed_bucket: str, seaweed: Server) -> dict[str, bytes]:
+    objs = {f"o{i}": os.urandom(1 * MiB + i) for i in range(8)}
+    client = seaweed.client()
+    for key, body in objs.items():
+        client.put_object(Bucket=seaweed_bucket, Key=key, Body=body)  # type: ignore[attr-defined]
+    client.close()  # type: ignore[attr-defined]
+    return objs
+
+
+def _client(bucket: str, proxy: FaultProxy, **cfg: object) -> S3:
+    config = TransferConfig(**{"max_concurrency": 1, "range_size": 256 * 1024, **cfg})  # type: ignore[arg-type]
+    return S3(s3root=f"s3://{bucket}", endpoint_url=proxy.url, config=config)
+
+
+def test_keep_alive_reuses_one_connection(
+    seaweed_bucket: str, data: dict[str, bytes], proxy: FaultProxy
+) -> None:
+    proxy.set(Faults())
+    with _client(seaweed_bucket, proxy) as s3:
+        objs = s3.get_many(list(data), in_memory=True)
+        assert [o.blob for o in objs] == list(data.values())
+        objs = s3.get_many([S3GetObject(k, 10, 1000) for k in data])
+        assert [o.blob for o in objs] == [v[10:1010] for v in data.values()]
+    assert proxy.connections == 1  # 8 objects x 5 ranges, then 8 partial reads, on one socket
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_body_cut_midway_is_resumed(
+    seaweed_bucket: str, data: dict[str, bytes], proxy: FaultProxy, in_memory: bool
+) -> None:
+    proxy.set(Faults(cut_after=100_000, times=3))
+    with _client(seaweed_bucket, proxy) as s3:
+        objs = s3.get_many(list(data), in_memory=in_memory)
+        for obj, want in zip(objs, data.values(), strict=True):
+            assert hashlib.sha256(obj.blob or b"").digest() == hashlib.sha256(want).digest()
+    assert proxy.injected == 3
+
+
+def test_slowdown_bursts_are_retried_then_reported(
+    seaweed_bucket: str, data: dict[str, bytes], proxy: FaultProxy
+) -> None:
+    proxy.set(Faults(slowdown=True, times=3))
+    with _client(seaweed_bucket, proxy, max_attempts=5) as s3:
+        assert s3.get("o1", in_memory=True).blob == data["o1"]
+    proxy.set(Faults(slowdown=True, times=100))
+    with _client(seaweed_bucket, proxy, max_attempts=3) as s3:
+        with pytest.raises(MetaflowS3TransferError, match=f"s3://{seaweed_bucket}/o1"):
+            s3.get("o1")
+        assert all(os.listdir(d) == [] for d in s3.tmpdirs)
+
+
+def test_stalled_response_times_out_and_retries(
+    seaweed_bucket: str, data: dict[str, bytes], proxy: FaultProxy
+) -> None:
+    proxy.set(Faults(stall=3.0, times=1))
+    with _client(seaweed_bucket, proxy, read_timeout=0.5) as s3:
+        assert s3.get("o2", in_memory=True).blob == data["o2"]
+    assert proxy.connections >= 2
+
+
+def _self_signed(tmp: pathlib.Path) -> tuple[str, str]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_path), str(key_path)
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SeaweedFS, str]]:
+    cert, key = _self_signed(tmp_path_factory.mktemp("tls"))
+    with SeaweedFS(https_cert=cert, https_key=key) as server:
+        yield server, cert
+
+
+def test_https_verifies_certificates(
+    tls_server: tuple[SeaweedFS, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, ca = tls_server
+    for name, value in server.env().items():
+        monkeypatch.setenv(name, value)
+    body = os.urandom(3 * MiB + 5)
+    cfg = TransferConfig(ca_bundle=ca, range_size=1 * MiB)
+    with S3(endpoint_url=server.https_url, config=cfg) as s3:
+        import boto3
+
+        boto3.client("s3", endpoint_url=server.endpoint_url, region_name="us-east-1").create_bucket(
+            Bucket="tls-bucket"
+        )
+        s3.put("s3://tls-bucket/x", body)
+        assert s3.get("s3://tls-bucket/x", in_memory=True).blob == body
+        assert s3.get("s3://tls-bucket/x").blob == body
+    with S3(endpoint_url=server.https_url, config=TransferConfig(max_attempts=1)) as s3:
+        with pytest.raises(MetaflowS3TransferError, match="s3://tls-bucket/x") as err:
+            s3.get("s3://tls-bucket/x")
+        assert (
+            isinstance(err.value.__cause__, ssl.SSLError) or "certificate" in str(err.value).lower()
+        )
+    with S3(endpoint_url=server.https_url, config=TransferConfig(verify_ssl=False)) as s3:
+        assert s3.get("s3://tls-bucket/x", in_memory=True).blob == body
