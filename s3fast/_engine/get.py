@@ -431,9 +431,23 @@ async def fetch(
 
 
 async def head_object(engine: Engine, path: S3Path, url: str) -> Head:
-    try:
-        async with engine.slot() as client:
-            resp = await client.head_object(Bucket=path.bucket, Key=path.key)
-    except Exception as exc:
-        raise_translated(exc, url)
-    return Head.from_response(resp, url)
+    """HEAD through the engine's transport (botocore retries its own; the http transport's
+    transient failures are retried here)."""
+    http = await engine.http()
+    attempt = 0
+    while True:
+        try:
+            if http is not None:
+                async with engine.slot():
+                    fields = await http.head(path.bucket, path.key)
+            else:
+                async with engine.slot() as client:
+                    fields = await client.head_object(Bucket=path.bucket, Key=path.key)
+            return Head.from_response(fields, url)
+        except RESUMABLE as exc:
+            attempt += 1
+            if http is None or attempt >= engine.config.max_attempts:
+                raise_translated(exc, url)
+            await _backoff(attempt)
+        except Exception as exc:
+            raise_translated(exc, url)

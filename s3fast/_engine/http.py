@@ -322,6 +322,37 @@ class HttpGetter:
             )
         return conn
 
+    async def _request(
+        self, method: str, bucket: str, key: str, extra: dict[str, str]
+    ) -> tuple[tuple[str, str, int], bytes]:
+        scheme, host, port, prefix = await self._address(bucket)
+        host_header = host if port in (80, 443) else f"{host}:{port}"
+        request = await self._signer.sign(
+            method, host_header, prefix + quote(key, safe="/~"), extra
+        )
+        return (scheme, host, port), request
+
+    def _release(self, conn: _Conn, where: tuple[str, str, int], reusable: bool) -> None:
+        if reusable and conn.usable:
+            conn.park()
+            self._idle[where].append(conn)
+        else:
+            conn.close()
+
+    async def head(self, bucket: str, key: str) -> dict[str, Any]:
+        """One HEAD; the object's fields, named as botocore names them."""
+        where, request = await self._request("HEAD", bucket, key, {})
+        conn = await self._connect(*where)
+        reusable = False
+        try:
+            status, headers = await conn.head(request)
+            reusable = headers.get("connection", "").lower() != "close"
+            if status != 200:
+                raise _error(status, b"", headers)
+            return response_fields(headers)
+        finally:
+            self._release(conn, where, reusable)
+
     async def get(
         self,
         bucket: str,
@@ -334,14 +365,12 @@ class HttpGetter:
         """One GET. ``prepare(fields)`` gets the response fields and returns the buffer for
         the body; ``progress[0]`` advances by the body bytes received, also when the body
         breaks off (so the caller can resume)."""
-        scheme, host, port, prefix = await self._address(bucket)
         extra = {}
         if range_header:
             extra["range"] = range_header
         if etag:
             extra["if-match"] = f'"{etag}"'
-        host_header = host if port in (80, 443) else f"{host}:{port}"
-        request = await self._signer.sign("GET", host_header, prefix + quote(key, safe="/~"), extra)
+        (scheme, host, port), request = await self._request("GET", bucket, key, extra)
         conn = await self._connect(scheme, host, port)
         reusable = False
         try:
@@ -362,11 +391,7 @@ class HttpGetter:
                 dest.release()
             reusable = keep_alive
         finally:
-            if reusable and conn.usable:
-                conn.park()
-                self._idle[(scheme, host, port)].append(conn)
-            else:
-                conn.close()
+            self._release(conn, (scheme, host, port), reusable)
 
     def close(self) -> None:
         for pool in self._idle.values():
