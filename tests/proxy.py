@@ -11,20 +11,25 @@ import asyncio
 import threading
 from dataclasses import dataclass
 
-SLOWDOWN = (
-    b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: %d\r\n"
-    b"Connection: close\r\n\r\n%s"
-)
-SLOWDOWN_BODY = (
-    b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
-)
+
+def canned(status: str, code: str) -> bytes:
+    """A complete S3 error response."""
+    body = f"<Error><Code>{code}</Code><Message>injected by the test proxy</Message></Error>"
+    return (
+        f"HTTP/1.1 {status}\r\nContent-Type: application/xml\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}"
+    ).encode()
+
+
+SLOWDOWN = canned("503 Slow Down", "SlowDown")
+REDIRECT = canned("301 Moved Permanently", "PermanentRedirect")
 
 
 @dataclass
 class Faults:
     cut_after: int | None = None  # close after forwarding this many body bytes
     stall: float = 0.0  # seconds to hold the first response before forwarding it
-    slowdown: bool = False  # answer 503 SlowDown instead of forwarding
+    answer: bytes | None = None  # answer this (e.g. SLOWDOWN) instead of forwarding
     times: int = 0  # how many connections get the fault
 
 
@@ -67,9 +72,9 @@ class FaultProxy:
         self.connections += 1
         fault = self._take_fault()
         try:
-            if fault is not None and fault.slowdown:
+            if fault is not None and fault.answer is not None:
                 await reader.readuntil(b"\r\n\r\n")
-                writer.write(SLOWDOWN % (len(SLOWDOWN_BODY), SLOWDOWN_BODY))
+                writer.write(fault.answer)
                 await writer.drain()
                 return
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)

@@ -17,7 +17,7 @@ from s3fast.limits import MiB
 from s3fast.testing import SeaweedFS
 
 from .conftest import Server
-from .proxy import FaultProxy, Faults
+from .proxy import REDIRECT, SLOWDOWN, FaultProxy, Faults
 
 
 @pytest.fixture(scope="module")
@@ -69,14 +69,26 @@ def test_body_cut_midway_is_resumed(
 def test_slowdown_bursts_are_retried_then_reported(
     seaweed_bucket: str, data: dict[str, bytes], proxy: FaultProxy
 ) -> None:
-    proxy.set(Faults(slowdown=True, times=3))
+    proxy.set(Faults(answer=SLOWDOWN, times=3))
     with _client(seaweed_bucket, proxy, max_attempts=5) as s3:
         assert s3.get("o1", in_memory=True).blob == data["o1"]
-    proxy.set(Faults(slowdown=True, times=100))
+    proxy.set(Faults(answer=SLOWDOWN, times=100))
     with _client(seaweed_bucket, proxy, max_attempts=3) as s3:
         with pytest.raises(MetaflowS3TransferError, match=f"s3://{seaweed_bucket}/o1"):
             s3.get("o1")
         assert all(os.listdir(d) == [] for d in s3.tmpdirs)
+
+
+def test_region_redirect_hands_the_bucket_to_botocore(
+    seaweed_bucket: str, data: dict[str, bytes], proxy: FaultProxy
+) -> None:
+    proxy.set(Faults(answer=REDIRECT, times=1))
+    with _client(seaweed_bucket, proxy) as s3:
+        assert s3.get("o3", in_memory=True).blob == data["o3"]
+        assert s3.info("o4").size == len(data["o4"])
+        assert s3._aio._engine._http is not None
+        assert not s3._aio._engine._http.handles(seaweed_bucket)
+    assert proxy.injected == 1
 
 
 def test_stalled_response_times_out_and_retries(

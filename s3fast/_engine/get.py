@@ -215,7 +215,10 @@ class FileSink:
     def _close(self) -> None:
         mapped, self.map = self.map, None
         if mapped is not None:
-            mapped.close()
+            try:
+                mapped.close()
+            except BufferError:  # a view is still alive; the map closes when it is collected
+                pass
         fd, self.fd = self.fd, None
         if fd is not None:
             os.close(fd)
@@ -297,14 +300,18 @@ async def _exchange(
     """One GET through the engine's transport. ``prepare(head)`` returns the buffer for the
     body; ``progress[0]`` advances with every body byte that arrives, also on failure."""
     http = await engine.http()
-    if http is not None:
+    if http is not None and http.handles(path.bucket):
 
         async def prepare_fields(fields: dict[str, Any]) -> memoryview:
             return await prepare(Head.from_response(fields, url))
 
-        async with engine.slot():
-            await http.get(path.bucket, path.key, range_header, etag, prepare_fields, progress)
-        return
+        try:
+            async with engine.slot():
+                await http.get(path.bucket, path.key, range_header, etag, prepare_fields, progress)
+            return
+        except botocore.exceptions.ClientError as exc:
+            if not http.redirected(exc, path.bucket):
+                raise
     kwargs: dict[str, Any] = {}
     if range_header:
         kwargs["Range"] = range_header
@@ -437,9 +444,14 @@ async def head_object(engine: Engine, path: S3Path, url: str) -> Head:
     attempt = 0
     while True:
         try:
-            if http is not None:
-                async with engine.slot():
-                    fields = await http.head(path.bucket, path.key)
+            if http is not None and http.handles(path.bucket):
+                try:
+                    async with engine.slot():
+                        fields = await http.head(path.bucket, path.key)
+                except botocore.exceptions.ClientError as exc:
+                    if http.redirected(exc, path.bucket):
+                        continue
+                    raise
             else:
                 async with engine.slot() as client:
                     fields = await client.head_object(Bucket=path.bucket, Key=path.key)

@@ -33,6 +33,15 @@ MAX_HEAD = 64 * 1024
 _CODE = re.compile(rb"<Code>([^<]*)</Code>")
 _MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
 TRANSIENT_STATUS = {429, 500, 502, 503, 504}
+# Answers that mean "this bucket lives elsewhere": botocore follows them (region redirects);
+# the lean path hands such a bucket over to botocore for good.
+REDIRECT_CODES = {
+    "301",
+    "307",
+    "PermanentRedirect",
+    "TemporaryRedirect",
+    "AuthorizationHeaderMalformed",
+}
 
 
 class TransientHTTPError(ConnectionError):
@@ -286,9 +295,20 @@ class HttpGetter:
         self._ssl = ssl_context
         self._connect_timeout, self._read_timeout = timeouts
         self._idle: dict[tuple[str, str, int], deque[_Conn]] = {}
-        self._layout: dict[
-            str, tuple[str, str, int, str]
-        ] = {}  # bucket -> scheme, host, port, path prefix
+        # bucket -> (scheme, host, port, path prefix), as botocore addresses it
+        self._layout: dict[str, tuple[str, str, int, str]] = {}
+        self._elsewhere: set[str] = set()  # buckets left to botocore (region redirects)
+
+    def handles(self, bucket: str) -> bool:
+        return bucket not in self._elsewhere
+
+    def redirected(self, exc: BaseException, bucket: str) -> bool:
+        """True (and the bucket is left to botocore from now on) if ``exc`` is a redirect."""
+        if isinstance(exc, botocore.exceptions.ClientError):
+            if exc.response.get("Error", {}).get("Code") in REDIRECT_CODES:
+                self._elsewhere.add(bucket)
+                return True
+        return False
 
     async def _address(self, bucket: str) -> tuple[str, str, int, str]:
         """Where botocore sends requests for ``bucket``: learned once from a presigned URL."""
@@ -382,9 +402,9 @@ class HttpGetter:
                 reusable = keep_alive and length <= MAX_HEAD
                 raise _error(status, body, headers)
             dest = await prepare(response_fields(headers))
-            if len(dest) != length:
-                raise ConnectionError(f"buffer of {len(dest)} bytes for a body of {length}")
             try:
+                if len(dest) != length:
+                    raise ConnectionError(f"buffer of {len(dest)} bytes for a body of {length}")
                 await conn.body_into(dest)
             finally:
                 progress[0] += conn.received
