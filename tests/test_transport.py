@@ -8,6 +8,7 @@ import hashlib
 import os
 import pathlib
 import ssl
+from types import SimpleNamespace
 from collections.abc import Iterator
 
 import pytest
@@ -165,3 +166,24 @@ def test_https_verifies_certificates(
         )
     with S3(endpoint_url=server.https_url, config=TransferConfig(verify_ssl=False)) as s3:
         assert s3.get("s3://tls-bucket/x", in_memory=True).blob == body
+
+
+def test_part_checksum_is_checked_by_the_server(
+    seaweed_bucket: str, seaweed: Server, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """UploadPart goes out unhashed (UNSIGNED-PAYLOAD) but with a signed CRC32 header: a part
+    whose bytes do not match it must be refused, and the upload aborted. (SeaweedFS checks
+    part checksums; moto does not, so this runs on SeaweedFS only.)"""
+    bucket = seaweed_bucket
+    import s3fast._engine.http as http
+
+    local = tmp_path / "f"
+    local.write_bytes(os.urandom(12 * MiB))
+    cfg = TransferConfig(part_size=5 * MiB, multipart_threshold=5 * MiB, max_attempts=1)
+    monkeypatch.setattr(http, "zlib", SimpleNamespace(crc32=lambda data: 12345))
+    with S3(s3root=f"s3://{bucket}", config=cfg) as s3:
+        with pytest.raises(Exception, match=f"s3://{bucket}/f"):
+            s3.put_files([("f", str(local))])
+    client = seaweed.client()
+    assert "Contents" not in client.list_objects_v2(Bucket=bucket)  # type: ignore[attr-defined]
+    client.close()  # type: ignore[attr-defined]

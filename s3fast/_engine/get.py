@@ -330,7 +330,8 @@ async def _exchange(
             body.close()
 
 
-async def _backoff(attempt: int) -> None:
+async def backoff(attempt: int) -> None:
+    """Full jitter, capped at 2 s."""
     await asyncio.sleep(random.uniform(0, min(2.0, 0.05 * 2**attempt)))
 
 
@@ -372,7 +373,7 @@ async def _span(
                     f"({type(exc).__name__}: {exc})",
                     url,
                 ) from exc
-            await _backoff(attempt)
+            await backoff(attempt)
         except botocore.exceptions.ClientError as exc:
             if error_code(exc) in ("PreconditionFailed", "412"):
                 raise MetaflowS3TransferError(
@@ -418,7 +419,7 @@ async def fetch(
                 attempt += 1
                 if attempt >= engine.config.max_attempts:
                     raise
-                await _backoff(attempt)
+                await backoff(attempt)
         head = first[0]
         if progress[0] <= head.end:
             await _span(engine, path, url, sink, head.start, progress[0], head.end, head.etag, 1)
@@ -460,6 +461,6 @@ async def head_object(engine: Engine, path: S3Path, url: str) -> Head:
             attempt += 1
             if http is None or attempt >= engine.config.max_attempts:
                 raise_translated(exc, url)
-            await _backoff(attempt)
+            await backoff(attempt)
         except Exception as exc:
             raise_translated(exc, url)

@@ -14,12 +14,14 @@ translator in :mod:`s3fast.errors` handles both transports. 5xx and throttling a
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import hashlib
 import hmac
 import inspect
 import re
 import ssl
+import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 from email.utils import parsedate_to_datetime
@@ -29,6 +31,7 @@ from urllib.parse import quote, urlsplit
 import botocore.exceptions
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 MAX_HEAD = 64 * 1024
 _CODE = re.compile(rb"<Code>([^<]*)</Code>")
 _MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
@@ -134,11 +137,13 @@ class _Conn(asyncio.BufferedProtocol):
         finally:
             self.waiter = None
 
-    async def head(self, request: bytes) -> tuple[int, dict[str, str]]:
+    async def head(self, request: bytes, body: bytes = b"") -> tuple[int, dict[str, str]]:
         self.used, self.head_end, self.dest, self.received, self.want = 0, -1, None, 0, 0
         self.active = True
         assert self.transport is not None
         self.transport.write(request)
+        if body:
+            self.transport.write(body)
         self.transport.resume_reading()
         await self._wait()
         lines = bytes(self.buf[: self.head_end - 4]).decode("latin-1").split("\r\n")
@@ -217,12 +222,21 @@ class _Signer:
             key = k
         return key
 
-    async def sign(self, method: str, host: str, path: str, extra: dict[str, str]) -> bytes:
+    async def sign(
+        self,
+        method: str,
+        host: str,
+        path: str,
+        extra: dict[str, str],
+        query: str = "",
+        payload: str = EMPTY_SHA256,
+    ) -> bytes:
+        """The request head, signed. ``query`` must already be canonical (sorted, encoded)."""
         creds = await self.frozen()
         now = datetime.datetime.now(datetime.UTC)
         amz_date = now.strftime("%Y%m%dT%H%M%SZ")
         day = amz_date[:8]
-        headers = {"host": host, "x-amz-content-sha256": EMPTY_SHA256, "x-amz-date": amz_date}
+        headers = {"host": host, "x-amz-content-sha256": payload, "x-amz-date": amz_date}
         if creds.token:
             headers["x-amz-security-token"] = creds.token
         headers.update({k.lower(): v for k, v in extra.items()})
@@ -231,11 +245,11 @@ class _Signer:
             [
                 method,
                 path,
-                "",
+                query,
                 *(f"{n}:{headers[n].strip()}" for n in names),
                 "",
                 ";".join(names),
-                EMPTY_SHA256,
+                payload,
             ]
         )
         scope = f"{day}/{self.region}/s3/aws4_request"
@@ -247,11 +261,12 @@ class _Signer:
             f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, "
             f"SignedHeaders={';'.join(names)}, Signature={signature}"
         )
-        lines = [f"{method} {path} HTTP/1.1"] + [f"{n}: {v}" for n, v in headers.items()]
+        target = f"{path}?{query}" if query else path
+        lines = [f"{method} {target} HTTP/1.1"] + [f"{n}: {v}" for n, v in headers.items()]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
 
 
-def _error(status: int, body: bytes, headers: dict[str, str]) -> Exception:
+def _error(status: int, body: bytes, operation: str = "GetObject") -> Exception:
     code_m, msg_m = _CODE.search(body), _MESSAGE.search(body)
     code = code_m.group(1).decode() if code_m else str(status)
     message = msg_m.group(1).decode() if msg_m else ""
@@ -262,7 +277,7 @@ def _error(status: int, body: bytes, headers: dict[str, str]) -> Exception:
             "Error": {"Code": code, "Message": message},
             "ResponseMetadata": {"HTTPStatusCode": status},
         },
-        "GetObject",
+        operation,
     )
 
 
@@ -343,14 +358,48 @@ class HttpGetter:
         return conn
 
     async def _request(
-        self, method: str, bucket: str, key: str, extra: dict[str, str]
+        self,
+        method: str,
+        bucket: str,
+        key: str,
+        extra: dict[str, str],
+        query: str = "",
+        payload: str = EMPTY_SHA256,
     ) -> tuple[tuple[str, str, int], bytes]:
         scheme, host, port, prefix = await self._address(bucket)
         host_header = host if port in (80, 443) else f"{host}:{port}"
         request = await self._signer.sign(
-            method, host_header, prefix + quote(key, safe="/~"), extra
+            method, host_header, prefix + quote(key, safe="/~"), extra, query, payload
         )
         return (scheme, host, port), request
+
+    async def upload_part(
+        self, bucket: str, key: str, upload_id: str, number: int, data: bytes
+    ) -> dict[str, Any]:
+        """One UploadPart. The payload is not hashed for the signature (``UNSIGNED-PAYLOAD``);
+        its CRC32 is sent in a signed header instead, and the server checks it."""
+        crc = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+        extra = {"content-length": str(len(data)), "x-amz-checksum-crc32": crc}
+        query = f"partNumber={number}&uploadId={quote(upload_id, safe='-_.~')}"
+        where, request = await self._request("PUT", bucket, key, extra, query, UNSIGNED_PAYLOAD)
+        conn = await self._connect(*where)
+        reusable = False
+        try:
+            status, headers = await conn.head(request, data)
+            length = int(headers.get("content-length", "0"))
+            reusable = headers.get("connection", "").lower() != "close" and length <= MAX_HEAD
+            body = await conn.small_body(length) if length <= MAX_HEAD else b""
+            if status != 200:
+                reusable = False  # the server may not have read the whole body
+                raise _error(status, body, "UploadPart")
+            if not headers.get("etag"):
+                raise ConnectionError("UploadPart answered without an ETag")
+            return {
+                "ETag": headers["etag"],
+                "ChecksumCRC32": headers.get("x-amz-checksum-crc32") or crc,
+            }
+        finally:
+            self._release(conn, where, reusable)
 
     def _release(self, conn: _Conn, where: tuple[str, str, int], reusable: bool) -> None:
         if reusable and conn.usable:
@@ -368,7 +417,7 @@ class HttpGetter:
             status, headers = await conn.head(request)
             reusable = headers.get("connection", "").lower() != "close"
             if status != 200:
-                raise _error(status, b"", headers)
+                raise _error(status, b"", "HeadObject")
             return response_fields(headers)
         finally:
             self._release(conn, where, reusable)
@@ -400,7 +449,7 @@ class HttpGetter:
             if status not in (200, 206):
                 body = await conn.small_body(length) if length <= MAX_HEAD else b""
                 reusable = keep_alive and length <= MAX_HEAD
-                raise _error(status, body, headers)
+                raise _error(status, body)
             dest = await prepare(response_fields(headers))
             try:
                 if len(dest) != length:

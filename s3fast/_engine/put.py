@@ -21,6 +21,7 @@ from ..errors import MetaflowS3Exception, MetaflowS3NotFound, error_code, raise_
 from ..limits import MAX_PUT_OBJECT_SIZE, part_size_for
 from ..urls import S3Path
 from .client import Engine, bounded_map
+from .get import RESUMABLE, backoff
 
 ABORT_TIMEOUT = 15.0
 _PRECONDITION = ("PreconditionFailed", "412", "ConditionalRequestConflict")
@@ -205,31 +206,46 @@ async def _put_multipart(
     part = part_size_for(size, engine.config.part_size)
     spans = [(n + 1, off, min(part, size - off)) for n, off in enumerate(range(0, size, part))]
     async with engine.slot() as client:
-        created = await client.create_multipart_upload(Bucket=path.bucket, Key=path.key, **extra)
+        created = await client.create_multipart_upload(
+            Bucket=path.bucket, Key=path.key, ChecksumAlgorithm="CRC32", **extra
+        )
     upload_id = created["UploadId"]
+    http = await engine.http()
     try:
+
+        async def send(client: Any, number: int, data: bytes) -> dict[str, Any]:
+            """UploadPart over the lean transport (retrying its transient failures; botocore
+            retries its own), or through botocore."""
+            attempt = 0
+            while http is not None and http.handles(path.bucket):
+                try:
+                    return await http.upload_part(path.bucket, path.key, upload_id, number, data)
+                except botocore.exceptions.ClientError as exc:
+                    if not http.redirected(exc, path.bucket):
+                        raise
+                except RESUMABLE:
+                    attempt += 1
+                    if attempt >= engine.config.max_attempts:
+                        raise
+                    await backoff(attempt)
+            resp: dict[str, Any] = await client.upload_part(
+                Bucket=path.bucket,
+                Key=path.key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=data,
+                ChecksumAlgorithm="CRC32",
+            )
+            return resp
 
         async def upload(span: tuple[int, int, int]) -> dict[str, Any]:
             number, offset, length = span
             async with engine.slot() as client:
                 data = await reader.read(offset, length)
-                resp = await client.upload_part(
-                    Bucket=path.bucket,
-                    Key=path.key,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    Body=data,
-                )
+                resp = await send(client, number, data)
             done = {"PartNumber": number, "ETag": resp["ETag"]}
-            for name in (
-                "ChecksumCRC32",
-                "ChecksumCRC32C",
-                "ChecksumSHA1",
-                "ChecksumSHA256",
-                "ChecksumCRC64NVME",
-            ):
-                if resp.get(name):
-                    done[name] = resp[name]
+            if resp.get("ChecksumCRC32"):
+                done["ChecksumCRC32"] = resp["ChecksumCRC32"]
             return done
 
         parts = await bounded_map(upload, spans, engine.concurrency)
