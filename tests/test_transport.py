@@ -8,8 +8,8 @@ import hashlib
 import os
 import pathlib
 import ssl
-from types import SimpleNamespace
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 
