@@ -1,10 +1,13 @@
-"""The hot path: a lean HTTP/1.1 keep-alive pool for GETs, on asyncio ``BufferedProtocol``.
+"""The hot path: a lean HTTP/1.1 keep-alive pool on asyncio ``BufferedProtocol`` for the
+requests that move bytes or are made by the thousand: GET, HEAD and UploadPart.
 
 The kernel copies response bodies straight into the destination (``get_buffer`` hands out a
 slice of the caller's preallocated buffer or memory-mapped temp file), so each byte is copied
-once. Requests are signed with SigV4 here (the derived key cached per day and region, the
-empty-payload hash for GET); credentials, region and addressing (virtual-hosted or
-path-style, as botocore decides for the bucket) still come from aiobotocore.
+once. Requests are signed with SigV4 here (the derived key cached per day and region; the
+empty-payload hash for GET and HEAD; ``UNSIGNED-PAYLOAD`` plus a signed CRC32 header, which
+the server checks, for parts). Credentials, region and addressing (virtual-hosted or
+path-style, as botocore decides for the bucket) still come from aiobotocore, which also keeps
+every other call. A bucket that answers with a region redirect is handed to botocore.
 
 Errors are returned in botocore's shape (``ClientError`` with the S3 error code), so the one
 translator in :mod:`s3fast.errors` handles both transports. 5xx and throttling answers raise
