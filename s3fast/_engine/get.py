@@ -155,6 +155,9 @@ class MemorySink:
     def view(self, offset: int, length: int) -> memoryview:
         return memoryview(self.buf)[offset : offset + length]
 
+    def settled(self, offset: int, length: int) -> None:
+        pass
+
     async def commit(self) -> tuple[str | None, bytes | None]:
         blob = self.blob if self.blob is not None else bytes(self.buf)
         self.buf, self.blob = bytearray(), None
@@ -211,6 +214,20 @@ class FileSink:
             return memoryview(bytearray())
         assert self.map is not None
         return memoryview(self.map)[offset : offset + length]
+
+    def settled(self, offset: int, length: int) -> None:
+        """Bytes ``offset..offset+length`` are complete: drop them from this process's
+        mapping (they stay in the file), so resident memory is bounded by what is in flight,
+        not by what was downloaded."""
+        if self.map is None or not length:
+            return
+        page = mmap.PAGESIZE
+        start = -(-offset // page) * page
+        end = offset + length
+        if end < self.size:
+            end = end // page * page
+        if end > start:
+            self.map.madvise(mmap.MADV_DONTNEED, start, min(end, self.size) - start)
 
     def _close(self) -> None:
         mapped, self.map = self.map, None
@@ -364,6 +381,7 @@ async def _span(
             await _exchange(
                 engine, path, url, f"bytes={progress[0]}-{end}", etag, prepare, progress
             )
+            sink.settled(start - base, end + 1 - start)
             return
         except RESUMABLE as exc:
             attempt += 1
@@ -423,6 +441,7 @@ async def fetch(
         head = first[0]
         if progress[0] <= head.end:
             await _span(engine, path, url, sink, head.start, progress[0], head.end, head.etag, 1)
+        sink.settled(0, head.end + 1 - head.start)
         rest = split(head.end + 1, last, range_size)
         if rest:
 
