@@ -134,7 +134,7 @@ async def test_task_cancel_leaves_nothing(bucket: str, boto: object, server: obj
             async with asyncio.timeout(0.05):
                 await s3.put("mp", big)
         assert open_uploads(boto, bucket) == []
-        assert (await s3.get_many(["k0"], in_memory=True))[0].size == 2 * MiB
+        assert (await s3.get_many(["k0"], in_memory=True))[0].size == 4 * MiB
 
 
 _CTRL_C_SCRIPT = textwrap.dedent(
