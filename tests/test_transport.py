@@ -187,3 +187,19 @@ def test_part_checksum_is_checked_by_the_server(
     client = seaweed.client()
     assert "Contents" not in client.list_objects_v2(Bucket=bucket)  # type: ignore[attr-defined]
     client.close()  # type: ignore[attr-defined]
+
+
+def test_listing_pages_and_decodes_keys(seaweed_bucket: str, seaweed: Server) -> None:
+    """More than one ListObjectsV2 page, and keys that URL encoding mangles if decoded wrong."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    keys = [f"p/{i:05d}" for i in range(1100)] + ["p/a+b c%20d", "p/ünï/x", "p/q?x=1#y"]
+    client = seaweed.client()
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda k: client.put_object(Bucket=seaweed_bucket, Key=k, Body=b"x"), keys))  # type: ignore[attr-defined]
+    client.close()  # type: ignore[attr-defined]
+    with S3(s3root=f"s3://{seaweed_bucket}") as s3:
+        assert sorted(o.key for o in s3.list_recursive(["p"])) == sorted(k[2:] for k in keys)
+        top = s3.list_paths(["p"])
+        assert {o.key for o in top if not o.exists} == {"ünï"}
+        assert len([o for o in top if o.exists]) == 1102

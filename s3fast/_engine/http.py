@@ -29,7 +29,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote_plus, urlsplit
+from xml.etree import ElementTree
 
 import botocore.exceptions
 
@@ -284,6 +285,35 @@ def _error(status: int, body: bytes, operation: str = "GetObject") -> Exception:
     )
 
 
+def _parse_listing(body: bytes) -> tuple[list[tuple[str, int | None]], str | None]:
+    root = ElementTree.fromstring(body)
+    url_encoded = False
+    truncated = False
+    token = None
+    objects: list[tuple[str, int | None]] = []
+    prefixes: list[tuple[str, int | None]] = []
+    for child in root:
+        tag = child.tag.rpartition("}")[2]
+        if tag == "Contents":
+            fields = {c.tag.rpartition("}")[2]: c.text or "" for c in child}
+            objects.append((fields.get("Key", ""), int(fields.get("Size") or 0)))
+        elif tag == "CommonPrefixes":
+            fields = {c.tag.rpartition("}")[2]: c.text or "" for c in child}
+            prefixes.append((fields.get("Prefix", ""), None))
+        elif tag == "EncodingType":
+            url_encoded = (child.text or "") == "url"
+        elif tag == "IsTruncated":
+            truncated = (child.text or "").strip() == "true"
+        elif tag == "NextContinuationToken":
+            token = child.text
+    entries = objects + prefixes
+    if url_encoded:  # decoded as botocore decodes them
+        entries = [(unquote_plus(key), size) for key, size in entries]
+    if truncated and not token:
+        raise ConnectionError("a truncated listing without a continuation token")
+    return entries, token if truncated else None
+
+
 def response_fields(headers: dict[str, str]) -> dict[str, Any]:
     """The fields of a GET response, named as botocore names them."""
     out: dict[str, Any] = {
@@ -371,10 +401,40 @@ class HttpGetter:
     ) -> tuple[tuple[str, str, int], bytes]:
         scheme, host, port, prefix = await self._address(bucket)
         host_header = host if port in (80, 443) else f"{host}:{port}"
-        request = await self._signer.sign(
-            method, host_header, prefix + quote(key, safe="/~"), extra, query, payload
-        )
+        path = prefix + quote(key, safe="/~") if key else prefix.rstrip("/") or "/"
+        request = await self._signer.sign(method, host_header, path, extra, query, payload)
         return (scheme, host, port), request
+
+    async def list_page(
+        self, bucket: str, prefix: str, delimiter: str, token: str | None, max_keys: int | None
+    ) -> tuple[list[tuple[str, int | None]], str | None]:
+        """One ListObjectsV2 page: ``(key, size)`` of objects then ``(prefix, None)`` of
+        common prefixes, and the continuation token (None on the last page)."""
+        params = {"list-type": "2", "encoding-type": "url", "prefix": prefix}
+        if delimiter:
+            params["delimiter"] = delimiter
+        if token:
+            params["continuation-token"] = token
+        if max_keys:
+            params["max-keys"] = str(max_keys)
+        query = "&".join(
+            f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(params.items())
+        )
+        where, request = await self._request("GET", bucket, "", {}, query)
+        conn = await self._connect(*where)
+        reusable = False
+        try:
+            status, headers = await conn.head(request)
+            length = int(headers.get("content-length", "-1"))
+            if length < 0:
+                raise ConnectionError("ListObjectsV2 answered without a Content-Length")
+            body = await conn.small_body(length)
+            reusable = headers.get("connection", "").lower() != "close"
+            if status != 200:
+                raise _error(status, body, "ListObjectsV2")
+        finally:
+            self._release(conn, where, reusable)
+        return _parse_listing(body)
 
     async def upload_part(
         self, bucket: str, key: str, upload_id: str, number: int, data: bytes

@@ -4,15 +4,50 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import botocore.exceptions
+
 from ..errors import raise_translated
 from ..urls import S3Path
 from .client import Engine
+from .get import RESUMABLE, backoff
+from .http import HttpGetter
 
 
 @dataclass(frozen=True)
 class Entry:
     key: str
     size: int | None  # None for a common prefix ("directory")
+
+
+async def _list_http(
+    engine: Engine,
+    http: HttpGetter,
+    path: S3Path,
+    delimiter: str,
+    limit: int | None,
+    entries: list[Entry],
+) -> None:
+    """Page through a listing on the lean transport, retrying each page's transient
+    failures (a page is idempotent: same token, same answer)."""
+    token: str | None = None
+    while True:
+        attempt = 0
+        while True:
+            try:
+                async with engine.slot():
+                    page, token = await http.list_page(
+                        path.bucket, path.key, delimiter, token, limit
+                    )
+                break
+            except RESUMABLE:
+                attempt += 1
+                if attempt >= engine.config.max_attempts:
+                    raise
+                await backoff(attempt)
+        entries.extend(Entry(key, size) for key, size in page)
+        if token is None or (limit and len(entries) >= limit):
+            del entries[limit or len(entries) :]
+            return
 
 
 async def list_prefix(
@@ -22,6 +57,15 @@ async def list_prefix(
     only the first ``limit`` of them."""
     entries: list[Entry] = []
     try:
+        http = await engine.http()
+        if http is not None and http.handles(path.bucket):
+            try:
+                await _list_http(engine, http, path, delimiter, limit, entries)
+                return entries
+            except botocore.exceptions.ClientError as exc:
+                if not http.redirected(exc, path.bucket):
+                    raise
+                entries.clear()
         async with engine.slot() as client:
             paginator = client.get_paginator("list_objects_v2")
             async for page in paginator.paginate(
