@@ -53,8 +53,8 @@ class TransferConfig:
     ca_bundle : str, optional
         Path to a CA bundle for TLS verification.
     transport : str
-        ``"http"`` (default): GETs go over s3fast's own zero-copy HTTP/1.1 pool;
-        ``"botocore"``: every request goes through aiobotocore.
+        ``"http"`` (default): GET, HEAD, UploadPart and ListObjectsV2 go over s3fast's own
+        zero-copy HTTP/1.1 pool; ``"botocore"``: every request goes through aiobotocore.
     """
 
     max_concurrency: int | None = None
