@@ -294,3 +294,45 @@ async def test_async_api(seeded: str) -> None:
         assert len(await s3.info_many(["async/x", "async/y"])) == 2
         dirs = s3.tmpdirs
     assert dirs and not any(map(os.path.exists, dirs))
+
+
+def test_botocore_transport_gives_the_same_results(seeded: str, tmp_path: object) -> None:
+    """transport="botocore" (everything through aiobotocore) is the oracle for the lean path."""
+    import dataclasses
+    import pathlib
+
+    keys = [
+        *AWKWARD,
+        S3GetObject("big.bin", 1000, 300_000),
+        S3GetObject("big.bin", None, -77),
+        "nope",
+    ]
+    local = pathlib.Path(str(tmp_path)) / "up"
+    local.write_bytes(os.urandom(6 * MiB + 3))
+
+    def run(transport: str) -> list[object]:
+        cfg = dataclasses.replace(SMALL_PARTS, transport=transport)
+        with S3(s3root=seeded, config=cfg) as s3:
+            out: list[object] = []
+            for in_memory in (False, True):
+                objs = s3.get_many(keys, return_missing=True, in_memory=in_memory)
+                out += [
+                    (
+                        o.url,
+                        o.size,
+                        o.range_info,
+                        o.metadata,
+                        o.etag,
+                        sha(o.blob) if o.exists else None,
+                    )
+                    for o in objs
+                ]
+            out += [(o.url, o.size) for o in s3.list_recursive()]
+            out += [(o.url, o.size) for o in s3.list_paths(["dir", ""])]
+            out += [(o.url, o.size, o.content_type) for o in s3.info_many(list(AWKWARD))]
+        with S3(s3root=seeded + "-uploads", config=cfg) as s3:  # outside the listed prefix
+            s3.put_files([(transport, str(local))])
+            out.append(sha(s3.get(transport).blob))
+        return out
+
+    assert run("botocore") == run("http")
