@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import os
@@ -55,6 +56,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=os.environ.get("S3FAST_BENCH_BUCKET"),
         help="an existing bucket on --endpoint (env S3FAST_BENCH_BUCKET)",
     )
+    sizes = p.add_argument_group("data sizes (override the tier chosen above)")
+    for flag, field, unit in (
+        ("--large-count", "large_count", "objects"),
+        ("--large-size", "large_size", "bytes (suffix K, M, G)"),
+        ("--big-size", "big_size", "bytes (suffix K, M, G)"),
+        ("--small-count", "small_count", "objects"),
+        ("--small-size", "small_size", "bytes (suffix K, M, G)"),
+        ("--list-count", "list_count", "keys (0: list the small objects)"),
+        ("--put-count", "put_count", "files of --large-size"),
+    ):
+        sizes.add_argument(flag, dest=field, type=_size, help=unit)
     p.add_argument("--timeout", type=float, help="seconds per run (default 600; --quick: 120)")
     args = p.parse_args(argv)
     args.clients = _names(args.clients, CLIENTS, "client")
@@ -69,6 +81,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.endpoint and not args.bucket:
         p.error("--endpoint needs --bucket (or S3FAST_BENCH_BUCKET)")
     return args
+
+
+def _size(raw: str) -> int:
+    """``123``, ``4K``, ``16M``, ``1G`` (binary units)."""
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
+    raw = raw.strip().upper().removesuffix("IB").removesuffix("B")
+    try:
+        if raw and raw[-1] in units:
+            return int(float(raw[:-1]) * units[raw[-1]])
+        return int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {raw!r}") from None
 
 
 def _names(raw: str | None, known: tuple[str, ...], what: str) -> list[str]:
@@ -224,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     started = time.time()
     sizes = dataset.QUICK if args.quick else dataset.LARGE if args.large else dataset.DEFAULT
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(dataset.Sizes)}
+    sizes = dataclasses.replace(sizes, **{k: v for k, v in overrides.items() if v is not None})
     out_dir = Path(args.out) if args.out else RESULTS
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{time.strftime('%Y-%m-%d')}-{socket.gethostname()}"
