@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+import aiohttp
+import botocore.exceptions
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 
@@ -119,6 +122,37 @@ class Engine:
         cm, self._client_cm, self._client = self._client_cm, None, None
         if cm is not None:
             await cm.__aexit__(None, None, None)
+
+
+# Failures that a (ranged) re-request can resume: broken bodies, 5xx answers, timeouts.
+RESUMABLE: tuple[type[BaseException], ...] = (
+    aiohttp.ClientPayloadError,
+    aiohttp.ClientConnectionError,
+    botocore.exceptions.ResponseStreamingError,
+    botocore.exceptions.ReadTimeoutError,
+    botocore.exceptions.IncompleteReadError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+async def backoff(attempt: int) -> None:
+    """Full jitter, capped at 2 s."""
+    await asyncio.sleep(random.uniform(0, min(2.0, 0.05 * 2**attempt)))
+
+
+async def retrying(engine: Engine, call: Callable[[], Awaitable[R]]) -> R:
+    """``await call()``, retried with backoff on transient failures, up to ``max_attempts``
+    in all. For the lean transport only: botocore retries its own requests."""
+    attempt = 0
+    while True:
+        try:
+            return await call()
+        except RESUMABLE:
+            attempt += 1
+            if attempt >= engine.config.max_attempts:
+                raise
+            await backoff(attempt)
 
 
 async def bounded_map(

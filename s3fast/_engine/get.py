@@ -15,13 +15,11 @@ import ctypes
 import errno
 import mmap
 import os
-import random
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import botocore.exceptions
 
 from ..errors import (
@@ -32,20 +30,9 @@ from ..errors import (
 from ..limits import MiB, split
 from ..targets import Targets
 from ..urls import ByteRange, S3Path, parse_content_range
-from .client import Engine, bounded_map
+from .client import RESUMABLE, Engine, backoff, bounded_map, retrying
 
 READ_CHUNK = 1 * MiB
-
-# Failures that a (ranged) re-request can resume: broken bodies, 5xx answers, timeouts.
-RESUMABLE: tuple[type[BaseException], ...] = (
-    aiohttp.ClientPayloadError,
-    aiohttp.ClientConnectionError,
-    botocore.exceptions.ResponseStreamingError,
-    botocore.exceptions.ReadTimeoutError,
-    botocore.exceptions.IncompleteReadError,
-    ConnectionError,
-    TimeoutError,
-)
 
 
 class _ShortBody(ConnectionError):
@@ -347,11 +334,6 @@ async def _exchange(
             body.close()
 
 
-async def backoff(attempt: int) -> None:
-    """Full jitter, capped at 2 s."""
-    await asyncio.sleep(random.uniform(0, min(2.0, 0.05 * 2**attempt)))
-
-
 async def _span(
     engine: Engine,
     path: S3Path,
@@ -458,28 +440,23 @@ async def fetch(
 
 
 async def head_object(engine: Engine, path: S3Path, url: str) -> Head:
-    """HEAD through the engine's transport (botocore retries its own; the http transport's
-    transient failures are retried here)."""
+    """HEAD through the engine's transport."""
     http = await engine.http()
-    attempt = 0
-    while True:
-        try:
-            if http is not None and http.handles(path.bucket):
-                try:
-                    async with engine.slot():
-                        fields = await http.head(path.bucket, path.key)
-                except botocore.exceptions.ClientError as exc:
-                    if http.redirected(exc, path.bucket):
-                        continue
+    try:
+        if http is not None and http.handles(path.bucket):
+
+            async def one() -> dict[str, Any]:
+                async with engine.slot():
+                    return await http.head(path.bucket, path.key)
+
+            try:
+                return Head.from_response(await retrying(engine, one), url)
+            except botocore.exceptions.ClientError as exc:
+                if not http.redirected(exc, path.bucket):
                     raise
-            else:
-                async with engine.slot() as client:
-                    fields = await client.head_object(Bucket=path.bucket, Key=path.key)
-            return Head.from_response(fields, url)
-        except RESUMABLE as exc:
-            attempt += 1
-            if http is None or attempt >= engine.config.max_attempts:
-                raise_translated(exc, url)
-            await backoff(attempt)
-        except Exception as exc:
-            raise_translated(exc, url)
+        async with engine.slot() as client:
+            return Head.from_response(
+                await client.head_object(Bucket=path.bucket, Key=path.key), url
+            )
+    except Exception as exc:
+        raise_translated(exc, url)

@@ -8,8 +8,7 @@ import botocore.exceptions
 
 from ..errors import raise_translated
 from ..urls import S3Path
-from .client import Engine
-from .get import RESUMABLE, backoff
+from .client import Engine, retrying
 from .http import HttpGetter
 
 
@@ -30,20 +29,13 @@ async def _list_http(
     """Page through a listing on the lean transport, retrying each page's transient
     failures (a page is idempotent: same token, same answer)."""
     token: str | None = None
+
+    async def one_page() -> tuple[list[tuple[str, int | None]], str | None]:
+        async with engine.slot():
+            return await http.list_page(path.bucket, path.key, delimiter, token, limit)
+
     while True:
-        attempt = 0
-        while True:
-            try:
-                async with engine.slot():
-                    page, token = await http.list_page(
-                        path.bucket, path.key, delimiter, token, limit
-                    )
-                break
-            except RESUMABLE:
-                attempt += 1
-                if attempt >= engine.config.max_attempts:
-                    raise
-                await backoff(attempt)
+        page, token = await retrying(engine, one_page)
         entries.extend(Entry(key, size) for key, size in page)
         if token is None or (limit and len(entries) >= limit):
             del entries[limit or len(entries) :]

@@ -20,8 +20,7 @@ import botocore.exceptions
 from ..errors import MetaflowS3Exception, MetaflowS3NotFound, error_code, raise_translated
 from ..limits import MAX_PUT_OBJECT_SIZE, part_size_for
 from ..urls import S3Path
-from .client import Engine, bounded_map
-from .get import RESUMABLE, backoff
+from .client import Engine, bounded_map, retrying
 
 ABORT_TIMEOUT = 15.0
 _PRECONDITION = ("PreconditionFailed", "412", "ConditionalRequestConflict")
@@ -216,18 +215,15 @@ async def _put_multipart(
         async def send(client: Any, number: int, data: bytes) -> dict[str, Any]:
             """UploadPart over the lean transport (retrying its transient failures; botocore
             retries its own), or through botocore."""
-            attempt = 0
-            while http is not None and http.handles(path.bucket):
+            if http is not None and http.handles(path.bucket):
                 try:
-                    return await http.upload_part(path.bucket, path.key, upload_id, number, data)
+                    return await retrying(
+                        engine,
+                        lambda: http.upload_part(path.bucket, path.key, upload_id, number, data),
+                    )
                 except botocore.exceptions.ClientError as exc:
                     if not http.redirected(exc, path.bucket):
                         raise
-                except RESUMABLE:
-                    attempt += 1
-                    if attempt >= engine.config.max_attempts:
-                        raise
-                    await backoff(attempt)
             resp: dict[str, Any] = await client.upload_part(
                 Bucket=path.bucket,
                 Key=path.key,
