@@ -149,3 +149,27 @@ def test_every_error_shares_one_base() -> None:
     errors = [getattr(s3fast, n) for n in s3fast.__all__ if n.startswith("MetaflowS3")]
     assert len(errors) == 8
     assert all(issubclass(e, MetaflowS3Exception) for e in errors)
+
+
+def test_secrets_never_appear_in_errors_or_reprs(
+    seaweed_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "s3fast-admin-secret"  # the admin identity's real secret, in the environment
+    url = f"s3://{seaweed_bucket}"
+    texts = []
+    with S3(s3root=url) as s3:
+        s3.put("x", "0123456789")
+        texts += [repr(s3.get("x")), repr(s3.info("x")), repr(s3.list_paths())]
+        for call in (
+            lambda: s3.get("missing"),
+            lambda: s3.get(S3GetObject("x", 100, 5)),
+            lambda: s3.get("s3://elsewhere/x"),
+        ):
+            with pytest.raises(MetaflowS3Exception) as err:
+                call()
+            texts += [str(err.value), repr(err.value), str(err.value.__cause__)]
+    _with_identity(monkeypatch, Identity("s3fast-admin", "wrong-" + secret))
+    with S3(s3root=url) as s3, pytest.raises(MetaflowS3AccessDenied) as err:
+        s3.get("x")
+    texts += [str(err.value), repr(err.value), str(err.value.__cause__)]
+    assert all(secret not in text for text in texts), texts
