@@ -2,9 +2,12 @@
 
 The first request asks for the first ``range_size`` bytes of what the caller wants; its
 ``Content-Range`` gives the object's size, and the rest is fetched as parallel ranged GETs
-pinned to the same version (``If-Match`` on the ETag), each written at its offset. A body that
-breaks mid-way is resumed from the last byte received (the SDK retries whole requests; this
-layer retries only broken bodies, so the two never overlap).
+pinned to the same version (``If-Match`` on the ETag), each received straight into its place
+in the destination. A body that breaks mid-way is resumed from the last byte received.
+
+Retries: on the botocore transport, botocore retries whole requests and this layer retries
+only broken bodies, so the two never overlap; on the lean transport (``http.py``), which has
+no retries of its own, this layer also retries 5xx answers and failed connections.
 """
 
 from __future__ import annotations
