@@ -10,7 +10,7 @@ from typing import Any
 from .errors import MetaflowS3InvalidRange, MetaflowS3URLException
 from .limits import MAX_KEY_BYTES
 
-_BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
+_BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{2,254}$")  # 3+ chars; legacy names allowed
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
