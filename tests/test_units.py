@@ -71,8 +71,8 @@ def test_run_roots(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("METAFLOW_DATASTORE_SYSROOT_S3", "s3://sys/root")
     assert resolve_root(None, None, run, None) == "s3://sys/root/data/MyFlow/12"
-    monkeypatch.setenv("METAFLOW_DATATOOLS_S3ROOT", "s3://mf/tools")
-    assert resolve_root(None, None, run, None) == "s3://mf/tools/MyFlow/12"
+    monkeypatch.setenv("METAFLOW_DATATOOLS_S3ROOT", "s3://mfb/tools")
+    assert resolve_root(None, None, run, None) == "s3://mfb/tools/MyFlow/12"
     monkeypatch.setenv("S3FAST_DATATOOLS_S3ROOT", "s3://fast/tools/")
     assert resolve_root(None, None, run, None) == "s3://fast/tools/MyFlow/12"
     assert resolve_root("other", None, run, None) == "s3://other/tools/MyFlow/12"
