@@ -26,7 +26,8 @@ import re
 import ssl
 import zlib
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote, unquote_plus, urlsplit
@@ -70,6 +71,7 @@ class _Conn(asyncio.BufferedProtocol):
         self.head_end = -1
         self.lost: BaseException | None = None
         self.active = False  # an exchange is in progress
+        self.reusable = False  # set by an exchange that consumed its whole response
 
     # -- asyncio protocol --
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -314,6 +316,10 @@ def _parse_listing(body: bytes) -> tuple[list[tuple[str, int | None]], str | Non
     return entries, token if truncated else None
 
 
+def _keep_alive(headers: dict[str, str]) -> bool:
+    return headers.get("connection", "").lower() != "close"
+
+
 def response_fields(headers: dict[str, str]) -> dict[str, Any]:
     """The fields of a GET response, named as botocore names them."""
     out: dict[str, Any] = {
@@ -421,19 +427,15 @@ class HttpGetter:
             f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(params.items())
         )
         where, request = await self._request("GET", bucket, "", {}, query)
-        conn = await self._connect(*where)
-        reusable = False
-        try:
+        async with self._borrow(where) as conn:
             status, headers = await conn.head(request)
             length = int(headers.get("content-length", "-1"))
             if length < 0:
                 raise ConnectionError("ListObjectsV2 answered without a Content-Length")
             body = await conn.small_body(length)
-            reusable = headers.get("connection", "").lower() != "close"
+            conn.reusable = _keep_alive(headers)
             if status != 200:
                 raise _error(status, body, "ListObjectsV2")
-        finally:
-            self._release(conn, where, reusable)
         return _parse_listing(body)
 
     async def upload_part(
@@ -445,45 +447,44 @@ class HttpGetter:
         extra = {"content-length": str(len(data)), "x-amz-checksum-crc32": crc}
         query = f"partNumber={number}&uploadId={quote(upload_id, safe='-_.~')}"
         where, request = await self._request("PUT", bucket, key, extra, query, UNSIGNED_PAYLOAD)
-        conn = await self._connect(*where)
-        reusable = False
-        try:
+        async with self._borrow(where) as conn:
             status, headers = await conn.head(request, data)
             length = int(headers.get("content-length", "0"))
-            reusable = headers.get("connection", "").lower() != "close" and length <= MAX_HEAD
             body = await conn.small_body(length) if length <= MAX_HEAD else b""
-            if status != 200:
-                reusable = False  # the server may not have read the whole body
+            if status != 200:  # the server may not have read the whole body: not reusable
                 raise _error(status, body, "UploadPart")
+            conn.reusable = _keep_alive(headers) and length <= MAX_HEAD
             if not headers.get("etag"):
                 raise ConnectionError("UploadPart answered without an ETag")
             return {
                 "ETag": headers["etag"],
                 "ChecksumCRC32": headers.get("x-amz-checksum-crc32") or crc,
             }
-        finally:
-            self._release(conn, where, reusable)
 
-    def _release(self, conn: _Conn, where: tuple[str, str, int], reusable: bool) -> None:
-        if reusable and conn.usable:
-            conn.park()
-            self._idle[where].append(conn)
-        else:
-            conn.close()
+    @asynccontextmanager
+    async def _borrow(self, where: tuple[str, str, int]) -> AsyncIterator[_Conn]:
+        """A pooled connection for one exchange. It goes back to the pool only if the
+        exchange set ``conn.reusable`` (the response was consumed and keep-alive allowed)."""
+        conn = await self._connect(*where)
+        conn.reusable = False
+        try:
+            yield conn
+        finally:
+            if conn.reusable and conn.usable:
+                conn.park()
+                self._idle[where].append(conn)
+            else:
+                conn.close()
 
     async def head(self, bucket: str, key: str) -> dict[str, Any]:
         """One HEAD; the object's fields, named as botocore names them."""
         where, request = await self._request("HEAD", bucket, key, {})
-        conn = await self._connect(*where)
-        reusable = False
-        try:
+        async with self._borrow(where) as conn:
             status, headers = await conn.head(request)
-            reusable = headers.get("connection", "").lower() != "close"
+            conn.reusable = _keep_alive(headers)
             if status != 200:
                 raise _error(status, b"", "HeadObject")
             return response_fields(headers)
-        finally:
-            self._release(conn, where, reusable)
 
     async def get(
         self,
@@ -502,16 +503,13 @@ class HttpGetter:
             extra["range"] = range_header
         if etag:
             extra["if-match"] = f'"{etag}"'
-        (scheme, host, port), request = await self._request("GET", bucket, key, extra)
-        conn = await self._connect(scheme, host, port)
-        reusable = False
-        try:
+        where, request = await self._request("GET", bucket, key, extra)
+        async with self._borrow(where) as conn:
             status, headers = await conn.head(request)
             length = int(headers.get("content-length", "0"))
-            keep_alive = headers.get("connection", "").lower() != "close"
             if status not in (200, 206):
                 body = await conn.small_body(length) if length <= MAX_HEAD else b""
-                reusable = keep_alive and length <= MAX_HEAD
+                conn.reusable = _keep_alive(headers) and length <= MAX_HEAD
                 raise _error(status, body)
             dest = await prepare(response_fields(headers))
             try:
@@ -521,9 +519,7 @@ class HttpGetter:
             finally:
                 progress[0] += conn.received
                 dest.release()
-            reusable = keep_alive
-        finally:
-            self._release(conn, (scheme, host, port), reusable)
+            conn.reusable = _keep_alive(headers)
 
     def close(self) -> None:
         for pool in self._idle.values():
