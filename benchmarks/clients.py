@@ -16,6 +16,29 @@ from typing import Any
 from .worker import Ctx
 
 
+def _metaflow_shaped(ctx: Ctx, s3: Any, urls: list[str]) -> None:
+    """The workloads that s3fast.S3 and metaflow.S3 run with the very same calls."""
+    w = ctx.workload
+    if w == "get_files":
+        with ctx.timed():
+            objs = s3.get_many(urls)
+        ctx.check({ctx.key_of(o.url): Path(str(o.path)) for o in objs})
+    elif w == "put_files":
+        pairs = [(ctx.url(key), path) for path, key in ctx.put_files]
+        with ctx.timed():
+            s3.put_files(pairs)
+    elif w == "list":
+        with ctx.timed():
+            objs = s3.list_recursive([ctx.url(ctx.list_prefix)])
+        ctx.check_sizes({ctx.key_of(o.url): o.size for o in objs})
+    elif w == "info":
+        with ctx.timed():
+            objs = s3.info_many(urls)
+        ctx.check_sizes({ctx.key_of(o.url): o.size for o in objs})
+    else:
+        raise NotImplementedError(w)
+
+
 def run_s3fast_sync(ctx: Ctx) -> None:
     import s3fast
 
@@ -27,28 +50,12 @@ def run_s3fast_sync(ctx: Ctx) -> None:
             with ctx.timed():
                 objs = s3.get_many(urls, in_memory=True)
             ctx.check({ctx.key_of(o.url): o.blob for o in objs})
-        elif w == "get_files":
-            with ctx.timed():
-                objs = s3.get_many(urls)
-            ctx.check({ctx.key_of(o.url): Path(str(o.path)) for o in objs})
         elif w == "get_big":
             with ctx.timed():
                 obj = s3.get(urls[0], in_memory=True)
             ctx.check({ctx.key_of(obj.url): obj.blob})
-        elif w == "put_files":
-            pairs = [(ctx.url(key), path) for path, key in ctx.put_files]
-            with ctx.timed():
-                s3.put_files(pairs)
-        elif w == "list":
-            with ctx.timed():
-                objs = s3.list_recursive([ctx.url(ctx.list_prefix)])
-            ctx.check_sizes({ctx.key_of(o.url): o.size for o in objs})
-        elif w == "info":
-            with ctx.timed():
-                objs = s3.info_many(urls)
-            ctx.check_sizes({ctx.key_of(o.url): o.size for o in objs})
         else:
-            raise NotImplementedError(w)
+            _metaflow_shaped(ctx, s3, urls)
 
 
 def run_boto3(ctx: Ctx) -> None:
@@ -191,30 +198,14 @@ def run_metaflow(ctx: Ctx) -> None:
             with ctx.timed():
                 got = {ctx.key_of(o.url): o.blob for o in s3.get_many(urls)}
             ctx.check(got)
-        elif w == "get_files":
-            with ctx.timed():
-                objs = s3.get_many(urls)
-            ctx.check({ctx.key_of(o.url): Path(str(o.path)) for o in objs})
         elif w == "get_big":
             ctx.note = "one GET into a temp file, read inside the timing"
             with ctx.timed():
                 obj = s3.get(urls[0])
                 blob = obj.blob
             ctx.check({ctx.key_of(obj.url): blob})
-        elif w == "put_files":
-            pairs = [(ctx.url(key), path) for path, key in ctx.put_files]
-            with ctx.timed():
-                s3.put_files(pairs)
-        elif w == "list":
-            with ctx.timed():
-                objs = s3.list_recursive([ctx.url(ctx.list_prefix)])
-            ctx.check_sizes({ctx.key_of(o.url): o.size for o in objs})
-        elif w == "info":
-            with ctx.timed():
-                objs = s3.info_many(urls)
-            ctx.check_sizes({ctx.key_of(o.url): o.size for o in objs})
         else:
-            raise NotImplementedError(w)
+            _metaflow_shaped(ctx, s3, urls)
 
 
 IMPLEMENTATIONS: dict[str, Callable[[Ctx], None]] = {
