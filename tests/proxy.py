@@ -1,7 +1,7 @@
 """A fault-injecting TCP proxy on loopback, between s3fast and a real S3 server.
 
 It understands just enough HTTP/1.1 to find where a response's headers end, so it can cut a
-body after N bytes, stall before answering, or answer 503 SlowDown itself. Faults apply to the
+body after N bytes, flip one body byte, stall before answering, or answer 503 SlowDown itself. Faults apply to the
 first ``times`` connections (or requests, for 503s); after that it forwards faithfully.
 """
 
@@ -28,6 +28,7 @@ REDIRECT = canned("301 Moved Permanently", "PermanentRedirect")
 @dataclass
 class Faults:
     cut_after: int | None = None  # close after forwarding this many body bytes
+    flip_at: int | None = None  # invert the byte at this offset of the first body on a connection
     stall: float = 0.0  # seconds to hold the first response before forwarding it
     answer: bytes | None = None  # answer this (e.g. SLOWDOWN) instead of forwarding
     times: int = 0  # how many connections get the fault
@@ -104,7 +105,7 @@ class FaultProxy:
                 if fault.stall:
                     await asyncio.sleep(fault.stall)
                     fault = None
-                elif fault.cut_after is not None:
+                elif fault.cut_after is not None or fault.flip_at is not None:
                     if body < 0:
                         seen += data
                         end = seen.find(b"\r\n\r\n")
@@ -114,7 +115,10 @@ class FaultProxy:
                         head_len = len(data) - (len(seen) - end - 4)
                         dst.write(data[:head_len])
                         data, body = data[head_len:], 0
-                    room = fault.cut_after - body
+                    if fault.flip_at is not None and 0 <= fault.flip_at - body < len(data):
+                        i = fault.flip_at - body
+                        data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
+                    room = fault.cut_after - body if fault.cut_after is not None else len(data) + 1
                     if len(data) >= room:
                         dst.write(data[:room])
                         await dst.drain()
