@@ -52,6 +52,10 @@ class TransferConfig:
         Verify TLS certificates (on by default; turning it off is explicit).
     ca_bundle : str, optional
         Path to a CA bundle for TLS verification.
+    verify_checksums : bool
+        Check every whole-object download against the full-object checksum (CRC32, CRC32C
+        or CRC64NVME) the object carries, at the cost of one HEAD per object when the first
+        ranged GET does not carry it; a mismatch is re-fetched once, then raised.
     transport : str
         ``"http"`` (default): GET, HEAD, UploadPart and ListObjectsV2 go over s3fast's own
         zero-copy HTTP/1.1 pool; ``"botocore"``: every request goes through aiobotocore.
@@ -66,6 +70,7 @@ class TransferConfig:
     read_timeout: float = 60.0
     verify_ssl: bool = True
     ca_bundle: str | None = None
+    verify_checksums: bool = True
     transport: str = "http"
 
     def __post_init__(self) -> None:
@@ -92,7 +97,7 @@ class TransferConfig:
         read now: ``S3FAST_MAX_CONCURRENCY``, ``S3FAST_RANGE_SIZE``, ``S3FAST_PART_SIZE``,
         ``S3FAST_MULTIPART_THRESHOLD``, ``S3FAST_MAX_ATTEMPTS``, ``S3FAST_CONNECT_TIMEOUT``,
         ``S3FAST_READ_TIMEOUT``, ``S3FAST_VERIFY_SSL`` (0/false to disable), ``S3FAST_CA_BUNDLE``,
-        ``S3FAST_TRANSPORT``.
+        ``S3FAST_VERIFY_CHECKSUMS`` (0/false to disable), ``S3FAST_TRANSPORT``.
         """
         base = base or cls()
         changes: dict[str, object] = {}
@@ -113,9 +118,13 @@ class TransferConfig:
             fvalue = _env_float(name)
             if fvalue is not None:
                 changes[field] = fvalue
-        verify = os.environ.get("S3FAST_VERIFY_SSL")
-        if verify is not None and verify.strip():
-            changes["verify_ssl"] = verify.strip().lower() not in ("0", "false", "no", "off")
+        for field, name in (
+            ("verify_ssl", "S3FAST_VERIFY_SSL"),
+            ("verify_checksums", "S3FAST_VERIFY_CHECKSUMS"),
+        ):
+            flag = os.environ.get(name)
+            if flag is not None and flag.strip():
+                changes[field] = flag.strip().lower() not in ("0", "false", "no", "off")
         if os.environ.get("S3FAST_CA_BUNDLE"):
             changes["ca_bundle"] = os.environ["S3FAST_CA_BUNDLE"]
         if os.environ.get("S3FAST_TRANSPORT"):

@@ -115,7 +115,8 @@ class Targets:
 
     def _ensure_dir(self, root: _Root) -> str:
         if root.dir is None:
-            root.dir = tempfile.mkdtemp(prefix=_DIR_PREFIX, dir=root.base)  # mode 0700
+            # mode 0700; the pid in the name tells which process a leftover belongs to
+            root.dir = tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}.", dir=root.base)
         return root.dir
 
     def reserve(self, size: int, url: str) -> tuple[str, int]:

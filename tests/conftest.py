@@ -86,8 +86,16 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPath
 
 
 def _s3fast_dirs() -> set[str]:
+    """s3fast temp dirs (``s3fast.<pid>.<random>``) of this process or of processes that have
+    exited, not those of other live processes (another test run on the same machine)."""
     roots = ["/dev/shm", tempfile.gettempdir()]
-    return {d for root in roots for d in glob.glob(os.path.join(root, "s3fast.*"))}
+    found = set()
+    for d in (d for root in roots for d in glob.glob(os.path.join(root, "s3fast.*"))):
+        pid = os.path.basename(d).split(".")[1]
+        if not pid.isdigit() or (int(pid) != os.getpid() and os.path.exists(f"/proc/{pid}")):
+            continue  # another version's, or another live process's
+        found.add(d)
+    return found
 
 
 @pytest.fixture(autouse=True)

@@ -29,6 +29,7 @@ REDIRECT = canned("301 Moved Permanently", "PermanentRedirect")
 class Faults:
     cut_after: int | None = None  # close after forwarding this many body bytes
     flip_at: int | None = None  # invert the byte at this offset of the first body on a connection
+    close: bool = False  # add "Connection: close", so each faulted request has its own connection
     stall: float = 0.0  # seconds to hold the first response before forwarding it
     answer: bytes | None = None  # answer this (e.g. SLOWDOWN) instead of forwarding
     times: int = 0  # how many connections get the fault
@@ -105,16 +106,16 @@ class FaultProxy:
                 if fault.stall:
                     await asyncio.sleep(fault.stall)
                     fault = None
-                elif fault.cut_after is not None or fault.flip_at is not None:
-                    if body < 0:
+                elif fault.cut_after is not None or fault.flip_at is not None or fault.close:
+                    if body < 0:  # hold the head until it is complete
                         seen += data
                         end = seen.find(b"\r\n\r\n")
                         if end < 0:
-                            dst.write(data)
                             continue
-                        head_len = len(data) - (len(seen) - end - 4)
-                        dst.write(data[:head_len])
-                        data, body = data[head_len:], 0
+                        head, data, body = seen[: end + 2], seen[end + 4 :], 0
+                        if fault.close:
+                            head += b"Connection: close\r\n"
+                        dst.write(head + b"\r\n")
                     if fault.flip_at is not None and 0 <= fault.flip_at - body < len(data):
                         i = fault.flip_at - body
                         data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]

@@ -47,12 +47,19 @@ def test_keep_alive_reuses_one_connection(
     seaweed_bucket: str, data: dict[str, bytes], proxy: FaultProxy
 ) -> None:
     proxy.set(Faults())
-    with _client(seaweed_bucket, proxy) as s3:
+    with _client(seaweed_bucket, proxy, verify_checksums=False) as s3:
         objs = s3.get_many(list(data), in_memory=True)
         assert [o.blob for o in objs] == list(data.values())
         objs = s3.get_many([S3GetObject(k, 10, 1000) for k in data])
         assert [o.blob for o in objs] == [v[10:1010] for v in data.values()]
     assert proxy.connections == 1  # 8 objects x 5 ranges, then 8 partial reads, on one socket
+    # Checked downloads start with an unranged GET (the checksum comes only with that); for
+    # an object over two ranges it reads one range and drops that connection.
+    proxy.set(Faults())
+    with _client(seaweed_bucket, proxy) as s3:
+        objs = s3.get_many(list(data), in_memory=True)
+        assert [o.blob for o in objs] == list(data.values())
+    assert proxy.connections == 1 + len(data)
 
 
 @pytest.mark.parametrize("in_memory", [True, False])
@@ -168,19 +175,25 @@ def test_https_verifies_certificates(
         assert s3.get("s3://tls-bucket/x", in_memory=True).blob == body
 
 
-def test_part_checksum_is_checked_by_the_server(
-    seaweed_bucket: str, seaweed: Server, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("size", [12 * MiB, 1 * MiB], ids=["multipart", "single"])
+def test_upload_checksum_is_checked_by_the_server(
+    seaweed_bucket: str,
+    seaweed: Server,
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+    size: int,
 ) -> None:
-    """UploadPart goes out unhashed (UNSIGNED-PAYLOAD) but with a signed CRC32 header: a part
-    whose bytes do not match it must be refused, and the upload aborted. (SeaweedFS checks
-    part checksums; moto does not, so this runs on SeaweedFS only.)"""
+    """UploadPart and PutObject go out unhashed (UNSIGNED-PAYLOAD) but with a signed CRC32
+    header: bytes that do not match it must be refused, and a multipart upload aborted.
+    (SeaweedFS checks them; moto does not, so this runs on SeaweedFS only.)"""
     bucket = seaweed_bucket
     import s3fast._engine.http as http
+    from s3fast._engine.checksums import CRC32
 
     local = tmp_path / "f"
-    local.write_bytes(os.urandom(12 * MiB))
+    local.write_bytes(os.urandom(size))
     cfg = TransferConfig(part_size=5 * MiB, multipart_threshold=5 * MiB, max_attempts=1)
-    monkeypatch.setattr(http, "zlib", SimpleNamespace(crc32=lambda data: 12345))
+    monkeypatch.setattr(http, "CRC32", SimpleNamespace(of=lambda data: 12345, encode=CRC32.encode))
     with S3(s3root=f"s3://{bucket}", config=cfg) as s3:
         with pytest.raises(Exception, match=f"s3://{bucket}/f"):
             s3.put_files([("f", str(local))])
@@ -203,3 +216,61 @@ def test_listing_pages_and_decodes_keys(seaweed_bucket: str, seaweed: Server) ->
         top = s3.list_paths(["p"])
         assert {o.key for o in top if not o.exists} == {"ünï"}
         assert len([o for o in top if o.exists]) == 1102
+
+
+@pytest.fixture
+def carried(seaweed_bucket: str, seaweed: Server, tmp_path: pathlib.Path) -> dict[str, bytes]:
+    """Objects with each full-object checksum: CRC32 from s3fast's PutObject and multipart
+    upload, CRC32C and CRC64NVME from boto3."""
+    objs = {k: os.urandom(n) for k, n in [("put", 100_000), ("mpu", 6 * MiB + 3)]}
+    (tmp_path / "mpu").write_bytes(objs["mpu"])
+    cfg = TransferConfig(part_size=5 * MiB, multipart_threshold=5 * MiB)
+    with S3(s3root=f"s3://{seaweed_bucket}", config=cfg) as s3:
+        s3.put("put", objs["put"])
+        s3.put_files([("mpu", str(tmp_path / "mpu"))])
+    client = seaweed.client()
+    for algorithm, size in [("CRC32C", 300_000), ("CRC64NVME", 1 * MiB)]:
+        objs[algorithm] = os.urandom(size)
+        client.put_object(  # type: ignore[attr-defined]
+            Bucket=seaweed_bucket, Key=algorithm, Body=objs[algorithm], ChecksumAlgorithm=algorithm
+        )
+    head = client.head_object(Bucket=seaweed_bucket, Key="mpu", ChecksumMode="ENABLED")  # type: ignore[attr-defined]
+    assert head["ChecksumType"] == "FULL_OBJECT" and head["ChecksumCRC32"]
+    client.close()  # type: ignore[attr-defined]
+    return objs
+
+
+@pytest.mark.parametrize("in_memory", [True, False], ids=["memory", "file"])
+@pytest.mark.parametrize("key", ["put", "mpu", "CRC32C", "CRC64NVME"])
+def test_flipped_byte_is_caught_by_the_checksum(
+    seaweed_bucket: str, carried: dict[str, bytes], proxy: FaultProxy, key: str, in_memory: bool
+) -> None:
+    """One byte flipped in flight: the download is checked against the object's checksum,
+    fetched again, and comes back right. Flipped every time: it raises, naming the URL, and
+    leaves no file behind."""
+    url = f"s3://{seaweed_bucket}/{key}"
+    proxy.set(Faults(flip_at=1000, close=True, times=1))
+    with _client(seaweed_bucket, proxy) as s3:
+        obj = s3.get(key, in_memory=in_memory)
+        assert hashlib.sha256(obj.blob or b"").digest() == hashlib.sha256(carried[key]).digest()
+    assert proxy.injected == 1
+    proxy.set(Faults(flip_at=1000, close=True, times=1000))
+    with _client(seaweed_bucket, proxy) as s3:
+        with pytest.raises(MetaflowS3TransferError, match=f"{url}: checksum mismatch"):
+            s3.get(key, in_memory=in_memory)
+        assert all(os.listdir(d) == [] for d in s3.tmpdirs)
+
+
+@pytest.mark.parametrize("transport", ["http", "botocore"])
+def test_checksum_check_is_what_catches_the_flip(
+    seaweed_bucket: str, carried: dict[str, bytes], proxy: FaultProxy, transport: str
+) -> None:
+    """The same flip with ``verify_checksums=False`` goes through unnoticed (the length is
+    right): the checksum, not luck, is what catches it, on either transport."""
+    proxy.set(Faults(flip_at=1000, close=True, times=1))
+    with _client(seaweed_bucket, proxy, verify_checksums=False, transport=transport) as s3:
+        assert s3.get("mpu", in_memory=True).blob != carried["mpu"]
+    proxy.set(Faults(flip_at=1000, close=True, times=1000))
+    with _client(seaweed_bucket, proxy, transport=transport) as s3:
+        with pytest.raises(MetaflowS3TransferError, match="checksum mismatch"):
+            s3.get("mpu", in_memory=True)

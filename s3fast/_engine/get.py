@@ -5,6 +5,12 @@ The first request asks for the first ``range_size`` bytes of what the caller wan
 pinned to the same version (``If-Match`` on the ETag), each received straight into its place
 in the destination. A body that breaks mid-way is resumed from the last byte received.
 
+Integrity: every response's length is checked against what was asked for, and a whole-object
+download is checked against the full-object checksum the object carries (``checksums.py``):
+each range is checksummed as it completes, the pieces are combined in order, and the result
+is compared with the checksum the first, unranged, response carried. A mismatch is fetched
+again once, then raised.
+
 Retries: on the botocore transport, botocore retries whole requests and this layer retries
 only broken bodies, so the two never overlap; on the lean transport (``http.py``), which has
 no retries of its own, this layer also retries 5xx answers and failed connections.
@@ -15,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import mmap
 import os
@@ -33,6 +40,7 @@ from ..errors import (
 from ..limits import MiB, split
 from ..targets import Targets
 from ..urls import ByteRange, S3Path, parse_content_range
+from .checksums import Checksum, combined, full_object
 from .client import RESUMABLE, Engine, backoff, bounded_map, retrying
 
 READ_CHUNK = 1 * MiB
@@ -55,6 +63,11 @@ class Head:
     encryption: str | None
     etag: str | None
     version_id: str | None
+    checksum: Checksum | None = None  # the object's full-object checksum, if sent
+
+    @property
+    def whole(self) -> bool:
+        return self.start == 0 and self.end == self.total - 1
 
     @classmethod
     def from_response(cls, resp: dict[str, Any], url: str) -> Head:
@@ -80,6 +93,7 @@ class Head:
             encryption=resp.get("ServerSideEncryption"),
             etag=(resp.get("ETag") or "").strip('"') or None,
             version_id=resp.get("VersionId"),
+            checksum=full_object(resp),
         )
 
 
@@ -303,9 +317,11 @@ async def _exchange(
     etag: str | None,
     prepare: Prepare,
     progress: list[int],
+    checksum: bool = False,
 ) -> None:
     """One GET through the engine's transport. ``prepare(head)`` returns the buffer for the
-    body; ``progress[0]`` advances with every body byte that arrives, also on failure."""
+    body; ``progress[0]`` advances with every body byte that arrives, also on failure.
+    ``checksum`` asks for the object's checksums in the response."""
     http = await engine.http()
     if http is not None and http.handles(path.bucket):
 
@@ -314,7 +330,9 @@ async def _exchange(
 
         try:
             async with engine.slot():
-                await http.get(path.bucket, path.key, range_header, etag, prepare_fields, progress)
+                await http.get(
+                    path.bucket, path.key, range_header, etag, prepare_fields, progress, checksum
+                )
             return
         except botocore.exceptions.ClientError as exc:
             if not http.redirected(exc, path.bucket):
@@ -324,6 +342,8 @@ async def _exchange(
         kwargs["Range"] = range_header
     if etag:
         kwargs["IfMatch"] = f'"{etag}"'
+    if checksum:
+        kwargs["ChecksumMode"] = "ENABLED"
     async with engine.slot() as client:
         resp = await client.get_object(Bucket=path.bucket, Key=path.key, **kwargs)
         body = resp["Body"]
@@ -366,7 +386,6 @@ async def _span(
             await _exchange(
                 engine, path, url, f"bytes={progress[0]}-{end}", etag, prepare, progress
             )
-            sink.settled(start - base, end + 1 - start)
             return
         except RESUMABLE as exc:
             attempt += 1
@@ -386,29 +405,71 @@ async def _span(
             raise_translated(exc, url)
 
 
+class _Verifier:
+    """Checksums the ranges of a whole-object download as they complete, and compares their
+    combination with the full-object checksum the first (unranged) response carried."""
+
+    def __init__(self, expected: Checksum | None, base: int, sink: Sink) -> None:
+        self.expected = expected
+        self.base = base
+        self.sink = sink
+        self.pieces: dict[int, tuple[int, int]] = {}
+
+    def settle(self, start: int, end: int) -> None:
+        """Absolute bytes ``start..end`` are complete: checksum them, then let the sink
+        drop them from memory."""
+        length = end + 1 - start
+        if self.expected is not None:
+            with self.sink.view(start - self.base, length) as view:
+                self.pieces[start] = (self.expected.algorithm.of(view), length)
+        self.sink.settled(start - self.base, length)
+
+    def mismatch(self, url: str) -> str | None:
+        """None if the bytes match (or there is nothing to compare with), else why not."""
+        expected = self.expected
+        if expected is None:
+            return None
+        got = combined(expected.algorithm, (self.pieces[k] for k in sorted(self.pieces)))
+        if got == expected.value:
+            return None
+        return (
+            f"{url}: checksum mismatch: the object carries {expected}, the bytes received "
+            f"have {expected.algorithm.encode(got)}"
+        )
+
+
 async def fetch(
     engine: Engine, path: S3Path, url: str, brange: ByteRange | None, sink: Sink
 ) -> Fetched:
     """Download ``brange`` (None: all) of ``path`` into ``sink``."""
     range_size = engine.config.range_size
+    # A whole object, checked: the first GET is unranged, as S3 sends the object's checksum
+    # only then. Up to two ranges' worth it reads it all; beyond, it reads the first range
+    # and drops the connection (losing what was in flight), and the rest goes in parallel.
+    verify = brange is None and engine.config.verify_checksums
     progress = [0]
     first: list[Head] = []
     last = 0
+    verifier: _Verifier | None = None
 
     async def prepare(head: Head) -> memoryview:
-        nonlocal last
+        nonlocal last, verifier
         last = final_end(brange, head.total)
+        if verify:
+            verifier = _Verifier(head.checksum if head.whole else None, head.start, sink)
+            if head.whole and head.total > 2 * range_size:
+                head = dataclasses.replace(head, end=range_size - 1)
         await sink.open(max(0, last - head.start + 1))
         first.append(head)
         progress[0] = head.start
         return sink.view(0, head.end + 1 - head.start)
 
     try:
-        range_header: str | None = first_range(brange, range_size)
+        range_header = None if verify else first_range(brange, range_size)
         attempt = 0
         while True:
             try:
-                await _exchange(engine, path, url, range_header, None, prepare, progress)
+                await _exchange(engine, path, url, range_header, None, prepare, progress, verify)
                 break
             except botocore.exceptions.ClientError as exc:
                 # A whole-object read of an empty object: S3 refuses "bytes=0-N" with 416.
@@ -426,14 +487,31 @@ async def fetch(
         head = first[0]
         if progress[0] <= head.end:
             await _span(engine, path, url, sink, head.start, progress[0], head.end, head.etag, 1)
-        sink.settled(0, head.end + 1 - head.start)
+
+        async def one(item: tuple[int, int, bool]) -> None:
+            start, end, again = item
+            if again:
+                await _span(engine, path, url, sink, head.start, start, end, head.etag)
+            if verifier is not None:
+                verifier.settle(start, end)
+            else:
+                sink.settled(start - head.start, end + 1 - start)
+
+        async def run(items: list[tuple[int, int, bool]]) -> None:
+            if len(items) == 1:
+                await one(items[0])
+            else:
+                await bounded_map(one, items, engine.concurrency)
+
         rest = split(head.end + 1, last, range_size)
-        if rest:
-
-            async def one(span: tuple[int, int]) -> None:
-                await _span(engine, path, url, sink, head.start, span[0], span[1], head.etag)
-
-            await bounded_map(one, rest, engine.concurrency)
+        await run([(head.start, head.end, False)] + [(a, b, True) for a, b in rest])
+        if verifier is not None and verifier.mismatch(url):
+            # corrupted in flight, or stored so: fetch it all again once, then give up
+            verifier.pieces.clear()
+            await run([(head.start, head.end, True)] + [(a, b, True) for a, b in rest])
+            problem = verifier.mismatch(url)
+            if problem:
+                raise MetaflowS3TransferError(problem, url)
         local, blob = await sink.commit()
     except BaseException as exc:
         await asyncio.shield(sink.discard())

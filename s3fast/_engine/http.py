@@ -1,13 +1,15 @@
 """The hot path: a lean HTTP/1.1 keep-alive pool on asyncio ``BufferedProtocol`` for the
-requests that move bytes or are made by the thousand: GET, HEAD and UploadPart.
+requests that move bytes or are made by the thousand: GET, HEAD, PutObject, UploadPart and
+ListObjectsV2.
 
 The kernel copies response bodies straight into the destination (``get_buffer`` hands out a
 slice of the caller's preallocated buffer or memory-mapped temp file), so each byte is copied
 once. Requests are signed with SigV4 here (the derived key cached per day and region; the
 empty-payload hash for GET and HEAD; ``UNSIGNED-PAYLOAD`` plus a signed CRC32 header, which
-the server checks, for parts). Credentials, region and addressing (virtual-hosted or
-path-style, as botocore decides for the bucket) still come from aiobotocore, which also keeps
-every other call. A bucket that answers with a region redirect is handed to botocore.
+the server checks, for uploads). The first GET of a whole object asks for the object's
+checksums (``x-amz-checksum-mode``), which :mod:`.get` checks. Credentials, region and addressing
+(virtual-hosted or path-style, as botocore decides for the bucket) still come from
+aiobotocore, which also keeps every other call. A bucket that answers with a region redirect is handed to botocore.
 
 Errors are returned in botocore's shape (``ClientError`` with the S3 error code), so the one
 translator in :mod:`s3fast.errors` handles both transports. 5xx and throttling answers raise
@@ -17,14 +19,12 @@ translator in :mod:`s3fast.errors` handles both transports. 5xx and throttling a
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime
 import hashlib
 import hmac
 import inspect
 import re
 import ssl
-import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -34,6 +34,8 @@ from urllib.parse import quote, unquote_plus, urlsplit
 from xml.etree import ElementTree
 
 import botocore.exceptions
+
+from .checksums import CRC32, FIELDS
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
@@ -164,9 +166,10 @@ class _Conn(asyncio.BufferedProtocol):
             raise ConnectionError("chunked responses are not expected for S3 GET")
         return int(parts[1]), headers
 
-    async def body_into(self, dest: memoryview) -> int:
-        """Read ``len(dest)`` body bytes into ``dest``; returns the bytes received (fewer only
-        when an exception is raised, in which case ``self.received`` says how many)."""
+    async def body_into(self, dest: memoryview, whole: bool = True) -> int:
+        """Read ``len(dest)`` body bytes into ``dest`` (``whole``: all the body); returns the
+        bytes received (fewer only when an exception is raised, in which case
+        ``self.received`` says how many)."""
         extra = self.used - self.head_end
         take = min(extra, len(dest))
         dest[:take] = self.buf[self.head_end : self.head_end + take]
@@ -179,7 +182,7 @@ class _Conn(asyncio.BufferedProtocol):
                 await self._wait()
             finally:
                 self.dest = None
-        if extra > take:
+        if extra > take and whole:
             raise ConnectionError("the server sent more than Content-Length")
         return self.received
 
@@ -252,7 +255,7 @@ class _Signer:
                 method,
                 path,
                 query,
-                *(f"{n}:{headers[n].strip()}" for n in names),
+                *(f"{n}:{' '.join(headers[n].split())}" for n in names),
                 "",
                 ";".join(names),
                 payload,
@@ -330,7 +333,12 @@ def response_fields(headers: dict[str, str]) -> dict[str, Any]:
         "VersionId": headers.get("x-amz-version-id"),
         "ServerSideEncryption": headers.get("x-amz-server-side-encryption"),
         "Metadata": {k[11:]: v for k, v in headers.items() if k.startswith("x-amz-meta-")},
+        "ChecksumType": headers.get("x-amz-checksum-type"),
     }
+    for field, algorithm in FIELDS.items():
+        value = headers.get("x-amz-checksum-" + algorithm.name)
+        if value:
+            out[field] = value
     if headers.get("last-modified"):
         out["LastModified"] = parsedate_to_datetime(headers["last-modified"])
     return out
@@ -438,28 +446,41 @@ class HttpGetter:
                 raise _error(status, body, "ListObjectsV2")
         return _parse_listing(body)
 
+    async def put(
+        self,
+        bucket: str,
+        key: str,
+        data: bytes,
+        headers: dict[str, str],
+        query: str = "",
+        operation: str = "PutObject",
+    ) -> dict[str, Any]:
+        """One PutObject (or UploadPart, given its ``query``). The payload is not hashed for
+        the signature (``UNSIGNED-PAYLOAD``); its CRC32 is sent in a signed header instead,
+        and the server checks it."""
+        crc = CRC32.encode(CRC32.of(data))
+        extra = {**headers, "content-length": str(len(data)), "x-amz-checksum-crc32": crc}
+        where, request = await self._request("PUT", bucket, key, extra, query, UNSIGNED_PAYLOAD)
+        async with self._borrow(where) as conn:
+            status, answer = await conn.head(request, data)
+            length = int(answer.get("content-length", "0"))
+            body = await conn.small_body(length) if length <= MAX_HEAD else b""
+            if status != 200:  # the server may not have read the whole body: not reusable
+                raise _error(status, body, operation)
+            conn.reusable = _keep_alive(answer) and length <= MAX_HEAD
+            if not answer.get("etag"):
+                raise ConnectionError(f"{operation} answered without an ETag")
+            return {
+                "ETag": answer["etag"],
+                "ChecksumCRC32": answer.get("x-amz-checksum-crc32") or crc,
+                "VersionId": answer.get("x-amz-version-id"),
+            }
+
     async def upload_part(
         self, bucket: str, key: str, upload_id: str, number: int, data: bytes
     ) -> dict[str, Any]:
-        """One UploadPart. The payload is not hashed for the signature (``UNSIGNED-PAYLOAD``);
-        its CRC32 is sent in a signed header instead, and the server checks it."""
-        crc = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
-        extra = {"content-length": str(len(data)), "x-amz-checksum-crc32": crc}
         query = f"partNumber={number}&uploadId={quote(upload_id, safe='-_.~')}"
-        where, request = await self._request("PUT", bucket, key, extra, query, UNSIGNED_PAYLOAD)
-        async with self._borrow(where) as conn:
-            status, headers = await conn.head(request, data)
-            length = int(headers.get("content-length", "0"))
-            body = await conn.small_body(length) if length <= MAX_HEAD else b""
-            if status != 200:  # the server may not have read the whole body: not reusable
-                raise _error(status, body, "UploadPart")
-            conn.reusable = _keep_alive(headers) and length <= MAX_HEAD
-            if not headers.get("etag"):
-                raise ConnectionError("UploadPart answered without an ETag")
-            return {
-                "ETag": headers["etag"],
-                "ChecksumCRC32": headers.get("x-amz-checksum-crc32") or crc,
-            }
+        return await self.put(bucket, key, data, {}, query, "UploadPart")
 
     @asynccontextmanager
     async def _borrow(self, where: tuple[str, str, int]) -> AsyncIterator[_Conn]:
@@ -494,11 +515,13 @@ class HttpGetter:
         etag: str | None,
         prepare: Callable[[dict[str, Any]], Awaitable[memoryview]],
         progress: list[int],
+        checksum: bool = False,
     ) -> None:
         """One GET. ``prepare(fields)`` gets the response fields and returns the buffer for
         the body; ``progress[0]`` advances by the body bytes received, also when the body
-        breaks off (so the caller can resume)."""
-        extra = {}
+        breaks off (so the caller can resume). ``checksum`` asks for the object's checksums.
+        A buffer shorter than the body takes its first bytes; the connection is then closed."""
+        extra = {"x-amz-checksum-mode": "ENABLED"} if checksum else {}
         if range_header:
             extra["range"] = range_header
         if etag:
@@ -512,14 +535,15 @@ class HttpGetter:
                 conn.reusable = _keep_alive(headers) and length <= MAX_HEAD
                 raise _error(status, body)
             dest = await prepare(response_fields(headers))
+            whole = len(dest) == length
             try:
-                if len(dest) != length:
+                if len(dest) > length:
                     raise ConnectionError(f"buffer of {len(dest)} bytes for a body of {length}")
-                await conn.body_into(dest)
+                await conn.body_into(dest, whole)
             finally:
                 progress[0] += conn.received
                 dest.release()
-            conn.reusable = _keep_alive(headers)
+            conn.reusable = _keep_alive(headers) and whole
 
     def close(self) -> None:
         for pool in self._idle.values():

@@ -4,6 +4,11 @@ Below ``multipart_threshold`` one PutObject; above, a multipart upload whose par
 concurrently (bounded by the engine's limiter) and which is aborted on any failure or
 cancellation. ``overwrite=False`` is a conditional write (``If-None-Match: *``), atomic on the
 server; servers that reject the header fall back to a HEAD check.
+
+Integrity: every PutObject and UploadPart carries the CRC32 of its bytes, which the server
+checks; a multipart upload is of checksum type ``FULL_OBJECT``, completed with the CRC32 of
+the whole object (the parts' CRC32s combined), so the server checks the assembled object too
+and later downloads can verify it (see ``get.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import botocore.exceptions
 from ..errors import MetaflowS3Exception, MetaflowS3NotFound, error_code, raise_translated
 from ..limits import MAX_PUT_OBJECT_SIZE, part_size_for
 from ..urls import S3Path
+from .checksums import CRC32, combined
 from .client import Engine, bounded_map, retrying
 
 ABORT_TIMEOUT = 15.0
@@ -119,6 +125,21 @@ def _extra(
     return extra
 
 
+def _http_headers(extra: dict[str, Any]) -> dict[str, str] | None:
+    """``extra`` as PutObject headers for the lean transport; None if a value is not ASCII
+    (botocore then sends the request)."""
+    headers = {}
+    if extra.get("ContentType"):
+        headers["content-type"] = extra["ContentType"]
+    for name, value in (extra.get("Metadata") or {}).items():
+        headers[f"x-amz-meta-{name}"] = value
+    if extra.get("ServerSideEncryption"):
+        headers["x-amz-server-side-encryption"] = extra["ServerSideEncryption"]
+    if not all((k + v).isascii() and "\n" not in k + v for k, v in headers.items()):
+        return None
+    return headers
+
+
 async def _exists(engine: Engine, path: S3Path, url: str) -> bool:
     try:
         async with engine.slot() as client:
@@ -172,11 +193,28 @@ async def _put_single(
     body = await reader.read(0, size)
     conditional = not overwrite and engine.conditional_put
     try:
+        http = await engine.http()
+        headers = _http_headers(extra)
+        if http is not None and http.handles(path.bucket) and headers is not None:
+            if conditional:
+                headers["if-none-match"] = "*"
+
+            async def one() -> dict[str, Any]:
+                async with engine.slot():
+                    return await http.put(path.bucket, path.key, body, headers)
+
+            try:
+                await retrying(engine, one)
+                return True
+            except botocore.exceptions.ClientError as exc:
+                if not http.redirected(exc, path.bucket):
+                    raise
         async with engine.slot() as client:
             await client.put_object(
                 Bucket=path.bucket,
                 Key=path.key,
                 Body=body,
+                ChecksumAlgorithm="CRC32",
                 **extra,
                 **({"IfNoneMatch": "*"} if conditional else {}),
             )
@@ -206,7 +244,11 @@ async def _put_multipart(
     spans = [(n + 1, off, min(part, size - off)) for n, off in enumerate(range(0, size, part))]
     async with engine.slot() as client:
         created = await client.create_multipart_upload(
-            Bucket=path.bucket, Key=path.key, ChecksumAlgorithm="CRC32", **extra
+            Bucket=path.bucket,
+            Key=path.key,
+            ChecksumAlgorithm="CRC32",
+            ChecksumType="FULL_OBJECT",
+            **extra,
         )
     upload_id = created["UploadId"]
     http = await engine.http()
@@ -239,12 +281,15 @@ async def _put_multipart(
             async with engine.slot() as client:
                 data = await reader.read(offset, length)
                 resp = await send(client, number, data)
-            done = {"PartNumber": number, "ETag": resp["ETag"]}
-            if resp.get("ChecksumCRC32"):
-                done["ChecksumCRC32"] = resp["ChecksumCRC32"]
-            return done
+            crc = CRC32.decode(resp.get("ChecksumCRC32") or "")
+            if crc is None:
+                raise MetaflowS3Exception(f"{url}: part {number} came back without its CRC32")
+            crcs[number] = crc
+            return {"PartNumber": number, "ETag": resp["ETag"], "ChecksumCRC32": CRC32.encode(crc)}
 
+        crcs: dict[int, int] = {}
         parts = await bounded_map(upload, spans, engine.concurrency)
+        whole = combined(CRC32, ((crcs[number], length) for number, _, length in spans))
         conditional = not overwrite and engine.conditional_put
         async with engine.slot() as client:
             try:
@@ -253,6 +298,8 @@ async def _put_multipart(
                     Key=path.key,
                     UploadId=upload_id,
                     MultipartUpload={"Parts": parts},
+                    ChecksumCRC32=CRC32.encode(whole),
+                    ChecksumType="FULL_OBJECT",
                     **({"IfNoneMatch": "*"} if conditional else {}),
                 )
             except botocore.exceptions.ClientError as exc:
