@@ -31,7 +31,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import ResolvedConfig, TransferConfig
+from .config import ResolvedConfig, TransferConfig, _env_int, _env_size
 from .limits import GiB, MiB
 
 log = logging.getLogger(__name__)
@@ -397,10 +397,16 @@ _ENV_NAMES = {
 }
 
 
-def _given(name: str) -> str:
+def _given(name: str, value: object) -> str:
+    """Where an explicit setting came from: its variable when that holds the same value."""
     env = _ENV_NAMES.get(name)
     if env and os.environ.get(env, "").strip():
-        return f"set by {env} (or TransferConfig)"
+        try:
+            from_env = _env_size(env) if name != "max_concurrency" else _env_int(env)
+        except ValueError:
+            from_env = None
+        if from_env == value:
+            return f"set by {env}"
     return "set by TransferConfig"
 
 
@@ -418,7 +424,7 @@ def plan(config: TransferConfig | None = None, *, machine: Machine | None = None
     given_procs = getattr(cfg, "processes", None)
     if given_procs is not None:
         processes = int(given_procs)
-        why["processes"] = _given("processes")
+        why["processes"] = _given("processes", processes)
     elif nic is None:
         processes = 1
         why["processes"] = "NIC speed unknown: one process"
@@ -436,7 +442,7 @@ def plan(config: TransferConfig | None = None, *, machine: Machine | None = None
 
     def sized(name: str, given: int | None) -> int:
         if given is not None:
-            why[name] = _given(name)
+            why[name] = _given(name, given)
             return given
         if fast:
             why[name] = f"16 MiB: NIC >= {FAST_NIC_GBPS:g} Gbit/s, fewer requests per byte"
@@ -450,7 +456,7 @@ def plan(config: TransferConfig | None = None, *, machine: Machine | None = None
 
     if cfg.memory_budget is not None:
         budget = cfg.memory_budget
-        why["memory_budget"] = _given("memory_budget")
+        why["memory_budget"] = _given("memory_budget", budget)
     elif m.memory is None:
         budget = UNKNOWN_MEMORY_BUDGET
         why["memory_budget"] = "available memory unknown: a fixed 2 GiB"
@@ -463,7 +469,7 @@ def plan(config: TransferConfig | None = None, *, machine: Machine | None = None
     fits = max(1, budget // unit)
     if cfg.max_concurrency is not None:
         wanted_conns = cfg.max_concurrency
-        reason = _given("max_concurrency")
+        reason = _given("max_concurrency", wanted_conns)
     else:
         per_cpus = max(1, m.cpus // processes)
         by_cpu = CONNECTIONS_PER_CPU * per_cpus
@@ -482,7 +488,7 @@ def plan(config: TransferConfig | None = None, *, machine: Machine | None = None
     why["max_concurrency"] = reason
 
     if cfg.max_bandwidth is not None:
-        why["max_bandwidth"] = _given("max_bandwidth")
+        why["max_bandwidth"] = _given("max_bandwidth", cfg.max_bandwidth)
     else:
         why["max_bandwidth"] = "no cap (S3FAST_MAX_BANDWIDTH or TransferConfig to set one)"
 

@@ -208,12 +208,13 @@ def test_memory_budget_bounds_concurrency() -> None:
     assert capped.max_concurrency == 4  # 32 MiB / max(1 MiB range, 8 MiB part)
 
 
-def test_config_overrides_plan() -> None:
+def test_config_overrides_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("S3FAST_RANGE_SIZE", "2M")  # not used: an explicit config wins
     cfg = TransferConfig(max_concurrency=7, range_size=1 * MiB, part_size=5 * MiB, max_bandwidth=10)
     p = plan(cfg, machine=machine(cpus=72, nic=100))
     assert (p.max_concurrency, p.range_size, p.part_size, p.max_bandwidth) == (7, MiB, 5 * MiB, 10)
     assert p.config.max_concurrency == 7 and p.config.max_bandwidth == 10
-    assert p.reasons["range_size"].startswith("set by")
+    assert p.reasons["range_size"] == "set by TransferConfig"
 
 
 def test_env_overrides_plan(monkeypatch: pytest.MonkeyPatch) -> None:
