@@ -68,7 +68,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ):
         sizes.add_argument(flag, dest=field, type=_size, help=unit)
     p.add_argument("--timeout", type=float, help="seconds per run (default 600; --quick: 120)")
+    sweep = p.add_argument_group("the concurrency / range-size sweep (benchmarks/sweep.py)")
+    sweep.add_argument("--sweep", action="store_true", help="sweep s3fast's settings instead")
+    sweep.add_argument("--sweep-concurrency", default="8,16,32,64,128", help="max_concurrency grid")
+    sweep.add_argument("--sweep-sizes", default="8M,16M", help="range_size = part_size grid")
+    sweep.add_argument(
+        "--sweep-client", default="s3fast_async", choices=("s3fast_async", "s3fast_sync")
+    )
     args = p.parse_args(argv)
+    if args.sweep:
+        from .sweep import SWEEP_WORKLOADS, parse_grid
+
+        args.workloads = args.workloads or ",".join(SWEEP_WORKLOADS)
+        args.sweep_concurrency = parse_grid(args.sweep_concurrency, size=False)
+        args.sweep_sizes = parse_grid(args.sweep_sizes, size=True)
     args.clients = _names(args.clients, CLIENTS, "client")
     args.workloads = _names(args.workloads, WORKLOADS, "workload")
     args.profiles = [resolve(name) for name in _names(args.profiles, tuple(PROFILES), "profile")]
@@ -310,6 +323,14 @@ def main(argv: list[str] | None = None) -> int:
         spec_path = os.path.join(scratch, "spec.json")
         with open(spec_path, "w") as f:
             json.dump(spec, f)
+        if args.sweep:
+            from . import sweep
+
+            return sweep.run(
+                args, env=env, spec_path=spec_path, scratch=scratch, s3=s3, bucket=bucket,
+                files=files, server_desc=server_desc, out_stem=out_dir / stem,
+                sizes_desc=sizes.describe(),
+            )  # fmt: skip
 
         missing = {c: _missing_module(c) for c in args.clients}
         plan = [

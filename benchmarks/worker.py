@@ -92,7 +92,8 @@ class Ctx:
         self.bucket: str = spec["bucket"]
         self.endpoint: str | None = spec["endpoint"]
         self.region: str = spec["region"]
-        self.concurrency = 32  # for the peers' own pools and semaphores
+        # for the peers' own pools and semaphores (the sweep sets their library default, 10)
+        self.concurrency = int(os.environ.get("S3FAST_BENCH_PEER_CONCURRENCY") or 32)
         self.range_size = 8 * 1024 * 1024
         self.warm_key: str = spec["small"][0][0]
         self.measured: dict[str, Any] | None = None

@@ -6,7 +6,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-from .limits import MAX_PART_SIZE, MIN_PART_SIZE, MiB
+from .limits import MAX_PART_SIZE, MIN_PART_SIZE, GiB, KiB, MiB
 
 
 def _env_int(name: str) -> int | None:
@@ -19,6 +19,19 @@ def _env_int(name: str) -> int | None:
         raise ValueError(f"{name}={raw!r} is not an integer") from None
 
 
+def _env_size(name: str) -> int | None:
+    """An integer number of bytes, optionally with a binary suffix: ``8M``, ``1G``, ``512K``."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    text = raw.strip().upper().removesuffix("IB").removesuffix("B")
+    scale = {"K": KiB, "M": MiB, "G": GiB}.get(text[-1:], 1)
+    try:
+        return int(float(text[:-1]) * scale) if scale > 1 else int(text)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a size (bytes, or 8M, 1G, ...)") from None
+
+
 def _env_float(name: str) -> float | None:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
@@ -29,19 +42,32 @@ def _env_float(name: str) -> float | None:
         raise ValueError(f"{name}={raw!r} is not a number") from None
 
 
+# Size-valued fields and the variables that set them (``K``/``M``/``G`` suffixes allowed).
+ENV_SIZES = (
+    ("range_size", "S3FAST_RANGE_SIZE"),
+    ("part_size", "S3FAST_PART_SIZE"),
+    ("multipart_threshold", "S3FAST_MULTIPART_THRESHOLD"),
+    ("max_bandwidth", "S3FAST_MAX_BANDWIDTH"),
+    ("memory_budget", "S3FAST_MEMORY_BUDGET"),
+)
+
+
 @dataclass(frozen=True, kw_only=True)
 class TransferConfig:
-    """How s3fast moves bytes. Every field has a default chosen by :mod:`s3fast.tuning`
-    for the machine when left as ``None``.
+    """How s3fast moves bytes. A field left as ``None`` is taken from the machine's plan
+    (:func:`s3fast.tuning.plan`; ``python -m s3fast.tuning`` prints it and why).
 
     Parameters
     ----------
     max_concurrency : int, optional
-        Requests in flight at once (the one concurrency limiter). Default: from the machine.
-    range_size : int
-        Size of each ranged GET when a large object is fetched in parallel (8 MiB).
-    part_size : int
-        Preferred multipart part size (8 MiB); doubled as needed to fit 10,000 parts.
+        Requests in flight at once (the one concurrency limiter). Default: from the plan
+        (CPUs, NIC speed), bounded by the memory budget.
+    range_size : int, optional
+        Size of each ranged GET when a large object is fetched in parallel. Default: from
+        the plan (8 MiB; 16 MiB on NICs of 25 Gbit/s and more).
+    part_size : int, optional
+        Preferred multipart part size, doubled as needed to fit 10,000 parts. Default: from
+        the plan (8 MiB; 16 MiB on NICs of 25 Gbit/s and more).
     multipart_threshold : int
         Objects at least this large are uploaded as multipart (16 MiB).
     max_attempts : int
@@ -54,16 +80,24 @@ class TransferConfig:
         Path to a CA bundle for TLS verification.
     verify_checksums : bool
         Check every whole-object download against the full-object checksum (CRC32, CRC32C
-        or CRC64NVME) the object carries, at the cost of one HEAD per object when the first
-        ranged GET does not carry it; a mismatch is re-fetched once, then raised.
+        or CRC64NVME) the object carries; a mismatch is fetched again once, then raised. The
+        first GET of such a download is unranged (S3 sends the checksum only then); for an
+        object over two ranges it reads one range and drops its connection.
     transport : str
         ``"http"`` (default): GET, HEAD, UploadPart and ListObjectsV2 go over s3fast's own
         zero-copy HTTP/1.1 pool; ``"botocore"``: every request goes through aiobotocore.
+    max_bandwidth : int, optional
+        Bytes per second for all transfers of one client together (GET ranges, PUTs and
+        parts), enforced by a token bucket before each request. Default ``None``: unlimited.
+    memory_budget : int, optional
+        Bytes of transfer buffers in flight at once: ``max_concurrency`` is lowered until
+        ``max_concurrency x max(range_size, part_size)`` fits. Default: from the plan (a
+        quarter of the memory available to this process, cgroup limit included).
     """
 
     max_concurrency: int | None = None
-    range_size: int = 8 * MiB
-    part_size: int = 8 * MiB
+    range_size: int | None = None
+    part_size: int | None = None
     multipart_threshold: int = 16 * MiB
     max_attempts: int = 5
     connect_timeout: float = 10.0
@@ -72,13 +106,15 @@ class TransferConfig:
     ca_bundle: str | None = None
     verify_checksums: bool = True
     transport: str = "http"
+    max_bandwidth: int | None = None
+    memory_budget: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_concurrency is not None and self.max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
-        if self.range_size < 64 * 1024:
+        if self.range_size is not None and self.range_size < 64 * KiB:
             raise ValueError(f"range_size must be >= 64 KiB, got {self.range_size}")
-        if not MIN_PART_SIZE <= self.part_size <= MAX_PART_SIZE:
+        if self.part_size is not None and not MIN_PART_SIZE <= self.part_size <= MAX_PART_SIZE:
             raise ValueError(
                 f"part_size must be between {MIN_PART_SIZE} and {MAX_PART_SIZE}, got {self.part_size}"
             )
@@ -90,25 +126,32 @@ class TransferConfig:
             raise ValueError("timeouts must be positive")
         if self.transport not in ("http", "botocore"):
             raise ValueError(f"transport must be 'http' or 'botocore', got {self.transport!r}")
+        if self.max_bandwidth is not None and self.max_bandwidth < 1:
+            raise ValueError(f"max_bandwidth must be >= 1 byte/s, got {self.max_bandwidth}")
+        if self.memory_budget is not None and self.memory_budget < 1:
+            raise ValueError(f"memory_budget must be >= 1 byte, got {self.memory_budget}")
 
     @classmethod
     def from_env(cls, base: TransferConfig | None = None) -> TransferConfig:
         """``base`` (or the defaults) overridden by ``S3FAST_*`` environment variables,
         read now: ``S3FAST_MAX_CONCURRENCY``, ``S3FAST_RANGE_SIZE``, ``S3FAST_PART_SIZE``,
-        ``S3FAST_MULTIPART_THRESHOLD``, ``S3FAST_MAX_ATTEMPTS``, ``S3FAST_CONNECT_TIMEOUT``,
-        ``S3FAST_READ_TIMEOUT``, ``S3FAST_VERIFY_SSL`` (0/false to disable), ``S3FAST_CA_BUNDLE``,
-        ``S3FAST_VERIFY_CHECKSUMS`` (0/false to disable), ``S3FAST_TRANSPORT``.
+        ``S3FAST_MULTIPART_THRESHOLD``, ``S3FAST_MAX_BANDWIDTH`` (bytes/s),
+        ``S3FAST_MEMORY_BUDGET`` (sizes take ``K``/``M``/``G`` suffixes),
+        ``S3FAST_MAX_ATTEMPTS``, ``S3FAST_CONNECT_TIMEOUT``, ``S3FAST_READ_TIMEOUT``,
+        ``S3FAST_VERIFY_SSL`` and ``S3FAST_VERIFY_CHECKSUMS`` (0/false to disable),
+        ``S3FAST_CA_BUNDLE``, ``S3FAST_TRANSPORT``.
         """
         base = base or cls()
         changes: dict[str, object] = {}
         for field, name in (
             ("max_concurrency", "S3FAST_MAX_CONCURRENCY"),
-            ("range_size", "S3FAST_RANGE_SIZE"),
-            ("part_size", "S3FAST_PART_SIZE"),
-            ("multipart_threshold", "S3FAST_MULTIPART_THRESHOLD"),
             ("max_attempts", "S3FAST_MAX_ATTEMPTS"),
         ):
             value = _env_int(name)
+            if value is not None:
+                changes[field] = value
+        for field, name in ENV_SIZES:
+            value = _env_size(name)
             if value is not None:
                 changes[field] = value
         for field, name in (
@@ -130,3 +173,14 @@ class TransferConfig:
         if os.environ.get("S3FAST_TRANSPORT"):
             changes["transport"] = os.environ["S3FAST_TRANSPORT"]
         return dataclasses.replace(base, **changes) if changes else base  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResolvedConfig(TransferConfig):
+    """A :class:`TransferConfig` with every planned field filled in (made by
+    :func:`s3fast.tuning.plan`); what the engine runs with."""
+
+    max_concurrency: int = 16
+    range_size: int = 8 * MiB
+    part_size: int = 8 * MiB
+    memory_budget: int = 1 * GiB

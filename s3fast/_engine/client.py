@@ -10,6 +10,7 @@ import asyncio
 import os
 import random
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -20,7 +21,6 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 
 from ..config import TransferConfig
-from ..tuning import default_concurrency
 from .http import HttpGetter
 
 T = TypeVar("T")
@@ -50,13 +50,38 @@ def resolve_endpoint(endpoint_url: str | None) -> str | None:
     return None
 
 
+class Bandwidth:
+    """A token bucket for ``max_bandwidth``: each transfer reserves its bytes and waits until
+    the reservations before it have been paid for at ``rate`` bytes/s (first come, first
+    served; no lock needed on one event loop). A burst is at most the transfer itself."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = float(rate)
+        self._paid_until = 0.0  # monotonic time when all reserved bytes are paid for
+
+    def reserve(self, nbytes: int) -> float:
+        """Reserve ``nbytes``; returns how long to wait before sending them."""
+        now = time.monotonic()
+        start = max(now, self._paid_until)
+        self._paid_until = start + nbytes / self.rate
+        return start - now
+
+
 class Engine:
-    """Lives on one event loop. Made by AsyncS3; ``start()`` before use, ``close()`` after."""
+    """Lives on one event loop. Made by AsyncS3; ``start()`` before use, ``close()`` after.
+
+    ``config``'s fields left as ``None`` are filled from the machine's plan
+    (:func:`s3fast.tuning.plan`), once, here; ``self.plan`` says why."""
 
     def __init__(self, config: TransferConfig, endpoint_url: str | None) -> None:
-        self.config = config
+        from .. import tuning  # lazily: ``python -m s3fast.tuning`` stays a clean entry point
+
+        self.plan = tuning.plan(config)
+        self.config = self.plan.config
         self.endpoint_url = resolve_endpoint(endpoint_url)
-        self.concurrency = config.max_concurrency or default_concurrency()
+        self.concurrency = self.config.max_concurrency
+        rate = self.config.max_bandwidth
+        self._bandwidth = Bandwidth(rate) if rate is not None else None
         self._client: Any = None
         self._client_cm: Any = None
         self._limiter: asyncio.Semaphore | None = None
@@ -114,6 +139,13 @@ class Engine:
         assert self._limiter is not None
         async with self._limiter:
             yield client
+
+    async def throttle(self, nbytes: int) -> None:
+        """Wait for ``nbytes`` of the ``max_bandwidth`` budget; returns at once when unset."""
+        if self._bandwidth is not None and nbytes > 0:
+            delay = self._bandwidth.reserve(nbytes)
+            if delay > 0:
+                await asyncio.sleep(delay)
 
     async def close(self) -> None:
         if self._http is not None:

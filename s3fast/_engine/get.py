@@ -381,6 +381,7 @@ async def _span(
             )
         return sink.view(progress[0] - base, end + 1 - progress[0])
 
+    await engine.throttle(end + 1 - start)  # max_bandwidth
     while True:
         try:
             await _exchange(
@@ -485,6 +486,7 @@ async def fetch(
                     raise
                 await backoff(attempt)
         head = first[0]
+        await engine.throttle(progress[0] - head.start)  # max_bandwidth: the first range
         if progress[0] <= head.end:
             await _span(engine, path, url, sink, head.start, progress[0], head.end, head.etag, 1)
 

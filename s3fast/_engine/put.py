@@ -171,6 +171,7 @@ async def put(
             return False
         async with _Reader(source) as reader:
             if size < engine.config.multipart_threshold and size <= MAX_PUT_OBJECT_SIZE:
+                await engine.throttle(size)  # max_bandwidth
                 return await _put_single(engine, path, url, reader, size, extra, overwrite)
             if not overwrite and await _exists(engine, path, url):
                 return False  # skip the big upload; the complete below is conditional too
@@ -278,6 +279,7 @@ async def _put_multipart(
 
         async def upload(span: tuple[int, int, int]) -> dict[str, Any]:
             number, offset, length = span
+            await engine.throttle(length)  # max_bandwidth
             async with engine.slot() as client:
                 data = await reader.read(offset, length)
                 resp = await send(client, number, data)
