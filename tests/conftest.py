@@ -3,8 +3,10 @@ a clean AWS environment, and checks that nothing is left behind."""
 
 from __future__ import annotations
 
+import datetime
 import glob
 import os
+import pathlib
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -26,13 +28,17 @@ class Server:
     name: str
     endpoint_url: str
     auth: bool  # does it verify signatures and permissions?
+    ca_bundle: str | None = None  # HTTPS with a self-signed CA
 
     def env(self, identity: Identity = ADMIN) -> dict[str, str]:
-        return {
+        env = {
             **identity.env(),
             "AWS_ENDPOINT_URL_S3": self.endpoint_url,
             "AWS_DEFAULT_REGION": "us-east-1",
         }
+        if self.ca_bundle:
+            env["AWS_CA_BUNDLE"] = self.ca_bundle
+        return env
 
     def client(self, identity: Identity = ADMIN) -> object:
         return boto3.client(
@@ -42,13 +48,61 @@ class Server:
             aws_secret_access_key=identity.secret_key,
             region_name="us-east-1",
             config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}),
+            verify=self.ca_bundle,
         )
 
 
+def self_signed(tmp: pathlib.Path) -> tuple[str, str]:
+    """A self-signed CA certificate for localhost, and its key: (cert path, key path)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_path), str(key_path)
+
+
 @pytest.fixture(scope="session")
-def seaweed() -> Iterator[Server]:
-    with SeaweedFS() as server:
-        yield Server("seaweedfs", server.endpoint_url, auth=True)
+def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """One SeaweedFS for the session, serving plain HTTP and HTTPS (a self-signed CA)."""
+    cert, key = self_signed(tmp_path_factory.mktemp("weed-tls"))
+    with SeaweedFS(https_cert=cert, https_key=key) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def seaweed(weed: SeaweedFS) -> Server:
+    return Server("seaweedfs", weed.endpoint_url, auth=True)
+
+
+@pytest.fixture(scope="session")
+def seaweed_https(weed: SeaweedFS) -> Server:
+    assert weed.https_cert is not None
+    return Server("seaweedfs-https", weed.https_url, auth=True, ca_bundle=weed.https_cert)
 
 
 @pytest.fixture(scope="session")
@@ -57,9 +111,13 @@ def moto_server() -> Iterator[Server]:
         yield Server("moto", server.endpoint_url, auth=False)
 
 
-@pytest.fixture(params=["seaweedfs", "moto"])
+SERVERS = {"seaweedfs": "seaweed", "moto": "moto_server", "seaweedfs-https": "seaweed_https"}
+
+
+@pytest.fixture(params=list(SERVERS))
 def server(request: pytest.FixtureRequest) -> Server:
-    return request.getfixturevalue("seaweed" if request.param == "seaweedfs" else "moto_server")
+    """Each server in turn: SeaweedFS (auth on), moto, and SeaweedFS over HTTPS."""
+    return request.getfixturevalue(SERVERS[request.param])
 
 
 _CLEARED_PREFIXES = (

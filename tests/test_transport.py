@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import os
 import pathlib
@@ -17,7 +16,7 @@ from s3fast import S3, MetaflowS3TransferError, S3GetObject, TransferConfig
 from s3fast.limits import MiB
 from s3fast.testing import SeaweedFS
 
-from .conftest import Server
+from .conftest import Server, self_signed
 from .proxy import REDIRECT, SLOWDOWN, FaultProxy, Faults
 
 
@@ -108,42 +107,9 @@ def test_stalled_response_times_out_and_retries(
     assert proxy.connections >= 2
 
 
-def _self_signed(tmp: pathlib.Path) -> tuple[str, str]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    return str(cert_path), str(key_path)
-
-
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SeaweedFS, str]]:
-    cert, key = _self_signed(tmp_path_factory.mktemp("tls"))
+    cert, key = self_signed(tmp_path_factory.mktemp("tls"))
     with SeaweedFS(https_cert=cert, https_key=key) as server:
         yield server, cert
 

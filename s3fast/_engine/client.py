@@ -111,7 +111,8 @@ class Engine:
             tcp_keepalive=True,
         )
         region = session.get_config_variable("region") or "us-east-1"
-        verify: bool | str = cfg.ca_bundle or cfg.verify_ssl
+        # None: botocore's own lookup (AWS_CA_BUNDLE, the profile's ca_bundle, certifi)
+        verify: bool | str | None = cfg.ca_bundle or (None if cfg.verify_ssl else False)
         cm = session.create_client(
             "s3",
             endpoint_url=self.endpoint_url,
