@@ -293,3 +293,130 @@ def plot(path: str, rows: list[dict[str, Any]], title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+# --- the data-plane targets (issue 3), checked against the peers of the same run -------------
+
+
+def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each data-plane target, per profile and s3fast client: the measured value, the bar it
+    must clear (from the same run), and whether it does. Targets whose reference client did
+    not run are left out."""
+
+    def get(profile: str, workload: str, client: str, field: str) -> float | None:
+        for r in rows:
+            if (r["profile"], r["workload"], r["client"]) == (profile, workload, client):
+                value = r.get(field) if r["status"] == "OK" else None
+                return float(value) if value is not None else None
+        return None
+
+    out = []
+    for profile in dict.fromkeys(r["profile"] for r in rows):
+        for client in S3FAST_CLIENTS:
+
+            def mine(
+                workload: str, field: str, client: str = client, profile: str = profile
+            ) -> float | None:
+                return get(profile, workload, client, field)
+
+            def peer(workload: str, other: str, profile: str = profile) -> float | None:
+                return get(profile, workload, other, "rate")
+
+            checks: list[tuple[str, float | None, str, float | None, str]] = [
+                # (target, value, relation, bar, how the bar is made)
+                (
+                    "GET into memory: rate",
+                    mine("get_mem", "rate"),
+                    ">=",
+                    peer("get_mem", "obstore"),
+                    "obstore",
+                ),
+                (
+                    "GET into memory: CPU s/GiB",
+                    mine("get_mem", "cpu_s_per_gib"),
+                    "<=",
+                    0.75,
+                    "0.75",
+                ),
+                (
+                    "GET into files: rate",
+                    mine("get_files", "rate"),
+                    ">=",
+                    _times(0.9, peer("get_mem", "obstore")),
+                    "0.9 x obstore in memory",
+                ),
+                (
+                    "GET into files: rate",
+                    mine("get_files", "rate"),
+                    ">=",
+                    _times(6, peer("get_files", "metaflow")),
+                    "6 x metaflow.S3",
+                ),
+                (
+                    "one large object: rate",
+                    mine("get_big", "rate"),
+                    ">=",
+                    _times(0.9, mine("get_mem", "rate")),
+                    "0.9 x its GET into memory",
+                ),
+                (
+                    "small GETs: obj/s",
+                    mine("small", "rate"),
+                    ">=",
+                    peer("small", "obstore"),
+                    "obstore",
+                ),
+                ("small GETs: CPU ms/object", mine("small", "cpu_ms_per_object"), "<=", 0.4, "0.4"),
+                (
+                    "multipart PUT: rate",
+                    mine("put_files", "rate"),
+                    ">=",
+                    peer("put_files", "obstore"),
+                    "obstore",
+                ),
+                ("multipart PUT: CPU s/GiB", mine("put_files", "cpu_s_per_gib"), "<=", 1.5, "1.5"),
+                (
+                    "listing: obj/s",
+                    mine("list", "rate"),
+                    ">=",
+                    peer("list", "boto3"),
+                    "boto3 paginator",
+                ),
+                ("GET into files: peak RSS MiB", mine("get_files", "rss_mib"), "<=", 300.0, "300"),
+            ]
+            for name, value, relation, bar, basis in checks:
+                if value is None or bar is None:
+                    continue
+                met = value >= bar if relation == ">=" else value <= bar
+                out.append(
+                    {
+                        "profile": profile,
+                        "client": client,
+                        "target": name,
+                        "value": value,
+                        "relation": relation,
+                        "bar": bar,
+                        "basis": basis,
+                        "met": met,
+                    }
+                )
+    return out
+
+
+def _times(factor: float, value: float | None) -> float | None:
+    return factor * value if value is not None else None
+
+
+def target_table(entries: list[dict[str, Any]]) -> str:
+    lines = [
+        "| profile | client | target | measured | bar (same run) | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for e in entries:
+        fmt = "{:,.3f}" if e["value"] < 10 else "{:,.2f}" if e["value"] < 1000 else "{:,.0f}"
+        lines.append(
+            f"| {e['profile']} | {e['client']} | {e['target']} | {fmt.format(e['value'])} | "
+            f"{e['relation']} {fmt.format(e['bar'])} ({e['basis']}) | "
+            f"{'yes' if e['met'] else '**no**'} |"
+        )
+    return "\n".join(lines)

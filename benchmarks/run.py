@@ -402,6 +402,10 @@ def main(argv: list[str] | None = None) -> int:
             "\nRate of s3fast over the best peer (higher is better; floor is a raw-socket reference):\n"
         )
         print(report.ratio_table(ratio))
+        goals = report.targets(rows)
+        if goals:
+            print("\nData-plane targets, against the peers of this run:\n")
+            print(report.target_table(goals))
         notes = {f"{r['client']} {r['workload']}: {r['note']}" for r in rows if r.get("note")}
         for note in sorted(notes):
             print(f"\n- {note}", end="")
@@ -430,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
             ],
             "summary": rows,
             "ratios": ratio,
+            "targets": goals,
             "runs": runs,
         }
         json_path = out_dir / f"{stem}.json"
