@@ -325,7 +325,7 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             checks: list[tuple[str, float | None, str, float | None, str]] = [
                 # (target, value, relation, bar, how the bar is made)
                 (
-                    "GET into memory: rate",
+                    "GET into memory: Gbit/s",
                     mine("get_mem", "rate"),
                     ">=",
                     peer("get_mem", "obstore"),
@@ -339,21 +339,21 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "0.75",
                 ),
                 (
-                    "GET into files: rate",
+                    "GET into files: Gbit/s",
                     mine("get_files", "rate"),
                     ">=",
                     _times(0.9, peer("get_mem", "obstore")),
                     "0.9 x obstore in memory",
                 ),
                 (
-                    "GET into files: rate",
+                    "GET into files: Gbit/s",
                     mine("get_files", "rate"),
                     ">=",
                     _times(6, peer("get_files", "metaflow")),
                     "6 x metaflow.S3",
                 ),
                 (
-                    "one large object: rate",
+                    "one large object: Gbit/s",
                     mine("get_big", "rate"),
                     ">=",
                     _times(0.9, mine("get_mem", "rate")),
@@ -368,7 +368,7 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 ),
                 ("small GETs: CPU ms/object", mine("small", "cpu_ms_per_object"), "<=", 0.4, "0.4"),
                 (
-                    "multipart PUT: rate",
+                    "multipart PUT: Gbit/s",
                     mine("put_files", "rate"),
                     ">=",
                     peer("put_files", "obstore"),
