@@ -387,9 +387,15 @@ async def _span(
 
 
 async def fetch(
-    engine: Engine, path: S3Path, url: str, brange: ByteRange | None, sink: Sink
+    engine: Engine,
+    path: S3Path,
+    url: str,
+    brange: ByteRange | None,
+    sink: Sink,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> Fetched:
-    """Download ``brange`` (None: all) of ``path`` into ``sink``."""
+    """Download ``brange`` (None: all) of ``path`` into ``sink``; ``on_bytes(n)`` is called as
+    each range of ``n`` bytes completes."""
     range_size = engine.config.range_size
     progress = [0]
     first: list[Head] = []
@@ -427,11 +433,15 @@ async def fetch(
         if progress[0] <= head.end:
             await _span(engine, path, url, sink, head.start, progress[0], head.end, head.etag, 1)
         sink.settled(0, head.end + 1 - head.start)
+        if on_bytes is not None:
+            on_bytes(head.end + 1 - head.start)
         rest = split(head.end + 1, last, range_size)
         if rest:
 
             async def one(span: tuple[int, int]) -> None:
                 await _span(engine, path, url, sink, head.start, span[0], span[1], head.etag)
+                if on_bytes is not None:
+                    on_bytes(span[1] + 1 - span[0])
 
             await bounded_map(one, rest, engine.concurrency)
         local, blob = await sink.commit()
