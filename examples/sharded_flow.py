@@ -45,6 +45,8 @@ class ShardedFlow(FlowSpec):
                 counts["lines"] += text.count("\n")
                 counts["words"] += len(text.split())
                 counts["bytes"] += obj.size
+            # Downloads land in current.tempdir when the flow sets one (METAFLOW_TEMPDIR).
+            print(f"shard {self.index}: {counts['objects']} objects, downloaded to {s3.tmpdirs}")
         counts["urls"] = sorted(urls)
         with S3(run=self) as s3:
             self.result_url = s3.put(f"results/shard-{self.index:04d}.json", json.dumps(counts))

@@ -8,6 +8,7 @@ import json
 import os
 import pathlib
 import random
+import re
 import subprocess
 import sys
 import textwrap
@@ -63,6 +64,13 @@ def test_sharded_flow(seaweed: Server, seaweed_bucket: str, tmp_path: pathlib.Pa
     )
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
+    # current.tempdir (here Metaflow's default ".", the flow's working directory) is where
+    # the branches' downloads landed.
+    dirs = re.findall(r"shard \d: \d+ objects, downloaded to \['([^']+)'\]", out)
+    assert len(dirs) == 3, out
+    for d in dirs:  # relative to the task's working directory: "./s3fast.<random>"
+        assert os.path.dirname(os.path.normpath(d)) in ("", "."), dirs
+    assert not list(tmp_path.glob("s3fast.*"))  # and were removed
     total = {
         "objects": len(mine),
         "lines": sum(v.count("\n") for v in mine.values()),
