@@ -73,20 +73,25 @@ class Output:
         if not self.quiet and not self.json:
             print(text, file=sys.stderr, flush=True)
 
-    def progress(self, desc: str) -> _Bar:
-        return _Bar(desc, self.bar_enabled)
+    def progress(self, desc: str, total_bytes: int | None = None) -> _Bar:
+        return _Bar(desc, self.bar_enabled, total_bytes)
 
 
 class _Bar:
     """A tqdm bar fed by s3fast's progress callback (called on s3fast's loop thread)."""
 
-    def __init__(self, desc: str, enabled: bool) -> None:
+    def __init__(self, desc: str, enabled: bool, total_bytes: int | None = None) -> None:
         self.bar: Any = None
         if enabled:
             from tqdm import tqdm
 
             self.bar = tqdm(
-                desc=desc, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr
+                desc=desc,
+                total=total_bytes,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                file=sys.stderr,
             )
 
     def __call__(self, p: Progress) -> None:
@@ -217,7 +222,7 @@ def cmd_cp(args: argparse.Namespace, out: Output) -> int:
             raise MetaflowS3NotFound(f"no objects match {' '.join(sources)}", sources[0])
         if to_s3:
             pairs = [(url, _s3_dest(dst, rel, many)) for url, _, rel in matches]
-            with out.progress("copy") as bar:
+            with out.progress("copy", sum(m[1] for m in matches)) as bar:
                 s3.copy_many(pairs, progress=bar.callback())
             for (src_url, dst_url), (_, size, _) in zip(pairs, matches, strict=True):
                 out.record(src=src_url, dst=dst_url, size=size)
@@ -260,7 +265,11 @@ def _download(
         targets = {matches[0][0]: dst}
         tmproot = os.path.dirname(os.path.abspath(dst))
     total = 0
-    with S3(tmproot=tmproot, endpoint_url=endpoint_url) as s3, out.progress("download") as bar:
+    size = sum(m[1] for m in matches if m[0] in targets)
+    with (
+        S3(tmproot=tmproot, endpoint_url=endpoint_url) as s3,
+        out.progress("download", size) as bar,
+    ):
         for obj in s3.iter_get_many(list(targets), progress=bar.callback()):
             target = targets[obj.url]
             os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)

@@ -242,6 +242,8 @@ def test_progress_bar_only_on_a_terminal(
     shown = on_tty("cp", "-r", str(tree), url)
     assert "4/4 objects" in shown and "upload" in shown and "B/s" in shown
     assert "objects" not in on_tty("cp", "-r", "--quiet", str(tree), url)
+    shown = on_tty("cp", "-r", url, str(tree.parent / "down"))
+    assert "download" in shown and "4/4 objects" in shown and "100%" in shown  # total known
 
 
 def test_console_script_and_bench_help() -> None:
