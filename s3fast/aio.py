@@ -291,8 +291,8 @@ class AsyncS3:
         ``async for obj in s3.iter_get_many(keys): ...`` starts work on the first object
         without waiting for the last. Objects come in **completion order**, not input order
         (``obj.url`` / ``obj.key`` say which is which). At most ``max_concurrency`` downloads
-        run at once, and at most as many finished objects wait for the consumer, so memory
-        stays bounded however many keys there are. If one download fails, the error is raised
+        run at once and at most twice as many finished objects wait for the consumer (the
+        downloads pause while they do), so memory stays bounded however many keys there are. If one download fails, the error is raised
         from the loop and the rest are cancelled.
 
         Leaving the loop early (``break`` or an exception) cancels the downloads still running
