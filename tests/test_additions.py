@@ -251,6 +251,8 @@ async def test_iter_get_many_break_cancels_and_cleans_up(bucket: str) -> None:
         await s3.put_many([(k, os.urandom(20_000)) for k in keys])
         async with contextlib.aclosing(s3.iter_get_many(keys)) as stream:
             first = await anext(stream)
+            await asyncio.sleep(0.3)  # a slow consumer: downloads pause, they do not pile up
+            assert len(_files_in(s3.tmpdirs)) <= 1 + 2 * 4 + 4  # yielded, waiting, in flight
         # Only the object that was handed out is left; nothing else keeps downloading.
         assert _files_in(s3.tmpdirs) == [first.path]
         await asyncio.sleep(0.2)
