@@ -19,12 +19,13 @@ from s3fast import (
     Progress,
     TransferConfig,
 )
-from s3fast._engine.copy import copy_object
+from s3fast._engine.copy import _create, copy_object
 from s3fast.limits import MiB
 from s3fast.testing import READER
 from s3fast.urls import parse
 
 from .conftest import Server, open_uploads
+from .proxy import FaultProxy, Faults
 
 SMALL = TransferConfig(range_size=256 * 1024, part_size=5 * MiB, multipart_threshold=5 * MiB)
 
@@ -165,6 +166,34 @@ async def test_multipart_copy_aborts_when_cancelled(bucket: str, boto: object) -
             await task
     assert open_uploads(boto, bucket) == []
     assert "copy" not in _keys(boto, bucket)
+
+
+@pytest.mark.asyncio
+async def test_cancel_while_creating_the_upload_still_aborts(
+    seaweed_bucket: str, seaweed: Server
+) -> None:
+    """Cancelled while CreateMultipartUpload is out (the server has made the upload, its answer
+    is held back by a proxy), the copy waits for the upload id and aborts it."""
+    boto = seaweed.client()
+    proxy = FaultProxy(int(seaweed.endpoint_url.rsplit(":", 1)[1])).start()
+    try:
+        proxy.set(Faults(stall=1.5, times=1))
+        config = TransferConfig(transport="botocore", max_concurrency=1)
+        async with AsyncS3(endpoint_url=proxy.url, config=config) as s3:
+            task = asyncio.ensure_future(_create(s3._engine, parse(f"s3://{seaweed_bucket}/c"), {}))
+            for _ in range(100):
+                if await asyncio.to_thread(open_uploads, boto, seaweed_bucket):
+                    break
+                await asyncio.sleep(0.01)
+            assert not task.done()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert proxy.injected == 1
+        assert open_uploads(boto, seaweed_bucket) == []
+    finally:
+        proxy.stop()
+        boto.close()  # type: ignore[attr-defined]
 
 
 # --- progress --------------------------------------------------------------------------------

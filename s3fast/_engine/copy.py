@@ -17,7 +17,7 @@ from ..limits import COPY_PART_SIZE, MAX_COPY_OBJECT_SIZE, part_size_for
 from ..urls import S3Path
 from .client import Engine, bounded_map
 from .get import Head, head_object
-from .put import _abort
+from .put import ABORT_TIMEOUT, _abort
 
 _CHANGED = ("PreconditionFailed", "412")
 
@@ -76,9 +76,7 @@ async def _copy_multipart(
     extra: dict[str, Any] = {"Metadata": head.metadata, **sse}
     if head.content_type:
         extra["ContentType"] = head.content_type
-    async with engine.slot() as client:
-        created = await client.create_multipart_upload(Bucket=dst.bucket, Key=dst.key, **extra)
-    upload_id = created["UploadId"]
+    upload_id = await _create(engine, dst, extra)
     try:
 
         async def one(span: tuple[int, int, int]) -> dict[str, Any]:
@@ -108,3 +106,26 @@ async def _copy_multipart(
     except BaseException:
         await asyncio.shield(_abort(engine, dst, upload_id))
         raise
+
+
+async def _create(engine: Engine, dst: S3Path, extra: dict[str, Any]) -> str:
+    """CreateMultipartUpload. Cancelled while the request is out, the upload may already
+    exist on the server: wait (bounded) for the answer and abort it before re-raising."""
+
+    async def call() -> str:
+        async with engine.slot() as client:
+            created = await client.create_multipart_upload(Bucket=dst.bucket, Key=dst.key, **extra)
+        return str(created["UploadId"])
+
+    task = asyncio.ensure_future(call())
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError as cancelled:
+        try:
+            async with asyncio.timeout(ABORT_TIMEOUT):
+                upload_id = await asyncio.shield(task)
+        except BaseException:
+            task.cancel()
+        else:
+            await asyncio.shield(_abort(engine, dst, upload_id))
+        raise cancelled
