@@ -18,6 +18,8 @@ from .errors import (
     MetaflowS3URLException,
 )
 from .objects import RangeInfo, S3GetObject, S3Object, S3PutObject
+from .progress import Progress
+from .sharding import shard
 from .sync import S3
 
 __version__ = "0.1.0"
@@ -32,6 +34,7 @@ __all__ = [
     "MetaflowS3NotFound",
     "MetaflowS3TransferError",
     "MetaflowS3URLException",
+    "Progress",
     "RangeInfo",
     "S3",
     "S3GetObject",
@@ -39,4 +42,5 @@ __all__ = [
     "S3PutObject",
     "TransferConfig",
     "__version__",
+    "shard",
 ]

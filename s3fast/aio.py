@@ -8,21 +8,26 @@ import io
 import json
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import AsyncGenerator, Iterable
 from typing import Any
 
 from ._engine.client import Engine, bounded_map
+from ._engine.copy import copy_object
+from ._engine.delete import Failed, delete_object, delete_objects
 from ._engine.get import FileSink, MemorySink, fetch, head_object
 from ._engine.listing import Entry, list_prefix
 from ._engine.put import Source, put
 from .config import TransferConfig
 from .errors import (
+    MetaflowS3Exception,
     MetaflowS3InvalidObject,
     MetaflowS3NotFound,
     MetaflowS3URLException,
+    class_for,
 )
 from .limits import USER_METADATA_KEY
 from .objects import RangeInfo, S3Object, S3PutObject
+from .progress import ProgressCallback, Tracker, on_bytes
 from .targets import Targets
 from .urls import ByteRange, S3Path, byte_range, join, parse, resolve_root
 
@@ -142,6 +147,7 @@ class AsyncS3:
         return_missing: bool,
         return_info: bool,
         in_memory: bool,
+        tracker: Tracker | None = None,
     ) -> S3Object:
         sink = (
             MemorySink()
@@ -149,11 +155,15 @@ class AsyncS3:
             else FileSink(self._targets, url, brange.tag() if brange else "")
         )
         try:
-            got = await fetch(self._engine, parse(url), url, brange, sink)
+            got = await fetch(self._engine, parse(url), url, brange, sink, on_bytes(tracker))
         except MetaflowS3NotFound:
             if return_missing:
+                if tracker is not None:
+                    tracker.add_objects()
                 return S3Object(self._s3root, url, None)
             raise
+        if tracker is not None:
+            tracker.add_objects()
         head = got.head
         if not return_info:
             return S3Object(
@@ -218,6 +228,7 @@ class AsyncS3:
         return_info: bool = True,
         *,
         in_memory: bool = False,
+        progress: ProgressCallback | None = None,
     ) -> list[S3Object]:
         """Get many objects from S3 in parallel; results in input order.
 
@@ -227,6 +238,9 @@ class AsyncS3:
             S3 urls, path suffixes or S3GetObjects.
         return_missing, return_info, in_memory
             As in ``get``.
+        progress : Callable[[Progress], None], optional
+            Called as ranges and objects complete (``bytes_total`` is None: sizes are not
+            known before the downloads start). See :mod:`s3fast.progress`.
 
         Returns
         -------
@@ -234,7 +248,8 @@ class AsyncS3:
         """
         self._check_open()
         jobs = [(self._s3root, *self._request(key)) for key in _as_list(keys, "keys")]
-        return await self._download_batch(jobs, return_missing, return_info, in_memory)
+        tracker = Tracker.of(progress, len(jobs))
+        return await self._download_batch(jobs, return_missing, return_info, in_memory, tracker)
 
     async def _download_batch(
         self,
@@ -242,13 +257,14 @@ class AsyncS3:
         return_missing: bool,
         return_info: bool,
         in_memory: bool,
+        tracker: Tracker | None = None,
     ) -> list[S3Object]:
         """Download ``(prefix, url, range)`` jobs in parallel. If one fails, the files the
         others already wrote are removed: a failed batch leaves nothing behind."""
         written: list[str] = []
 
         async def one(job: tuple[str | None, str, ByteRange | None]) -> S3Object:
-            obj = await self._download(*job, return_missing, return_info, in_memory)
+            obj = await self._download(*job, return_missing, return_info, in_memory, tracker)
             if obj.path:
                 written.append(obj.path)
             return obj
@@ -260,6 +276,79 @@ class AsyncS3:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
             raise
+
+    async def iter_get_many(
+        self,
+        keys: Iterable[Any],
+        return_missing: bool = False,
+        return_info: bool = True,
+        *,
+        in_memory: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> AsyncGenerator[S3Object, None]:
+        """Get many objects in parallel, yielding each as soon as it is complete.
+
+        ``async for obj in s3.iter_get_many(keys): ...`` starts work on the first object
+        without waiting for the last. Objects come in **completion order**, not input order
+        (``obj.url`` / ``obj.key`` say which is which). At most ``max_concurrency`` downloads
+        run at once and at most twice as many finished objects wait for the consumer (the
+        downloads pause while they do), so memory stays bounded however many keys there are. If one download fails, the error is raised
+        from the loop and the rest are cancelled.
+
+        Leaving the loop early (``break`` or an exception) cancels the downloads still running
+        and deletes the temp files of objects that were not yielded. That happens when the
+        iterator is closed: at once inside ``async with contextlib.aclosing(...)``, otherwise
+        as soon as the event loop finalizes the abandoned iterator. Objects already yielded
+        stay valid until the client closes.
+
+        Parameters
+        ----------
+        keys, return_missing, return_info, in_memory, progress
+            As in ``get_many``.
+
+        Yields
+        ------
+        S3Object
+        """
+        self._check_open()
+        jobs = [(self._s3root, *self._request(key)) for key in _as_list(keys, "keys")]
+        tracker = Tracker.of(progress, len(jobs))
+        window = min(self._engine.concurrency, max(1, len(jobs)))
+        ready: asyncio.Queue[S3Object] = asyncio.Queue(maxsize=window)
+        feed = iter(jobs)
+
+        async def worker() -> None:
+            for job in feed:
+                obj = await self._download(*job, return_missing, return_info, in_memory, tracker)
+                try:
+                    await ready.put(obj)
+                except BaseException:
+                    _unlink(obj.path)
+                    raise
+
+        async def all_workers() -> None:
+            await bounded_map(lambda _: worker(), range(window), window)
+
+        pool = asyncio.ensure_future(all_workers())
+        getter: asyncio.Future[S3Object] | None = None
+        try:
+            for _ in range(len(jobs)):
+                getter = asyncio.ensure_future(ready.get())
+                await asyncio.wait([getter, pool], return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    await pool  # it failed (it cannot finish before every object is taken)
+                obj, getter = getter.result(), None
+                yield obj
+            await pool
+        finally:
+            if getter is not None:
+                if getter.done() and not getter.cancelled():
+                    _unlink(getter.result().path)
+                getter.cancel()
+            pool.cancel()
+            await asyncio.gather(pool, return_exceptions=True)
+            while not ready.empty():
+                _unlink(ready.get_nowait().path)
 
     async def _list_tree(self, prefix_url: str) -> list[tuple[str, Entry]]:
         """Everything under ``prefix_url`` as a directory: the object named exactly so, if any,
@@ -275,7 +364,12 @@ class AsyncS3:
         return [(f"s3://{path.bucket}/{e.key}", e) for e in entries]
 
     async def get_recursive(
-        self, keys: Iterable[str | None], return_info: bool = False, *, in_memory: bool = False
+        self,
+        keys: Iterable[str | None],
+        return_info: bool = False,
+        *,
+        in_memory: bool = False,
+        progress: ProgressCallback | None = None,
     ) -> list[S3Object]:
         """Get every object under the given prefixes, in parallel.
 
@@ -287,6 +381,8 @@ class AsyncS3:
             Include content-type and user metadata.
         in_memory : bool, default False
             Keep the bytes in memory instead of temp files.
+        progress : Callable[[Progress], None], optional
+            Called as ranges and objects complete, with totals from the listing.
 
         Returns
         -------
@@ -300,10 +396,16 @@ class AsyncS3:
             for prefix, tree in zip(prefixes, trees, strict=True)
             for url, _ in tree
         ]
-        return await self._download_batch(jobs, False, return_info, in_memory)
+        size = sum(entry.size or 0 for tree in trees for _, entry in tree)
+        tracker = Tracker.of(progress, len(jobs), size)
+        return await self._download_batch(jobs, False, return_info, in_memory, tracker)
 
     async def get_all(
-        self, return_info: bool = False, *, in_memory: bool = False
+        self,
+        return_info: bool = False,
+        *,
+        in_memory: bool = False,
+        progress: ProgressCallback | None = None,
     ) -> list[S3Object]:
         """Get every object under the client's root (``run=`` or ``s3root=``).
 
@@ -313,7 +415,7 @@ class AsyncS3:
         """
         if self._s3root is None:
             raise MetaflowS3URLException("Can't get_all() when S3 is initialized without a prefix")
-        return await self.get_recursive([None], return_info, in_memory=in_memory)
+        return await self.get_recursive([None], return_info, in_memory=in_memory, progress=progress)
 
     # --- listings and info ----------------------------------------------------------------
 
@@ -396,7 +498,13 @@ class AsyncS3:
         self._check_open()
         return await self._info(key, return_missing)
 
-    async def info_many(self, keys: Iterable[str], return_missing: bool = False) -> list[S3Object]:
+    async def info_many(
+        self,
+        keys: Iterable[str],
+        return_missing: bool = False,
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> list[S3Object]:
         """Metadata about many objects, in parallel, in input order.
 
         Returns
@@ -407,9 +515,13 @@ class AsyncS3:
         keys = _as_list(keys, "keys")
         for key in keys:
             parse(self._url(key))
+        tracker = Tracker.of(progress, len(keys))
 
         async def one(key: str) -> S3Object:
-            return await self._info(key, return_missing)
+            obj = await self._info(key, return_missing)
+            if tracker is not None:
+                tracker.add_objects()
+            return obj
 
         return await bounded_map(one, keys, self._engine.concurrency)
 
@@ -494,16 +606,23 @@ class AsyncS3:
             )
         return items
 
-    async def _put_batch(self, items: list[_PutItem], overwrite: bool) -> list[tuple[str, str]]:
+    async def _put_batch(
+        self, items: list[_PutItem], overwrite: bool, progress: ProgressCallback | None = None
+    ) -> list[tuple[str, str]]:
         seen: set[str] = set()
         for _, url, _, _, _, _ in items:
             if url in seen:
                 raise MetaflowS3URLException(f"{url}: the same key appears twice in one call", url)
             seen.add(url)
+        tracker = None
+        if progress is not None:
+            loop = asyncio.get_running_loop()
+            sizes = await loop.run_in_executor(None, _total_size, [item[2] for item in items])
+            tracker = Tracker.of(progress, len(items), sizes)
 
         async def one(item: _PutItem) -> bool:
             _, url, source, content_type, metadata, encryption = item
-            return await put(
+            sent = await put(
                 self._engine,
                 parse(url),
                 url,
@@ -512,13 +631,21 @@ class AsyncS3:
                 content_type=content_type,
                 metadata=metadata,
                 encryption=encryption,
+                on_bytes=on_bytes(tracker),
             )
+            if tracker is not None:
+                tracker.add_objects()
+            return sent
 
         done = await bounded_map(one, items, self._engine.concurrency)
         return [(item[0], item[1]) for item, ok in zip(items, done, strict=True) if ok]
 
     async def put_many(
-        self, key_objs: Iterable[Any], overwrite: bool = True
+        self,
+        key_objs: Iterable[Any],
+        overwrite: bool = True,
+        *,
+        progress: ProgressCallback | None = None,
     ) -> list[tuple[str, str]]:
         """Upload many objects in parallel.
 
@@ -528,6 +655,8 @@ class AsyncS3:
             ``(key, value)`` pairs or S3PutObjects.
         overwrite : bool, default True
             If False, existing keys are left as they are and not returned.
+        progress : Callable[[Progress], None], optional
+            Called as parts and objects complete. See :mod:`s3fast.progress`.
 
         Returns
         -------
@@ -536,10 +665,14 @@ class AsyncS3:
         """
         self._check_open()
         items = self._put_items(key_objs, "key_objs", "value", _source)
-        return await self._put_batch(items, overwrite)
+        return await self._put_batch(items, overwrite, progress)
 
     async def put_files(
-        self, key_paths: Iterable[Any], overwrite: bool = True
+        self,
+        key_paths: Iterable[Any],
+        overwrite: bool = True,
+        *,
+        progress: ProgressCallback | None = None,
     ) -> list[tuple[str, str]]:
         """Upload many local files in parallel.
 
@@ -549,6 +682,8 @@ class AsyncS3:
             ``(key, local_path)`` pairs or S3PutObjects with ``path``.
         overwrite : bool, default True
             If False, existing keys are left as they are and not returned.
+        progress : Callable[[Progress], None], optional
+            Called as parts and files complete. See :mod:`s3fast.progress`.
 
         Returns
         -------
@@ -559,13 +694,184 @@ class AsyncS3:
         items = self._put_items(key_paths, "key_paths", "path", _file_source)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, _check_local_files, [(i[1], i[2].path) for i in items])
-        return await self._put_batch(items, overwrite)
+        return await self._put_batch(items, overwrite, progress)
+
+    # --- deletes and copies -----------------------------------------------------------------
+
+    async def delete(self, key: Any) -> str:
+        """Delete one object. Deleting a key that does not exist is not an error (as in S3).
+
+        Parameters
+        ----------
+        key : str
+            An S3 url or a path suffix.
+
+        Returns
+        -------
+        str
+            URL of the object.
+        """
+        self._check_open()
+        url = self._target(key)
+        await delete_object(self._engine, parse(url), url)
+        return url
+
+    async def delete_many(
+        self, keys: Iterable[Any], *, progress: ProgressCallback | None = None
+    ) -> list[str]:
+        """Delete many objects: batched DeleteObjects requests (up to 1000 keys each), in
+        parallel. Keys that do not exist count as deleted (as in S3).
+
+        If the server refuses some keys, every other key is still deleted and the call raises
+        one error naming each key that failed, with its S3 error code; its class follows the
+        failures (``MetaflowS3AccessDenied`` when all were denied, for example), and its
+        ``failed`` attribute maps each failed URL to its S3 error code.
+
+        Parameters
+        ----------
+        keys : Iterable[str]
+            S3 urls or path suffixes.
+        progress : Callable[[Progress], None], optional
+            Called as each batch completes (objects only).
+
+        Returns
+        -------
+        List[str]
+            URLs deleted, in input order (duplicates removed).
+        """
+        self._check_open()
+        urls = list(dict.fromkeys(self._target(key) for key in _as_list(keys, "keys")))
+        return await self._delete_urls(urls, progress)
+
+    async def _delete_urls(self, urls: list[str], progress: ProgressCallback | None) -> list[str]:
+        by_bucket: dict[str, list[str]] = {}
+        for url in urls:
+            path = parse(url)
+            by_bucket.setdefault(path.bucket, []).append(path.key)
+        tracker = Tracker.of(progress, len(urls))
+        added = tracker.add_objects if tracker is not None else None
+
+        async def one(bucket: str) -> list[tuple[str, Failed]]:
+            failed = await delete_objects(self._engine, bucket, by_bucket[bucket], added)
+            return [(f"s3://{bucket}/{f.key}", f) for f in failed]
+
+        results = await bounded_map(one, list(by_bucket), self._engine.concurrency)
+        failures = [failure for failed in results for failure in failed]
+        if failures:
+            raise _delete_error(failures, len(urls))
+        return urls
+
+    async def delete_recursive(
+        self, keys: Iterable[str | None], *, progress: ProgressCallback | None = None
+    ) -> list[str]:
+        """Delete every object under the given prefixes: the object named exactly so, if any,
+        and everything below ``prefix/``; never a sibling such as ``prefix_v2/...``.
+
+        Parameters
+        ----------
+        keys : Iterable[str]
+            Prefixes (S3 urls or path suffixes); ``None`` is the client's root.
+        progress : Callable[[Progress], None], optional
+            Called as each batch completes, with the total from the listing.
+
+        Returns
+        -------
+        List[str]
+            URLs deleted.
+        """
+        self._check_open()
+        prefixes = [self._url(key) for key in _as_list(keys, "keys")]
+        trees = await bounded_map(self._list_tree, prefixes, self._engine.concurrency)
+        urls = list(dict.fromkeys(url for tree in trees for url, _ in tree))
+        return await self._delete_urls(urls, progress)
+
+    async def copy(self, src: Any, dst: Any) -> str:
+        """Copy one object inside S3 (server-side: no bytes pass through this machine), with
+        its content type and user metadata. Objects above 5 GiB are copied as a multipart
+        upload of UploadPartCopy ranges, aborted on any failure.
+
+        Parameters
+        ----------
+        src, dst : str
+            S3 urls or path suffixes (under the client's root).
+
+        Returns
+        -------
+        str
+            URL of the copy.
+        """
+        self._check_open()
+        src_url, dst_url = self._target(src), self._target(dst)
+        await copy_object(self._engine, parse(src_url), parse(dst_url), encryption=self._encryption)
+        return dst_url
+
+    async def copy_many(
+        self, pairs: Iterable[tuple[Any, Any]], *, progress: ProgressCallback | None = None
+    ) -> list[tuple[str, str]]:
+        """Copy many objects inside S3, in parallel (see ``copy``).
+
+        Parameters
+        ----------
+        pairs : Iterable[Tuple[str, str]]
+            ``(src, dst)`` keys.
+        progress : Callable[[Progress], None], optional
+            Called as objects (and parts of large ones) are copied.
+
+        Returns
+        -------
+        List[Tuple[str, str]]
+            ``(src_url, dst_url)`` in input order.
+        """
+        self._check_open()
+        jobs = []
+        for pair in _as_list(pairs, "pairs"):
+            if not isinstance(pair, tuple | list) or len(pair) != 2:
+                raise MetaflowS3InvalidObject(f"{pair!r}: expected a (src, dst) pair")
+            jobs.append((self._target(pair[0]), self._target(pair[1])))
+        tracker = Tracker.of(progress, len(jobs))
+
+        async def one(job: tuple[str, str]) -> tuple[str, str]:
+            await copy_object(
+                self._engine,
+                parse(job[0]),
+                parse(job[1]),
+                encryption=self._encryption,
+                on_bytes=on_bytes(tracker),
+            )
+            if tracker is not None:
+                tracker.add_objects()
+            return job
+
+        return await bounded_map(one, jobs, self._engine.concurrency)
 
 
 def _file_source(local: Any, url: str, key: Any) -> Source:
     if not isinstance(local, str | os.PathLike):
         raise MetaflowS3InvalidObject(f"{url}: local path must be a str, got {local!r}", url)
     return Source(path=os.fspath(local))
+
+
+def _total_size(sources: list[Source]) -> int:
+    return sum(source.size() for source in sources)
+
+
+def _unlink(path: str | None) -> None:
+    if path:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def _delete_error(failures: list[tuple[str, Failed]], asked: int) -> MetaflowS3Exception:
+    """One error naming every key a DeleteObjects batch did not delete."""
+    classes = {class_for(f.code) for _, f in failures}
+    cls = classes.pop() if len(classes) == 1 else MetaflowS3Exception
+    listed = ", ".join(
+        f"{url} ({f.code}{': ' + f.message if f.message else ''})" for url, f in failures[:20]
+    )
+    more = f" and {len(failures) - 20} more" if len(failures) > 20 else ""
+    err = cls(f"{len(failures)} of {asked} keys were not deleted: {listed}{more}", failures[0][0])
+    err.failed = {url: f.code for url, f in failures}  # type: ignore[attr-defined]
+    return err
 
 
 def _check_local_files(pairs: list[tuple[str, str | None]]) -> None:

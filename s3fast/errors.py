@@ -105,6 +105,26 @@ def error_code(exc: BaseException) -> str | None:
     return None
 
 
+def class_for(code: str) -> type[MetaflowS3Exception]:
+    """The s3fast exception for an S3 error code."""
+    if code in _NOT_FOUND:
+        return MetaflowS3NotFound
+    if code in _DENIED:
+        return MetaflowS3AccessDenied
+    if code in _INVALID_RANGE:
+        return MetaflowS3InvalidRange
+    if code in ("InvalidBucketName", "InvalidArgument", "KeyTooLongError"):
+        return MetaflowS3URLException
+    return MetaflowS3TransferError
+
+
+def from_code(code: str, message: str | None, url: str | None) -> MetaflowS3Exception:
+    """The s3fast exception for an S3 error ``code`` (with the server's ``message``) about
+    ``url``: for errors that come as data, such as DeleteObjects' per-key errors."""
+    detail = _MESSAGES.get(code) or message or code
+    return class_for(code)(f"{url or 'S3'}: {detail} ({code})", url)
+
+
 def translate(exc: BaseException, url: str | None) -> BaseException:
     """Turn a lower-level exception into the s3fast tree. Returns ``exc`` itself when it is
     already an s3fast error, a cancellation, or something that is not an I/O error at all.
@@ -116,17 +136,8 @@ def translate(exc: BaseException, url: str | None) -> BaseException:
     where = url or "S3"
     code = error_code(exc)
     if code is not None:
-        detail = _MESSAGES.get(code) or exc.response.get("Error", {}).get("Message") or code  # type: ignore[attr-defined]
-        msg = f"{where}: {detail} ({code})"
-        if code in _NOT_FOUND:
-            return MetaflowS3NotFound(msg, url)
-        if code in _DENIED:
-            return MetaflowS3AccessDenied(msg, url)
-        if code in _INVALID_RANGE:
-            return MetaflowS3InvalidRange(msg, url)
-        if code in ("InvalidBucketName", "InvalidArgument", "KeyTooLongError"):
-            return MetaflowS3URLException(msg, url)
-        return MetaflowS3TransferError(msg, url)
+        message = exc.response.get("Error", {}).get("Message")  # type: ignore[attr-defined]
+        return from_code(code, message, url)
     if isinstance(
         exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError
     ):
@@ -166,7 +177,9 @@ __all__ = [
     "MetaflowS3NotFound",
     "MetaflowS3TransferError",
     "MetaflowS3URLException",
+    "class_for",
     "error_code",
+    "from_code",
     "raise_translated",
     "translate",
 ]

@@ -30,3 +30,8 @@ def part_size_for(size: int, preferred: int) -> int:
 def split(start: int, end: int, chunk: int) -> list[tuple[int, int]]:
     """Split the inclusive byte span ``start..end`` into inclusive spans of at most ``chunk``."""
     return [(off, min(off + chunk, end + 1) - 1) for off in range(start, end + 1, chunk)]
+
+
+MAX_DELETE_KEYS = 1000  # keys per DeleteObjects request
+MAX_COPY_OBJECT_SIZE = 5 * GiB  # largest single CopyObject; above it, UploadPartCopy
+COPY_PART_SIZE = 512 * MiB  # preferred UploadPartCopy part (server-side: no bytes through us)

@@ -4,13 +4,14 @@ shared event loop, where an :class:`~s3fast.aio.AsyncS3` does the work."""
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable
+from collections.abc import AsyncGenerator, Iterable, Iterator
 from typing import Any
 
 from . import _bridge
 from .aio import AsyncS3, PutValue
 from .config import TransferConfig
 from .objects import S3Object
+from .progress import ProgressCallback
 
 
 def _listify(values: Any) -> Any:
@@ -107,23 +108,66 @@ class S3:
         return_info: bool = True,
         *,
         in_memory: bool = False,
+        progress: ProgressCallback | None = None,
     ) -> list[S3Object]:
         """Get many objects from S3 in parallel. See :meth:`AsyncS3.get_many`."""
         return _bridge.run(
-            self._aio.get_many(_listify(keys), return_missing, return_info, in_memory=in_memory)
+            self._aio.get_many(
+                _listify(keys), return_missing, return_info, in_memory=in_memory, progress=progress
+            )
         )
 
+    def iter_get_many(
+        self,
+        keys: Iterable[Any],
+        return_missing: bool = False,
+        return_info: bool = True,
+        *,
+        in_memory: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> Iterator[S3Object]:
+        """Get many objects in parallel, yielding each as it completes (completion order).
+        Downloads continue in the background while the caller works on an object. Leaving
+        the loop early cancels the rest and deletes what was not yielded (at once when the
+        generator is closed, e.g. by ``contextlib.closing``, else when it is collected).
+        See :meth:`AsyncS3.iter_get_many`."""
+        agen = self._aio.iter_get_many(
+            _listify(keys), return_missing, return_info, in_memory=in_memory, progress=progress
+        )
+        try:
+            while True:
+                try:
+                    obj = _bridge.run(_anext(agen))
+                except StopAsyncIteration:
+                    return
+                yield obj
+        finally:
+            _bridge.run(agen.aclose())
+
     def get_recursive(
-        self, keys: Iterable[str], return_info: bool = False, *, in_memory: bool = False
+        self,
+        keys: Iterable[str],
+        return_info: bool = False,
+        *,
+        in_memory: bool = False,
+        progress: ProgressCallback | None = None,
     ) -> list[S3Object]:
         """Get every object under the given prefixes. See :meth:`AsyncS3.get_recursive`."""
         return _bridge.run(
-            self._aio.get_recursive(_listify(keys), return_info, in_memory=in_memory)
+            self._aio.get_recursive(
+                _listify(keys), return_info, in_memory=in_memory, progress=progress
+            )
         )
 
-    def get_all(self, return_info: bool = False, *, in_memory: bool = False) -> list[S3Object]:
+    def get_all(
+        self,
+        return_info: bool = False,
+        *,
+        in_memory: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> list[S3Object]:
         """Get every object under the client's root. See :meth:`AsyncS3.get_all`."""
-        return _bridge.run(self._aio.get_all(return_info, in_memory=in_memory))
+        return _bridge.run(self._aio.get_all(return_info, in_memory=in_memory, progress=progress))
 
     def put(
         self,
@@ -136,13 +180,51 @@ class S3:
         """Upload one object. See :meth:`AsyncS3.put`."""
         return _bridge.run(self._aio.put(key, obj, overwrite, content_type, metadata))
 
-    def put_many(self, key_objs: Iterable[Any], overwrite: bool = True) -> list[tuple[str, str]]:
+    def put_many(
+        self,
+        key_objs: Iterable[Any],
+        overwrite: bool = True,
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> list[tuple[str, str]]:
         """Upload many objects. See :meth:`AsyncS3.put_many`."""
-        return _bridge.run(self._aio.put_many(_listify(key_objs), overwrite))
+        return _bridge.run(self._aio.put_many(_listify(key_objs), overwrite, progress=progress))
 
-    def put_files(self, key_paths: Iterable[Any], overwrite: bool = True) -> list[tuple[str, str]]:
+    def put_files(
+        self,
+        key_paths: Iterable[Any],
+        overwrite: bool = True,
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> list[tuple[str, str]]:
         """Upload many local files. See :meth:`AsyncS3.put_files`."""
-        return _bridge.run(self._aio.put_files(_listify(key_paths), overwrite))
+        return _bridge.run(self._aio.put_files(_listify(key_paths), overwrite, progress=progress))
+
+    def delete(self, key: str) -> str:
+        """Delete one object. See :meth:`AsyncS3.delete`."""
+        return _bridge.run(self._aio.delete(key))
+
+    def delete_many(
+        self, keys: Iterable[str], *, progress: ProgressCallback | None = None
+    ) -> list[str]:
+        """Delete many objects (batched DeleteObjects). See :meth:`AsyncS3.delete_many`."""
+        return _bridge.run(self._aio.delete_many(_listify(keys), progress=progress))
+
+    def delete_recursive(
+        self, keys: Iterable[str | None], *, progress: ProgressCallback | None = None
+    ) -> list[str]:
+        """Delete every object under the given prefixes. See :meth:`AsyncS3.delete_recursive`."""
+        return _bridge.run(self._aio.delete_recursive(_listify(keys), progress=progress))
+
+    def copy(self, src: str, dst: str) -> str:
+        """Copy one object server-side. See :meth:`AsyncS3.copy`."""
+        return _bridge.run(self._aio.copy(src, dst))
+
+    def copy_many(
+        self, pairs: Iterable[tuple[str, str]], *, progress: ProgressCallback | None = None
+    ) -> list[tuple[str, str]]:
+        """Copy many objects server-side. See :meth:`AsyncS3.copy_many`."""
+        return _bridge.run(self._aio.copy_many(_listify(pairs), progress=progress))
 
     def list_paths(self, keys: Iterable[str] | None = None) -> list[S3Object]:
         """List the next level of paths. See :meth:`AsyncS3.list_paths`."""
@@ -156,6 +238,16 @@ class S3:
         """Metadata about one object. See :meth:`AsyncS3.info`."""
         return _bridge.run(self._aio.info(key, return_missing))
 
-    def info_many(self, keys: Iterable[str], return_missing: bool = False) -> list[S3Object]:
+    def info_many(
+        self,
+        keys: Iterable[str],
+        return_missing: bool = False,
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> list[S3Object]:
         """Metadata about many objects. See :meth:`AsyncS3.info_many`."""
-        return _bridge.run(self._aio.info_many(_listify(keys), return_missing))
+        return _bridge.run(self._aio.info_many(_listify(keys), return_missing, progress=progress))
+
+
+async def _anext(agen: AsyncGenerator[S3Object, None]) -> S3Object:
+    return await agen.__anext__()

@@ -15,6 +15,7 @@ from .conftest import Server, _empty_bucket
 
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+CLI_BLOCK = re.search(r"## Command line\n.*?```sh\n(.*?)```", README.read_text(), flags=re.S)
 
 
 @pytest.fixture
@@ -43,3 +44,24 @@ def test_readme_example_runs(index: int, demo_bucket: dict[str, str]) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip()
+
+
+def test_readme_command_line_runs(demo_bucket: dict[str, str], tmp_path: pathlib.Path) -> None:
+    """The command-line block runs as written (all but `s3fast bench`: benchmarks are not
+    tests), with the package's console script on PATH."""
+    assert CLI_BLOCK is not None
+    lines = [line for line in CLI_BLOCK.group(1).splitlines() if "s3fast bench" not in line]
+    assert len(lines) >= 8
+    bindir = os.path.dirname(sys.executable)
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", "\n".join(lines)],
+        env={**demo_bucket, "PATH": bindir + os.pathsep + demo_bucket.get("PATH", "")},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "world" in done.stdout and "s3://s3fast-demo/cli/a.txt" in done.stdout
+    assert (tmp_path / "txt" / "a.txt").read_text() == "hello\n"
+    assert (tmp_path / "restored" / "sub" / "b.txt").read_text() == "world\n"

@@ -440,9 +440,15 @@ class _Verifier:
 
 
 async def fetch(
-    engine: Engine, path: S3Path, url: str, brange: ByteRange | None, sink: Sink
+    engine: Engine,
+    path: S3Path,
+    url: str,
+    brange: ByteRange | None,
+    sink: Sink,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> Fetched:
-    """Download ``brange`` (None: all) of ``path`` into ``sink``."""
+    """Download ``brange`` (None: all) of ``path`` into ``sink``; ``on_bytes(n)`` is called as
+    each range of ``n`` bytes completes."""
     range_size = engine.config.range_size
     # A whole object, checked: the first GET is unranged, as S3 sends the object's checksum
     # only then. Up to two ranges' worth it reads it all; beyond, it reads the first range
@@ -490,6 +496,8 @@ async def fetch(
         if progress[0] <= head.end:
             await _span(engine, path, url, sink, head.start, progress[0], head.end, head.etag, 1)
 
+        counted = on_bytes  # progress counts each range once, not again when re-fetched
+
         async def one(item: tuple[int, int, bool]) -> None:
             start, end, again = item
             if again:
@@ -498,6 +506,8 @@ async def fetch(
                 verifier.settle(start, end)
             else:
                 sink.settled(start - head.start, end + 1 - start)
+            if counted is not None:
+                counted(end + 1 - start)
 
         async def run(items: list[tuple[int, int, bool]]) -> None:
             if len(items) == 1:
@@ -510,6 +520,7 @@ async def fetch(
         if verifier is not None and verifier.mismatch(url):
             # corrupted in flight, or stored so: fetch it all again once, then give up
             verifier.pieces.clear()
+            counted = None
             await run([(head.start, head.end, True)] + [(a, b, True) for a, b in rest])
             problem = verifier.mismatch(url)
             if problem:

@@ -17,6 +17,7 @@ import asyncio
 import io
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,8 +162,10 @@ async def put(
     content_type: str | None = None,
     metadata: dict[str, str] | None = None,
     encryption: str | None = None,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> bool:
-    """Upload; returns False when ``overwrite=False`` and the key already existed."""
+    """Upload; returns False when ``overwrite=False`` and the key already existed.
+    ``on_bytes(n)`` is called as each part (or the single PUT) of ``n`` bytes completes."""
     try:
         loop = asyncio.get_running_loop()
         size = await loop.run_in_executor(None, source.size)
@@ -172,10 +175,13 @@ async def put(
         async with _Reader(source) as reader:
             if size < engine.config.multipart_threshold and size <= MAX_PUT_OBJECT_SIZE:
                 await engine.throttle(size)  # max_bandwidth
-                return await _put_single(engine, path, url, reader, size, extra, overwrite)
+                sent = await _put_single(engine, path, url, reader, size, extra, overwrite)
+                if sent and on_bytes is not None:
+                    on_bytes(size)
+                return sent
             if not overwrite and await _exists(engine, path, url):
                 return False  # skip the big upload; the complete below is conditional too
-            return await _put_multipart(engine, path, url, reader, size, extra, overwrite)
+            return await _put_multipart(engine, path, url, reader, size, extra, overwrite, on_bytes)
     except Exception as exc:
         if isinstance(exc, FileNotFoundError) and not isinstance(exc, MetaflowS3Exception):
             raise MetaflowS3NotFound(f"Local file not found: {source.path}", source.path) from exc
@@ -240,6 +246,7 @@ async def _put_multipart(
     size: int,
     extra: dict[str, Any],
     overwrite: bool,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> bool:
     part = part_size_for(size, engine.config.part_size)
     spans = [(n + 1, off, min(part, size - off)) for n, off in enumerate(range(0, size, part))]
@@ -287,6 +294,8 @@ async def _put_multipart(
             if crc is None:
                 raise MetaflowS3Exception(f"{url}: part {number} came back without its CRC32")
             crcs[number] = crc
+            if on_bytes is not None:
+                on_bytes(length)
             return {"PartNumber": number, "ETag": resp["ETag"], "ChecksumCRC32": CRC32.encode(crc)}
 
         crcs: dict[int, int] = {}
