@@ -55,6 +55,10 @@ class TransferConfig:
     transport : str
         ``"http"`` (default): GET, HEAD, UploadPart and ListObjectsV2 go over s3fast's own
         zero-copy HTTP/1.1 pool; ``"botocore"``: every request goes through aiobotocore.
+    processes : int, optional
+        Worker processes for big batches (``get_many``, ``get_recursive``, ``put_files``),
+        each with its own event loop and connections. Default: from the machine's plan
+        (1 until a plan says otherwise); 1 keeps everything in this process.
     """
 
     max_concurrency: int | None = None
@@ -67,6 +71,7 @@ class TransferConfig:
     verify_ssl: bool = True
     ca_bundle: str | None = None
     transport: str = "http"
+    processes: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_concurrency is not None and self.max_concurrency < 1:
@@ -85,6 +90,8 @@ class TransferConfig:
             raise ValueError("timeouts must be positive")
         if self.transport not in ("http", "botocore"):
             raise ValueError(f"transport must be 'http' or 'botocore', got {self.transport!r}")
+        if self.processes is not None and self.processes < 1:
+            raise ValueError(f"processes must be >= 1, got {self.processes}")
 
     @classmethod
     def from_env(cls, base: TransferConfig | None = None) -> TransferConfig:
@@ -92,7 +99,7 @@ class TransferConfig:
         read now: ``S3FAST_MAX_CONCURRENCY``, ``S3FAST_RANGE_SIZE``, ``S3FAST_PART_SIZE``,
         ``S3FAST_MULTIPART_THRESHOLD``, ``S3FAST_MAX_ATTEMPTS``, ``S3FAST_CONNECT_TIMEOUT``,
         ``S3FAST_READ_TIMEOUT``, ``S3FAST_VERIFY_SSL`` (0/false to disable), ``S3FAST_CA_BUNDLE``,
-        ``S3FAST_TRANSPORT``.
+        ``S3FAST_TRANSPORT``, ``S3FAST_PROCESSES``.
         """
         base = base or cls()
         changes: dict[str, object] = {}
@@ -102,6 +109,7 @@ class TransferConfig:
             ("part_size", "S3FAST_PART_SIZE"),
             ("multipart_threshold", "S3FAST_MULTIPART_THRESHOLD"),
             ("max_attempts", "S3FAST_MAX_ATTEMPTS"),
+            ("processes", "S3FAST_PROCESSES"),
         ):
             value = _env_int(name)
             if value is not None:
