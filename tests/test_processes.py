@@ -268,3 +268,43 @@ def test_workers_get_the_parents_credentials(seeded: str, monkeypatch: pytest.Mo
         assert [hashlib.sha256(o.blob or b"").hexdigest() for o in objs] == [
             sha(v) for v in AWKWARD.values()
         ]
+
+
+_DIE_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    from s3fast import S3, TransferConfig
+    s3 = S3(s3root=sys.argv[1], tmproot=sys.argv[2], config=TransferConfig(processes=2))
+    s3.get_many(sys.argv[3:], in_memory=True)
+    print(*s3._aio._procs.pids, flush=True)
+    os._exit(0)  # no close, no finalizers: the workers must notice and go
+    """
+)
+
+
+def test_workers_exit_with_their_parent(seeded: str, tmp_path: pathlib.Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _DIE_SCRIPT, seeded, str(tmp_path), *list(AWKWARD)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    pids = [int(p) for p in done.stdout.split()]
+    assert len(pids) == 2, done.stderr
+    deadline = time.monotonic() + 15
+    while any(map(_alive, pids)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(_alive, pids))
+
+
+def test_no_fds_left_after_close(seeded: str) -> None:
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    with S3(s3root=seeded, config=TWO) as s3:
+        s3.info("plain.txt")  # the bridge loop and its executor exist before we count
+    before = fds()
+    with S3(s3root=seeded, config=TWO) as s3:
+        s3.get_many(list(AWKWARD), in_memory=True)
+        assert fds() > before
+    assert fds() == before

@@ -56,7 +56,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from ..config import TransferConfig
-from ..errors import MetaflowS3InsufficientDiskSpace, MetaflowS3NotFound, MetaflowS3TransferError
+from ..errors import (
+    MetaflowS3AccessDenied,
+    MetaflowS3InsufficientDiskSpace,
+    MetaflowS3NotFound,
+    MetaflowS3TransferError,
+)
 from ..limits import MiB
 from ..targets import Targets, free_bytes, local_name, margin
 from ..urls import ByteRange, parse
@@ -554,6 +559,9 @@ class Pool:
         cleanup, hand results that still arrive to ``late``, and raise."""
         await self._ensure()
         creds = await self.engine.frozen_credentials()
+        if creds is None:  # as in one process: no request goes out unsigned
+            first = next(job for part in parts for job in part)
+            raise MetaflowS3AccessDenied(f"{first[1]}: no AWS credentials were found", first[1])
         batch = next(self._ids)
         queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
         self._batches[batch] = queue
