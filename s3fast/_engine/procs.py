@@ -231,6 +231,9 @@ class _Worker:
         self.creds: Credentials | None = None
         self.engines: list[Engine] = []
         self.batches: dict[int, asyncio.Task[None]] = {}
+        # Results finished in the same turn of the loop go out as one message.
+        self.finished: dict[int, list[tuple[int, Any]]] = {}
+        self.flush_soon: asyncio.Handle | None = None
 
     def engine_for(self, creds: Credentials | None) -> Engine:
         if self.engine is None or creds != self.creds:
@@ -241,8 +244,22 @@ class _Worker:
             self.engines.append(self.engine)
         return self.engine
 
+    def flush(self) -> None:
+        self.flush_soon = None
+        finished, self.finished = self.finished, {}
+        for batch, results in finished.items():
+            _send(self.writer, ("ok", batch, results))
+
+    async def result(self, batch: int, idx: int, value: Any) -> None:
+        self.finished.setdefault(batch, []).append((idx, value))
+        if self.flush_soon is None:
+            self.flush_soon = asyncio.get_running_loop().call_soon(self.flush)
+        with contextlib.suppress(ConnectionError):
+            await self.writer.drain()
+
     async def send(self, msg: Any) -> None:
         try:
+            self.flush()  # results first: "done" comes after every result of its batch
             _send(self.writer, msg)
             await self.writer.drain()
         except ConnectionError:
@@ -271,7 +288,7 @@ class _Worker:
                         got = None
                     if got is not None and got.path:
                         written.append(got.path)
-                    await self.send(("ok", batch, idx, got))
+                    await self.result(batch, idx, got)
 
                 await bounded_map(get_one, jobs, engine.concurrency)
             else:
@@ -289,7 +306,7 @@ class _Worker:
                         metadata=metadata,
                         encryption=encryption,
                     )
-                    await self.send(("ok", batch, idx, done))
+                    await self.result(batch, idx, done)
 
                 await bounded_map(put_one, jobs, engine.concurrency)
         except asyncio.CancelledError:
@@ -574,7 +591,8 @@ class Pool:
             while busy:
                 idx, msg = await queue.get()
                 if msg[0] == "ok":
-                    await take(msg[2], msg[3])
+                    for idx_, value in msg[2]:
+                        await take(idx_, value)
                 elif msg[0] == "done":
                     busy.discard(idx)
                 elif msg[0] == "err":
@@ -609,7 +627,8 @@ class Pool:
                 while busy:
                     idx, msg = await queue.get()
                     if msg[0] == "ok":
-                        late(msg[3])
+                        for _, value in msg[2]:
+                            late(value)
                     elif msg[0] in ("done", "lost"):
                         busy.discard(idx)
         except TimeoutError:
