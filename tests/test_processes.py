@@ -31,7 +31,7 @@ from s3fast import (
 from s3fast._engine.procs import MIN_BATCH, assign
 from s3fast.limits import MiB
 
-from .conftest import open_uploads
+from .conftest import Server, open_uploads
 from .test_api import AWKWARD, SMALL_PARTS, sha
 
 TWO = dataclasses.replace(SMALL_PARTS, processes=2)
@@ -209,7 +209,11 @@ _CTRL_C_SCRIPT = textwrap.dedent(
     files = [("up/%d" % i, os.path.join(src, str(i))) for i in range(8)]
     s3.get_many(keys[:8], in_memory=True)  # starts the workers
     print("pids", *s3._aio._procs.pids, flush=True)
-    for call in (lambda: s3.get_many(keys), lambda: s3.put_files(files)):
+    def get():  # the files of a call that completed are removed: count only what is left
+        for obj in s3.get_many(keys):
+            os.unlink(obj.path)
+
+    for call in (get, lambda: s3.put_files(files)):
         print("go", flush=True)
         try:
             while True:
@@ -223,7 +227,10 @@ _CTRL_C_SCRIPT = textwrap.dedent(
 )
 
 
-def test_ctrl_c_reaches_every_worker(bucket: str, boto: object, tmp_path: pathlib.Path) -> None:
+def test_ctrl_c_reaches_every_worker(
+    seaweed_bucket: str, seaweed: Server, tmp_path: pathlib.Path
+) -> None:
+    bucket, boto = seaweed_bucket, seaweed.client()
     for i in range(12):
         boto.put_object(Bucket=bucket, Key=f"k{i}", Body=os.urandom(2 * MiB))  # type: ignore[attr-defined]
     for i in range(8):
@@ -255,6 +262,7 @@ def test_ctrl_c_reaches_every_worker(bucket: str, boto: object, tmp_path: pathli
     assert out.splitlines() == [f"after 12 {pids[0]} {pids[1]}", "closed"], err
     assert not any(map(_alive, pids))
     assert open_uploads(boto, bucket) == []
+    boto.close()  # type: ignore[attr-defined]
 
 
 def test_workers_get_the_parents_credentials(seeded: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -282,7 +290,10 @@ _DIE_SCRIPT = textwrap.dedent(
 )
 
 
-def test_workers_exit_with_their_parent(seeded: str, tmp_path: pathlib.Path) -> None:
+def test_workers_exit_with_their_parent(seaweed_bucket: str, tmp_path: pathlib.Path) -> None:
+    seeded = f"s3://{seaweed_bucket}/root"
+    with S3(s3root=seeded) as s3:
+        s3.put_many(list(AWKWARD.items()))
     done = subprocess.run(
         [sys.executable, "-c", _DIE_SCRIPT, seeded, str(tmp_path), *list(AWKWARD)],
         capture_output=True,
@@ -297,9 +308,15 @@ def test_workers_exit_with_their_parent(seeded: str, tmp_path: pathlib.Path) -> 
     assert not any(map(_alive, pids))
 
 
-def test_no_fds_left_after_close(seeded: str) -> None:
+def test_no_fds_left_after_close(seaweed_bucket: str, seaweed: object) -> None:
+    """(SeaweedFS only: moto's server runs in this process, with sockets of its own.)"""
+
     def fds() -> int:
         return len(os.listdir("/proc/self/fd"))
+
+    seeded = f"s3://{seaweed_bucket}/root"
+    with S3(s3root=seeded) as s3:
+        s3.put_many(list(AWKWARD.items()))
 
     with S3(s3root=seeded, config=TWO) as s3:
         s3.info("plain.txt")  # the bridge loop and its executor exist before we count
@@ -307,4 +324,4 @@ def test_no_fds_left_after_close(seeded: str) -> None:
     with S3(s3root=seeded, config=TWO) as s3:
         s3.get_many(list(AWKWARD), in_memory=True)
         assert fds() > before
-    assert fds() == before
+    assert fds() <= before
