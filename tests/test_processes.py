@@ -23,6 +23,7 @@ from s3fast import (
     AsyncS3,
     MetaflowS3InvalidRange,
     MetaflowS3NotFound,
+    MetaflowS3TransferError,
     RangeInfo,
     S3GetObject,
     S3PutObject,
@@ -174,7 +175,7 @@ def test_processes_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.asyncio
 async def test_async_pool_lifecycle(seeded: str, boto: object, bucket: str) -> None:
     for i in range(12):
-        boto.put_object(Bucket=bucket, Key=f"root/c/{i}", Body=os.urandom(2 * MiB))  # type: ignore[attr-defined]
+        boto.put_object(Bucket=bucket, Key=f"root/c/{i}", Body=os.urandom(4 * MiB))  # type: ignore[attr-defined]
     cfg = TransferConfig(processes=2, max_concurrency=2, range_size=64 * 1024)
     async with AsyncS3(s3root=seeded, config=cfg) as s3:
         assert (
@@ -186,7 +187,7 @@ async def test_async_pool_lifecycle(seeded: str, boto: object, bucket: str) -> N
         assert len(pids) == 2
         # a cancelled batch is cleaned up everywhere; the pool keeps working
         task = asyncio.ensure_future(s3.get_many([f"c/{i}" for i in range(12)]))
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.1)  # 384 requests in a row for each worker
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -195,6 +196,31 @@ async def test_async_pool_lifecycle(seeded: str, boto: object, bucket: str) -> N
         assert len(await s3.get_many(list(AWKWARD))) == len(AWKWARD)
     assert not any(map(_alive, pids))
     assert s3._procs.pids == []
+
+
+@pytest.mark.asyncio
+async def test_a_dead_worker_fails_the_batch_and_the_pool_restarts(
+    seaweed_bucket: str, seaweed: Server
+) -> None:
+    boto = seaweed.client()
+    for i in range(8):
+        boto.put_object(Bucket=seaweed_bucket, Key=f"k{i}", Body=os.urandom(8 * MiB))  # type: ignore[attr-defined]
+    boto.close()  # type: ignore[attr-defined]
+    keys = [f"k{i}" for i in range(8)]
+    cfg = TransferConfig(processes=2, max_concurrency=2, range_size=64 * 1024)
+    async with AsyncS3(s3root=f"s3://{seaweed_bucket}", config=cfg) as s3:
+        await s3.get_many(keys, in_memory=True)
+        pids = s3._procs.pids
+        task = asyncio.ensure_future(s3.get_many(keys))
+        await asyncio.sleep(0.1)  # 512 requests in a row for each worker
+        os.kill(pids[0], signal.SIGKILL)
+        with pytest.raises(MetaflowS3TransferError, match="exited unexpectedly"):
+            await task
+        objs = await s3.get_many(keys, in_memory=True)  # a fresh pool
+        assert [o.size for o in objs] == [8 * MiB] * 8
+        assert len(s3._procs.pids) == 2 and not set(s3._procs.pids) & set(pids)
+        dirs = s3.tmpdirs
+    assert not any(map(_alive, pids)) and not any(map(os.path.exists, dirs))
 
 
 _CTRL_C_SCRIPT = textwrap.dedent(

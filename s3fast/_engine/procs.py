@@ -245,7 +245,9 @@ class _Worker:
         return self.engine
 
     def flush(self) -> None:
-        self.flush_soon = None
+        if self.flush_soon is not None:
+            self.flush_soon.cancel()  # a no-op when the handle is what called us
+            self.flush_soon = None
         finished, self.finished = self.finished, {}
         for batch, results in finished.items():
             _send(self.writer, ("ok", batch, results))
