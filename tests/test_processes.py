@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+import s3fast._engine.procs
 from s3fast import (
     S3,
     AsyncS3,
@@ -34,6 +35,7 @@ from s3fast.limits import MiB
 
 from .conftest import Server, open_uploads
 from .test_api import AWKWARD, SMALL_PARTS, sha
+from .test_metaflow_conformance import _fields
 
 TWO = dataclasses.replace(SMALL_PARTS, processes=2)
 
@@ -120,6 +122,29 @@ def test_get_many_same_as_one_process(seeded: str, in_memory: bool) -> None:
     assert not any(map(_alive, pids))
     assert not any(map(os.path.exists, dirs))
     assert want[-2][2] is False and want[len(AWKWARD)][5] == RangeInfo(n, 1000, 3 * MiB)
+
+
+def test_recursive_calls_same_as_one_process(seeded: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """get_recursive / get_all / get_many with every option, every field but the local path
+    (test_metaflow_conformance holds one process to metaflow.S3's results)."""
+    monkeypatch.setattr(s3fast._engine.procs, "MIN_BATCH", 1)  # fan out even tiny batches
+
+    def run(config: TransferConfig) -> list[object]:
+        out: list[object] = []
+        with S3(s3root=seeded, config=config) as s3:
+            for return_info in (True, False):
+                for in_memory in (False, True):
+                    kw = {"return_info": return_info, "in_memory": in_memory}
+                    for objs in (
+                        s3.get_recursive(["dir", "with space", "nothing"], **kw),
+                        s3.get_all(**kw),
+                        s3.get_many(["dir/child", "nope"], return_missing=True, **kw),
+                    ):
+                        out += [(_fields(o), o.path is None) for o in objs]
+            assert len(s3._aio._procs.pids) == (2 if config.processes == 2 else 0)
+        return out
+
+    assert run(TWO) == run(SMALL_PARTS)
 
 
 def test_errors_are_typed_and_leave_nothing(seeded: str) -> None:
