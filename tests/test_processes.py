@@ -291,6 +291,7 @@ def test_ctrl_c_reaches_every_worker(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,
     )
     assert proc.stdout is not None
     try:
@@ -301,7 +302,7 @@ def test_ctrl_c_reaches_every_worker(
         for _ in range(2):
             assert proc.stdout.readline().strip() == "go"
             time.sleep(0.5)
-            proc.send_signal(signal.SIGINT)  # to the parent only, as a terminal would not
+            os.killpg(proc.pid, signal.SIGINT)  # to its process group, as a terminal does
             lines.append(proc.stdout.readline().strip())
         out, err = proc.communicate(timeout=90)
     finally:

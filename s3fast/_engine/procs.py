@@ -14,8 +14,8 @@ processes, each running the same engine (its own uvloop, connection pool and lim
   changed set (refreshed credentials) gives the worker a new client. Region and endpoint are
   the parent's.
 - **Splitting**: by size when sizes are known (listings, local files): largest first onto the
-  least loaded worker; else round-robin. Each worker streams one message per object as it
-  finishes; the parent puts results in input order.
+  least loaded worker; else round-robin. Each worker streams results back as objects finish
+  (those done in one turn of its loop in one message); the parent puts them in input order.
 - **Where bytes land**: files go straight into the parent's private temp dirs, under names the
   parent numbers, so ``S3Object.path`` looks the same as in one process and is removed by the
   parent's ``close``. ``in_memory=True``: bodies up to ``INLINE_MAX`` travel inside the result
@@ -28,9 +28,10 @@ processes, each running the same engine (its own uvloop, connection pool and lim
   every worker and waits (bounded) until each reports it has cleaned up (its temp files removed,
   its multipart uploads aborted), removes the files already reported, and raises. Cancelling
   the parent's task (Ctrl-C through the sync bridge, a timeout) takes the same path. Workers
-  ignore SIGINT: Ctrl-C reaches them as a cancel from the parent, after which the client still
-  works. A worker that dies fails its batch (``MetaflowS3TransferError``) and the pool is
-  started afresh on the next call.
+  run in their own process group and ignore SIGINT: Ctrl-C reaches them only as a cancel from
+  the parent, after which the client still works. A worker that dies fails its batch
+  (``MetaflowS3TransferError``; files it had not finished stay until the client closes) and
+  the pool is started afresh on the next call.
 """
 
 from __future__ import annotations
@@ -85,7 +86,10 @@ Credentials = tuple[str, str, str | None]
 
 
 def processes_for(config: TransferConfig) -> int:
-    """``config.processes``, else the machine's plan (``s3fast.tuning.plan``), else 1."""
+    """``config.processes``, else the machine's plan (``s3fast.tuning.plan``), else 1.
+    Always 1 off POSIX (the workers talk over socketpairs handed down by ``pass_fds``)."""
+    if os.name != "posix":
+        return 1
     if config.processes is not None:
         return config.processes
     try:
@@ -396,6 +400,9 @@ def _spawn(count: int) -> list[tuple[subprocess.Popen[bytes], socket.socket]]:
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
                     env=env,
+                    # Not in the terminal's foreground group: Ctrl-C reaches the parent only,
+                    # which cancels the workers' batches and waits for their cleanup.
+                    process_group=0,
                 )
             except BaseException:
                 mine.close()
