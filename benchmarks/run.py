@@ -479,6 +479,7 @@ def _pinned_server(cpus: frozenset[int]) -> Iterator[Any]:
     thread it makes) when given."""
     from s3fast.testing import SeaweedFS
 
+    cpus = cpus & os.sched_getaffinity(0) if cpus else cpus
     if not cpus:
         with SeaweedFS() as server:
             yield server
