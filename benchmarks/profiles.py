@@ -77,13 +77,33 @@ class Resolved:
         return ", ".join(bits)
 
 
-def resolve(name: str) -> Resolved:
+def resolve(name: str, exclude: frozenset[int] = frozenset()) -> Resolved:
     if name not in PROFILES:
         raise SystemExit(f"unknown profile {name!r}; known: {', '.join(PROFILES)}")
-    profile = PROFILES[name]
+    return _resolve(PROFILES[name], exclude)
+
+
+def pinned(vcpus: int, exclude: frozenset[int] = frozenset()) -> Resolved:
+    """``<n>cpu``: the client pinned to ``vcpus`` CPUs (not those in ``exclude``)."""
+    return _resolve(PROFILES.get(f"{vcpus}cpu") or Profile(f"{vcpus}cpu", vcpus), exclude)
+
+
+def parse_cpus(raw: str) -> frozenset[int]:
+    """``0-7,12`` -> {0..7, 12}."""
+    out: set[int] = set()
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return frozenset(out)
+
+
+def _resolve(profile: Profile, exclude: frozenset[int]) -> Resolved:
     if profile.vcpus is None:
+        if exclude:
+            rest = [c for c in available_cpus() if c not in exclude]
+            return Resolved(profile, rest or None, {})
         return Resolved(profile, None, {})
-    have = available_cpus()
+    have = [c for c in available_cpus() if c not in exclude] or available_cpus()
     warning = ""
     if profile.vcpus > len(have):
         warning = f"wants {profile.vcpus} CPUs, this machine has {len(have)}: using all of them"

@@ -14,12 +14,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from . import CLIENTS, REQUIRES, SUPPORTS, WORKLOADS, dataset, report
-from .profiles import PROFILES, Resolved, resolve
+from . import CLIENTS, REQUIRES, SUPPORTS, WORKLOADS, dataset, report, scaling
+from .profiles import PROFILES, Resolved, parse_cpus, pinned, resolve
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -36,6 +37,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--large",
         action="store_true",
         help="the data-plane target sizes: 64 x 16 MiB, a 1 GiB object, 2,000 small objects",
+    )
+    p.add_argument(
+        "--scaling",
+        action="store_true",
+        help="scale-out run: s3fast with N worker processes on N client CPUs, one process, "
+        "and obstore, for each N in --scaling-cpus (workloads get_mem,get_files,put_files,small)",
+    )
+    p.add_argument(
+        "--scaling-cpus",
+        default=",".join(map(str, scaling.CPUS)),
+        help="client CPU counts for --scaling (default 1,2,4,8)",
+    )
+    p.add_argument(
+        "--server-cpus",
+        default="",
+        help="pin the embedded SeaweedFS to these CPUs (e.g. 0-7); clients use the others",
     )
     p.add_argument("--rounds", type=int, help="rounds, interleaved (default 3; --quick: 1)")
     p.add_argument("--clients", help=f"comma-separated, from: {','.join(CLIENTS)}")
@@ -76,15 +93,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--sweep-client", default="s3fast_async", choices=("s3fast_async", "s3fast_sync")
     )
     args = p.parse_args(argv)
+    args.server_cpus = parse_cpus(args.server_cpus)
+    if args.sweep and args.scaling:
+        p.error("--sweep and --scaling are separate runs")
     if args.sweep:
         from .sweep import SWEEP_WORKLOADS, parse_grid
 
         args.workloads = args.workloads or ",".join(SWEEP_WORKLOADS)
         args.sweep_concurrency = parse_grid(args.sweep_concurrency, size=False)
         args.sweep_sizes = parse_grid(args.sweep_sizes, size=True)
-    args.clients = _names(args.clients, CLIENTS, "client")
-    args.workloads = _names(args.workloads, WORKLOADS, "workload")
-    args.profiles = [resolve(name) for name in _names(args.profiles, tuple(PROFILES), "profile")]
+    if args.scaling:
+        args.clients = _names(args.clients, tuple(scaling.VARIANTS), "scaling client")
+        args.workloads = _names(
+            args.workloads or ",".join(scaling.WORKLOADS), WORKLOADS, "workload"
+        )
+        counts = [int(n) for n in args.scaling_cpus.split(",") if n.strip()]
+        if not counts or min(counts) < 1:
+            p.error("--scaling-cpus needs CPU counts >= 1")
+        args.profiles = [pinned(n, args.server_cpus) for n in counts]
+        args.variants = dict(scaling.VARIANTS)
+    else:
+        args.clients = _names(args.clients, CLIENTS, "client")
+        args.workloads = _names(args.workloads, WORKLOADS, "workload")
+        names = _names(args.profiles, tuple(PROFILES), "profile")
+        args.profiles = [resolve(name, args.server_cpus) for name in names]
+        args.variants = {c: (c, _no_env) for c in args.clients}
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.timeout = args.timeout or (120.0 if args.quick else 600.0)
     if args.rounds < 1:
@@ -94,6 +127,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.endpoint and not args.bucket:
         p.error("--endpoint needs --bucket (or S3FAST_BENCH_BUCKET)")
     return args
+
+
+def _no_env(prof: Resolved) -> dict[str, str]:
+    return {}
 
 
 def _size(raw: str) -> int:
@@ -184,6 +221,7 @@ def run_worker(
     scratch: str,
     env: dict[str, str],
     timeout: float,
+    extra_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     run_tmp = tempfile.mkdtemp(prefix=f"{client}-{workload}-", dir=scratch)
     cmd = [
@@ -205,7 +243,7 @@ def run_worker(
         cmd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env={**env, **prof.env},
+        env={**env, **prof.env, **(extra_env or {})},
         cwd=run_tmp,
         start_new_session=True,  # its own process group: metaflow's children die with it
     )
@@ -283,11 +321,11 @@ def main(argv: list[str] | None = None) -> int:
                 env["AWS_ENDPOINT_URL_S3"] = endpoint
             server_desc = f"{endpoint or 'AWS S3'} bucket {bucket}"
         else:
-            from s3fast.testing import SeaweedFS, weed_binary
+            from s3fast.testing import weed_binary
 
             weed = weed_binary()
             print("starting SeaweedFS ...", file=sys.stderr, flush=True)
-            server = stack.enter_context(SeaweedFS())
+            server = stack.enter_context(_pinned_server(args.server_cpus))
             endpoint, bucket, region = server.endpoint_url, BUCKET, "us-east-1"
             env.update(server.env())
             env["AWS_EC2_METADATA_DISABLED"] = "true"
@@ -332,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
                 sizes_desc=sizes.describe(),
             )  # fmt: skip
 
-        missing = {c: _missing_module(c) for c in args.clients}
+        impl = {c: args.variants[c][0] for c in args.clients}
+        missing = {c: _missing_module(impl[c]) for c in args.clients}
         plan = [
             (rnd, prof, w, c)
             for rnd in range(1, args.rounds + 1)
@@ -340,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             for w in args.workloads
             for c in args.clients
         ]
-        live = [p for p in plan if w_supported(p[3], p[2]) and not missing[p[3]]]
+        live = [p for p in plan if w_supported(impl[p[3]], p[2]) and not missing[p[3]]]
         progress = Progress(len(live))
         runs: list[dict[str, Any]] = []
         bench_started = time.time()
@@ -356,14 +395,16 @@ def main(argv: list[str] | None = None) -> int:
                         }
                     )
                     continue
-                if not w_supported(c, w):
+                if not w_supported(impl[c], w):
                     runs.append({**base, "status": "n/a"})
                     continue
                 label = f"round {rnd}/{args.rounds} {prof.profile.name} {w} {c}"
                 progress.start(label)
-                result = run_worker(c, w, prof, spec_path, scratch, env, args.timeout)
+                extra = args.variants[c][1](prof)
+                result = run_worker(impl[c], w, prof, spec_path, scratch, env, args.timeout, extra)
+                result["client"] = c
                 if w == "put_files":
-                    prefix = dataset.put_prefix(c)
+                    prefix = dataset.put_prefix(impl[c])
                     if result["status"] == "OK":
                         problem = dataset.verify_and_clear_puts(s3, bucket, prefix, files)
                         if problem:
@@ -398,11 +439,19 @@ def main(argv: list[str] | None = None) -> int:
         )
         print("- client CPU is user+sys of the worker process (and its children, for metaflow)\n")
         print(report.table(rows))
-        print(
-            "\nRate of s3fast over the best peer (higher is better; floor is a raw-socket reference):\n"
-        )
-        print(report.ratio_table(ratio))
-        goals = report.targets(rows)
+        if args.scaling:
+            print(
+                "\nScaling (client pinned to N CPUs; s3fast with S3FAST_PROCESSES=N; client CPU "
+                "includes s3fast's worker processes):\n"
+            )
+            print(scaling.table(rows, args.profiles))
+        else:
+            print(
+                "\nRate of s3fast over the best peer (higher is better; floor is a raw-socket "
+                "reference):\n"
+            )
+            print(report.ratio_table(ratio))
+        goals = [] if args.scaling else report.targets(rows)
         if goals:
             print("\nData-plane targets, against the peers of this run:\n")
             print(report.target_table(goals))
@@ -417,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
             "runs_duration_s": bench_s,
             "argv": sys.argv[1:] if argv is None else argv,
             "quick": args.quick,
+            "scaling": args.scaling,
             "rounds": args.rounds,
             "machine": mach,
             "versions": vers,
@@ -437,12 +487,41 @@ def main(argv: list[str] | None = None) -> int:
             "targets": goals,
             "runs": runs,
         }
+        if args.scaling:
+            stem += "-scaling"
         json_path = out_dir / f"{stem}.json"
         png_path = out_dir / f"{stem}.png"
         report.write_json(str(json_path), record)
-        report.plot(str(png_path), rows, f"s3fast benchmarks {stem} ({server_desc})")
+        if args.scaling:
+            title = f"s3fast scale-out {stem} ({server_desc})"
+            scaling.plot(str(png_path), rows, args.profiles, title)
+        else:
+            report.plot(str(png_path), rows, f"s3fast benchmarks {stem} ({server_desc})")
         print(f"\nwrote {json_path} and {png_path}", file=sys.stderr)
     return 0
+
+
+@contextmanager
+def _pinned_server(cpus: frozenset[int]) -> Iterator[Any]:
+    """The embedded SeaweedFS, started with ``cpus`` as its affinity (inherited by every
+    thread it makes) when given."""
+    from s3fast.testing import SeaweedFS
+
+    cpus = cpus & os.sched_getaffinity(0) if cpus else cpus
+    if not cpus:
+        with SeaweedFS() as server:
+            yield server
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        server = SeaweedFS().start()
+    finally:
+        os.sched_setaffinity(0, before)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def w_supported(client: str, workload: str) -> bool:

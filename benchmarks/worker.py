@@ -5,7 +5,9 @@
 The CPU set is pinned (``--cpus``) before any client library is imported. The client sets up
 (imports, client objects, one warm-up HEAD), then times only the transfer inside
 ``ctx.timed()``: wall time, its own CPU (user+sys, with that of child processes), the server's
-CPU (``/proc/<pid>/stat`` of ``S3FAST_BENCH_SERVER_PID`` when given) and peak RSS. What it got
+CPU (``/proc/<pid>/stat`` of ``S3FAST_BENCH_SERVER_PID`` when given) and peak RSS. s3fast's
+worker processes (``S3FAST_PROCESSES`` > 1) are started before the clock and their CPU counted
+as the client's. What it got
 is then checked byte-exact against the sha256 of every object (untimed). Anything a library
 prints goes to stderr; stdout carries only the result line.
 """
@@ -99,6 +101,9 @@ class Ctx:
         self.measured: dict[str, Any] | None = None
         self.note = ""
         self._server_pid = int(os.environ.get("S3FAST_BENCH_SERVER_PID") or 0) or None
+        # Live helper processes (s3fast's workers) whose CPU counts as the client's: they are
+        # not reaped inside the timed section, so RUSAGE_CHILDREN would miss them.
+        self.extra_pids: list[int] = []
 
     # --- what to move ------------------------------------------------------------------
 
@@ -146,12 +151,14 @@ class Ctx:
         self_0 = resource.getrusage(resource.RUSAGE_SELF)
         kids_0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         server_0 = server_ticks(self._server_pid)
+        extra_0 = [server_ticks(pid) or 0 for pid in self.extra_pids]
         t0 = time.perf_counter()
         yield
         wall = time.perf_counter() - t0
         self_1 = resource.getrusage(resource.RUSAGE_SELF)
         kids_1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         server_1 = server_ticks(self._server_pid)
+        extra_1 = [server_ticks(pid) or 0 for pid in self.extra_pids]
         server = None
         if server_0 is not None and server_1 is not None:
             server = (server_1 - server_0) / os.sysconf("SC_CLK_TCK")
@@ -159,7 +166,9 @@ class Ctx:
             "wall_s": wall,
             "cpu_user_s": self_1.ru_utime - self_0.ru_utime,
             "cpu_sys_s": self_1.ru_stime - self_0.ru_stime,
-            "children_cpu_s": _cpu(kids_1) - _cpu(kids_0),
+            "children_cpu_s": _cpu(kids_1)
+            - _cpu(kids_0)
+            + (sum(extra_1) - sum(extra_0)) / os.sysconf("SC_CLK_TCK"),
             "server_cpu_s": server,
             "rss_mib": peak_rss_mib(),
             "children_rss_mib": kids_1.ru_maxrss / 1024,

@@ -14,8 +14,9 @@ from typing import Any
 from ._engine.client import Engine, bounded_map
 from ._engine.copy import copy_object
 from ._engine.delete import Failed, delete_object, delete_objects
-from ._engine.get import FileSink, MemorySink, fetch, head_object
+from ._engine.get import Fetched, FileSink, MemorySink, fetch, head_object
 from ._engine.listing import Entry, list_prefix
+from ._engine.procs import Pool, processes_for
 from ._engine.put import Source, put
 from .config import TransferConfig
 from .errors import (
@@ -96,6 +97,7 @@ class AsyncS3:
         self._config = config if config is not None else TransferConfig.from_env()
         self._engine = Engine(self._config, endpoint_url)
         self._targets = Targets(tmproot)
+        self._procs = Pool(processes_for(self._engine), self._config, self._engine)
         self._closed = False
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -110,7 +112,10 @@ class AsyncS3:
         """Close connections and delete every file downloaded through this client."""
         self._closed = True
         try:
-            await self._engine.close()
+            try:
+                await self._procs.close()
+            finally:
+                await self._engine.close()
         finally:
             self._targets.close()
 
@@ -164,31 +169,7 @@ class AsyncS3:
             raise
         if tracker is not None:
             tracker.add_objects()
-        head = got.head
-        if not return_info:
-            return S3Object(
-                prefix,
-                url,
-                got.path,
-                got.length,
-                blob=got.blob,
-                etag=head.etag,
-                version_id=head.version_id,
-            )
-        return S3Object(
-            prefix,
-            url,
-            got.path,
-            got.length,
-            head.content_type,
-            head.metadata,
-            RangeInfo(head.total, got.offset, got.length),
-            head.last_modified,
-            head.encryption,
-            blob=got.blob,
-            etag=head.etag,
-            version_id=head.version_id,
-        )
+        return _to_object(prefix, url, got, return_info)
 
     async def get(
         self,
@@ -258,9 +239,28 @@ class AsyncS3:
         return_info: bool,
         in_memory: bool,
         tracker: Tracker | None = None,
+        sizes: list[int | None] | None = None,
     ) -> list[S3Object]:
-        """Download ``(prefix, url, range)`` jobs in parallel. If one fails, the files the
-        others already wrote are removed: a failed batch leaves nothing behind."""
+        """Download ``(prefix, url, range)`` jobs in parallel (in worker processes when the
+        batch is big and ``processes > 1``). If one fails, the files the others already wrote
+        are removed: a failed batch leaves nothing behind."""
+        if self._procs.wanted(len(jobs)):
+            fetched = await self._procs.get(
+                [(url, brange) for _, url, brange in jobs],
+                self._targets,
+                return_missing=return_missing,
+                in_memory=in_memory,
+                sizes=sizes,
+            )
+            if tracker is not None:  # worker processes report whole objects, at the end
+                tracker.add_bytes(sum(got.length for got in fetched if got is not None))
+                tracker.add_objects(len(fetched))
+            return [
+                S3Object(self._s3root, url, None)
+                if got is None
+                else _to_object(prefix, url, got, return_info)
+                for (prefix, url, _), got in zip(jobs, fetched, strict=True)
+            ]
         written: list[str] = []
 
         async def one(job: tuple[str | None, str, ByteRange | None]) -> S3Object:
@@ -396,9 +396,9 @@ class AsyncS3:
             for prefix, tree in zip(prefixes, trees, strict=True)
             for url, _ in tree
         ]
-        size = sum(entry.size or 0 for tree in trees for _, entry in tree)
-        tracker = Tracker.of(progress, len(jobs), size)
-        return await self._download_batch(jobs, False, return_info, in_memory, tracker)
+        sizes = [entry.size for tree in trees for _, entry in tree]
+        tracker = Tracker.of(progress, len(jobs), sum(size or 0 for size in sizes))
+        return await self._download_batch(jobs, False, return_info, in_memory, tracker, sizes)
 
     async def get_all(
         self,
@@ -607,7 +607,11 @@ class AsyncS3:
         return items
 
     async def _put_batch(
-        self, items: list[_PutItem], overwrite: bool, progress: ProgressCallback | None = None
+        self,
+        items: list[_PutItem],
+        overwrite: bool,
+        progress: ProgressCallback | None = None,
+        sizes: list[int] | None = None,
     ) -> list[tuple[str, str]]:
         seen: set[str] = set()
         for _, url, _, _, _, _ in items:
@@ -616,9 +620,21 @@ class AsyncS3:
             seen.add(url)
         tracker = None
         if progress is not None:
-            loop = asyncio.get_running_loop()
-            sizes = await loop.run_in_executor(None, _total_size, [item[2] for item in items])
-            tracker = Tracker.of(progress, len(items), sizes)
+            if sizes is None:
+                loop = asyncio.get_running_loop()
+                sizes = await loop.run_in_executor(None, _sizes, [item[2] for item in items])
+            tracker = Tracker.of(progress, len(items), sum(sizes))
+        if sizes is not None and self._procs.wanted(len(items)):
+            # Local files only (sizes known): uploaded by worker processes.
+            done = await self._procs.put_files(
+                [(url, src.path, ct, meta, enc) for _, url, src, ct, meta, enc in items],
+                overwrite,
+                list[int | None](sizes),
+            )
+            if tracker is not None:
+                tracker.add_bytes(sum(sizes))
+                tracker.add_objects(len(items))
+            return [(item[0], item[1]) for item, ok in zip(items, done, strict=True) if ok]
 
         async def one(item: _PutItem) -> bool:
             _, url, source, content_type, metadata, encryption = item
@@ -693,8 +709,10 @@ class AsyncS3:
         self._check_open()
         items = self._put_items(key_paths, "key_paths", "path", _file_source)
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, _check_local_files, [(i[1], i[2].path) for i in items])
-        return await self._put_batch(items, overwrite, progress)
+        sizes = await loop.run_in_executor(
+            None, _check_local_files, [(i[1], i[2].path) for i in items]
+        )
+        return await self._put_batch(items, overwrite, progress, sizes)
 
     # --- deletes and copies -----------------------------------------------------------------
 
@@ -851,8 +869,8 @@ def _file_source(local: Any, url: str, key: Any) -> Source:
     return Source(path=os.fspath(local))
 
 
-def _total_size(sources: list[Source]) -> int:
-    return sum(source.size() for source in sources)
+def _sizes(sources: list[Source]) -> list[int]:
+    return [source.size() for source in sources]
 
 
 def _unlink(path: str | None) -> None:
@@ -874,13 +892,45 @@ def _delete_error(failures: list[tuple[str, Failed]], asked: int) -> MetaflowS3E
     return err
 
 
-def _check_local_files(pairs: list[tuple[str, str | None]]) -> None:
+def _check_local_files(pairs: list[tuple[str, str | None]]) -> list[int]:
+    """Every local file exists and is a regular file; their sizes."""
+    sizes = []
     for url, local in pairs:
         assert local is not None
         if not os.path.exists(local):
             raise MetaflowS3NotFound(f"Local file not found: {local}", local)
         if not os.path.isfile(local):
             raise MetaflowS3InvalidObject(f"{local}: not a regular file (key {url})", url)
+        sizes.append(os.path.getsize(local))
+    return sizes
+
+
+def _to_object(prefix: str | None, url: str, got: Fetched, return_info: bool) -> S3Object:
+    head = got.head
+    if not return_info:
+        return S3Object(
+            prefix,
+            url,
+            got.path,
+            got.length,
+            blob=got.blob,
+            etag=head.etag,
+            version_id=head.version_id,
+        )
+    return S3Object(
+        prefix,
+        url,
+        got.path,
+        got.length,
+        head.content_type,
+        head.metadata,
+        RangeInfo(head.total, got.offset, got.length),
+        head.last_modified,
+        head.encryption,
+        blob=got.blob,
+        etag=head.etag,
+        version_id=head.version_id,
+    )
 
 
 def _as_list(values: Any, name: str) -> list[Any]:

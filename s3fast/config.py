@@ -93,6 +93,10 @@ class TransferConfig:
         Bytes of transfer buffers in flight at once: ``max_concurrency`` is lowered until
         ``max_concurrency x max(range_size, part_size)`` fits. Default: from the plan (a
         quarter of the memory available to this process, cgroup limit included).
+    processes : int, optional
+        Worker processes for big batches (``get_many``, ``get_recursive``, ``put_files``),
+        each with its own event loop and connections. Default: from the machine's plan
+        (1 until a plan says otherwise); 1 keeps everything in this process.
     """
 
     max_concurrency: int | None = None
@@ -108,6 +112,7 @@ class TransferConfig:
     transport: str = "http"
     max_bandwidth: int | None = None
     memory_budget: int | None = None
+    processes: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_concurrency is not None and self.max_concurrency < 1:
@@ -130,6 +135,8 @@ class TransferConfig:
             raise ValueError(f"max_bandwidth must be >= 1 byte/s, got {self.max_bandwidth}")
         if self.memory_budget is not None and self.memory_budget < 1:
             raise ValueError(f"memory_budget must be >= 1 byte, got {self.memory_budget}")
+        if self.processes is not None and self.processes < 1:
+            raise ValueError(f"processes must be >= 1, got {self.processes}")
 
     @classmethod
     def from_env(cls, base: TransferConfig | None = None) -> TransferConfig:
@@ -139,13 +146,14 @@ class TransferConfig:
         ``S3FAST_MEMORY_BUDGET`` (sizes take ``K``/``M``/``G`` suffixes),
         ``S3FAST_MAX_ATTEMPTS``, ``S3FAST_CONNECT_TIMEOUT``, ``S3FAST_READ_TIMEOUT``,
         ``S3FAST_VERIFY_SSL`` and ``S3FAST_VERIFY_CHECKSUMS`` (0/false to disable),
-        ``S3FAST_CA_BUNDLE``, ``S3FAST_TRANSPORT``.
+        ``S3FAST_CA_BUNDLE``, ``S3FAST_TRANSPORT``, ``S3FAST_PROCESSES``.
         """
         base = base or cls()
         changes: dict[str, object] = {}
         for field, name in (
             ("max_concurrency", "S3FAST_MAX_CONCURRENCY"),
             ("max_attempts", "S3FAST_MAX_ATTEMPTS"),
+            ("processes", "S3FAST_PROCESSES"),
         ):
             value = _env_int(name)
             if value is not None:

@@ -147,6 +147,23 @@ class Targets:
     def new_path(self, directory: str, url: str, tag: str = "") -> str:
         return os.path.join(directory, local_name(next(self._counter), url, tag))
 
+    def all_dirs(self) -> list[tuple[str, str, bool]]:
+        """``(private dir, root, explicit)`` for every root, in order of preference, the dirs
+        made now: for worker processes, which reserve space and write files there themselves."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the S3 client is closed")
+            out = []
+            for root in self._roots:
+                root.margin()  # makes the root if it is not there yet
+                out.append((self._ensure_dir(root), root.base, root.explicit))
+            return out
+
+    def number(self) -> int:
+        """The next number for a local name (see :func:`local_name`)."""
+        with self._lock:
+            return next(self._counter)
+
     def close(self) -> None:
         """Remove every private dir; safe to call twice."""
         with self._lock:

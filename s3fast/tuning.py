@@ -421,7 +421,7 @@ def plan(config: TransferConfig | None = None, *, machine: Machine | None = None
 
     # processes: one event loop drives about GBPS_PER_PROCESS; use more when the NIC is
     # faster than that and there are cores to spare (half of them: the rest serve the kernel).
-    given_procs = getattr(cfg, "processes", None)
+    given_procs = cfg.processes
     if given_procs is not None:
         processes = int(given_procs)
         why["processes"] = _given("processes", processes)
@@ -499,7 +499,7 @@ def plan(config: TransferConfig | None = None, *, machine: Machine | None = None
         part_size=part_size,
         memory_budget=budget,
     )
-    if given_procs is None and "processes" in filled:
+    if given_procs is None:
         filled["processes"] = processes
     resolved = ResolvedConfig(**filled)
     return Plan(

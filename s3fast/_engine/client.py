@@ -7,6 +7,7 @@ signing, request retries for transient errors (``standard`` mode) and XML error 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import random
 import ssl
@@ -73,12 +74,22 @@ class Engine:
     ``config``'s fields left as ``None`` are filled from the machine's plan
     (:func:`s3fast.tuning.plan`), once, here; ``self.plan`` says why."""
 
-    def __init__(self, config: TransferConfig, endpoint_url: str | None) -> None:
+    def __init__(
+        self,
+        config: TransferConfig,
+        endpoint_url: str | None,
+        *,
+        credentials: tuple[str, str, str | None] | None = None,
+        region: str | None = None,
+    ) -> None:
         from .. import tuning  # lazily: ``python -m s3fast.tuning`` stays a clean entry point
 
         self.plan = tuning.plan(config)
         self.config = self.plan.config
         self.endpoint_url = resolve_endpoint(endpoint_url)
+        # Given by a parent process (worker processes): used as is, no credential chain.
+        self._credentials = credentials
+        self._region = region
         self.concurrency = self.config.max_concurrency
         rate = self.config.max_bandwidth
         self._bandwidth = Bandwidth(rate) if rate is not None else None
@@ -110,15 +121,24 @@ class Engine:
             signature_version="s3v4",
             tcp_keepalive=True,
         )
-        region = session.get_config_variable("region") or "us-east-1"
+        region = self._region or session.get_config_variable("region") or "us-east-1"
         # None: botocore's own lookup (AWS_CA_BUNDLE, the profile's ca_bundle, certifi)
         verify: bool | str | None = cfg.ca_bundle or (None if cfg.verify_ssl else False)
+        keys: dict[str, Any] = {}
+        if self._credentials is not None:
+            access, secret, token = self._credentials
+            keys = {
+                "aws_access_key_id": access,
+                "aws_secret_access_key": secret,
+                "aws_session_token": token,
+            }
         cm = session.create_client(
             "s3",
             endpoint_url=self.endpoint_url,
             region_name=region,
             config=aio_cfg,
             verify=verify,
+            **keys,
         )
         self._client = await cm.__aenter__()
         self._client_cm = cm
@@ -127,6 +147,23 @@ class Engine:
             self._http = HttpGetter(
                 self._client, ssl_context(cfg), (cfg.connect_timeout, cfg.read_timeout)
             )
+
+    async def frozen_credentials(self) -> tuple[str, str, str | None] | None:
+        """The client's credentials as they are now ``(access key, secret, token)``, resolved
+        through the chain once; None when there are none. Never logged."""
+        client = await self.client()
+        creds = client._request_signer._credentials
+        if creds is None:
+            return None
+        frozen = creds.get_frozen_credentials()
+        if inspect.isawaitable(frozen):
+            frozen = await frozen
+        return (frozen.access_key, frozen.secret_key, frozen.token)
+
+    @property
+    def region(self) -> str | None:
+        """The region the started client signs for."""
+        return self._client.meta.region_name if self._client is not None else self._region
 
     async def http(self) -> HttpGetter | None:
         """The lean GET transport, or None when GETs go through botocore."""

@@ -1,0 +1,392 @@
+"""The multi-process mode (``processes=2``) keeps the single-process semantics: the same results
+in input order, byte for byte, the same errors, temp files in the client's dirs and cleaned up,
+cancellation reaching every worker, and no worker left running after close."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import os
+import pathlib
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import s3fast._engine.procs
+from s3fast import (
+    S3,
+    AsyncS3,
+    MetaflowS3InvalidRange,
+    MetaflowS3NotFound,
+    MetaflowS3TransferError,
+    RangeInfo,
+    S3GetObject,
+    S3PutObject,
+    TransferConfig,
+)
+from s3fast._engine.procs import MIN_BATCH, assign
+from s3fast.limits import MiB
+
+from .conftest import Server, open_uploads
+from .test_api import AWKWARD, SMALL_PARTS, sha
+from .test_metaflow_conformance import _fields
+
+TWO = dataclasses.replace(SMALL_PARTS, processes=2)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is not running; workers are reaped by close()
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def seeded(bucket: str, boto: object) -> str:
+    for key, data in AWKWARD.items():
+        boto.put_object(Bucket=bucket, Key=f"root/{key}", Body=data)  # type: ignore[attr-defined]
+    return f"s3://{bucket}/root"
+
+
+@pytest.fixture
+def seaweed_seeded(seaweed_bucket: str) -> str:
+    """AWKWARD on SeaweedFS only, for checks that are about processes, not servers."""
+    root = f"s3://{seaweed_bucket}/root"
+    with S3(s3root=root) as s3:
+        s3.put_many(list(AWKWARD.items()))
+    return root
+
+
+def test_assign() -> None:
+    assert assign(5, 2) == [[0, 2, 4], [1, 3]]
+    parts = assign(6, 2, [100 * MiB, 1, 1, 1, 1, 100 * MiB])
+    assert sorted(i for p in parts for i in p) == list(range(6))
+    assert [0 in p for p in parts] != [5 in p for p in parts]  # the two big ones split
+    assert all(p == sorted(p) for p in parts)
+
+
+def _snapshot(s3: S3, keys: list[object], in_memory: bool) -> list[object]:
+    objs = s3.get_many(keys, return_missing=True, in_memory=in_memory)
+    out: list[object] = []
+    for o in objs:
+        local = None
+        if o.path is not None:
+            assert os.path.dirname(o.path) in s3.tmpdirs
+            assert stat.S_IMODE(os.stat(o.path).st_mode) == 0o600
+            local = os.path.basename(o.path).split("-", 1)[1]  # the name after its number
+        out.append(
+            (
+                o.key,
+                o.url,
+                o.exists,
+                o.downloaded,
+                o.size,
+                o.range_info,
+                o.metadata,
+                o.content_type,
+                o.etag,
+                sha(o.blob) if o.exists else None,
+                o.path is None,
+                local,
+            )
+        )
+    return out
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_get_many_same_as_one_process(seeded: str, in_memory: bool) -> None:
+    n = len(AWKWARD["big.bin"])
+    keys: list[object] = [
+        *AWKWARD,
+        S3GetObject("big.bin", 1000, 3 * MiB),
+        S3GetObject("big.bin", None, -77),
+        S3GetObject("big.bin", n - 5, 1000),
+        S3GetObject("plain.txt", 6, 100),
+        "nope",
+        "plain.txt",  # twice
+    ]
+    assert len(keys) >= MIN_BATCH
+    with S3(s3root=seeded, config=SMALL_PARTS) as s3:
+        want = _snapshot(s3, keys, in_memory)
+    with S3(s3root=seeded, config=TWO) as s3:
+        got = _snapshot(s3, keys, in_memory)
+        pids = s3._aio._procs.pids
+        assert len(pids) == 2 and all(map(_alive, pids))
+        assert _snapshot(s3, keys, in_memory) == want  # the pool is reused
+        assert s3._aio._procs.pids == pids
+        dirs = s3.tmpdirs
+    assert got == want
+    assert not any(map(_alive, pids))
+    assert not any(map(os.path.exists, dirs))
+    assert want[-2][2] is False and want[len(AWKWARD)][5] == RangeInfo(n, 1000, 3 * MiB)
+
+
+def test_recursive_calls_same_as_one_process(seeded: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """get_recursive / get_all / get_many with every option, every field but the local path
+    (test_metaflow_conformance holds one process to metaflow.S3's results)."""
+    monkeypatch.setattr(s3fast._engine.procs, "MIN_BATCH", 1)  # fan out even tiny batches
+
+    def run(config: TransferConfig) -> list[object]:
+        out: list[object] = []
+        with S3(s3root=seeded, config=config) as s3:
+            for return_info in (True, False):
+                for in_memory in (False, True):
+                    kw = {"return_info": return_info, "in_memory": in_memory}
+                    for objs in (
+                        s3.get_recursive(["dir", "with space", "nothing"], **kw),
+                        s3.get_all(**kw),
+                        s3.get_many(["dir/child", "nope"], return_missing=True, **kw),
+                    ):
+                        out += [(_fields(o), o.path is None) for o in objs]
+            assert len(s3._aio._procs.pids) == (2 if config.processes == 2 else 0)
+        return out
+
+    assert run(TWO) == run(SMALL_PARTS)
+
+
+def test_errors_are_typed_and_leave_nothing(seeded: str) -> None:
+    keys = list(AWKWARD)
+    with S3(s3root=seeded, config=TWO) as s3:
+        with pytest.raises(MetaflowS3NotFound, match=f"{seeded}/nope") as err:
+            s3.get_many([*keys, "nope"])
+        assert isinstance(err.value, FileNotFoundError) and err.value.url == f"{seeded}/nope"
+        assert all(os.listdir(d) == [] for d in s3.tmpdirs)
+        with pytest.raises(MetaflowS3InvalidRange, match=r"plain\.txt"):
+            s3.get_many([*keys, S3GetObject("plain.txt", 100, 10)], in_memory=True)
+        assert all(os.listdir(d) == [] for d in s3.tmpdirs)
+        objs = s3.get_many(keys)  # still works, same workers
+        assert [sha(o.blob) for o in objs] == [sha(v) for v in AWKWARD.values()]
+
+
+def test_put_files_then_get_back(bucket: str, tmp_path: pathlib.Path) -> None:
+    files = {}
+    for i in range(10):
+        data = os.urandom([0, 10, 6 * MiB + 1, 1000][i % 4])
+        p = tmp_path / f"f{i}"
+        p.write_bytes(data)
+        files[f"up/{i}"] = (str(p), data)
+    root = f"s3://{bucket}"
+    with S3(s3root=root, config=TWO) as s3:
+        pairs: list[object] = [(k, p) for k, (p, _) in files.items()]
+        pairs[3] = S3PutObject("up/3", path=files["up/3"][0], metadata={"a": 1}, content_type="x/y")
+        res = s3.put_files(pairs)
+        assert res == [(k, f"{root}/{k}") for k in files]
+        assert len(s3._aio._procs.pids) == 2
+        assert s3.put_files(pairs, overwrite=False) == []  # all there already
+        info = s3.info("up/3")
+        assert info.metadata == {"a": 1} and info.content_type == "x/y"
+        got = s3.get_recursive(["up"], in_memory=True)
+        assert {o.key: sha(o.blob) for o in got} == {
+            k.split("/")[1]: sha(d) for k, (_, d) in files.items()
+        }
+        everything = s3.get_all(return_info=True)
+        assert sorted(o.key for o in everything) == sorted(files)
+        assert all(o.path and os.path.dirname(o.path) in s3.tmpdirs for o in everything)
+        with pytest.raises(MetaflowS3NotFound, match="Local file not found"):
+            s3.put_files([*pairs[1:], ("x", str(tmp_path / "missing"))])
+
+
+def test_processes_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert TransferConfig.from_env().processes is None
+    monkeypatch.setenv("S3FAST_PROCESSES", "3")
+    assert TransferConfig.from_env().processes == 3
+    with pytest.raises(ValueError):
+        TransferConfig(processes=0)
+
+
+@pytest.mark.asyncio
+async def test_async_pool_lifecycle(seaweed_seeded: str) -> None:
+    seeded = seaweed_seeded
+    async with AsyncS3(s3root=seeded) as s3:
+        await s3.put_many([(f"c/{i}", os.urandom(4 * MiB)) for i in range(12)])
+    cfg = TransferConfig(processes=2, max_concurrency=2, range_size=64 * 1024)
+    async with AsyncS3(s3root=seeded, config=cfg) as s3:
+        assert (
+            await s3.get_many(["plain.txt"], in_memory=True) and s3._procs.pids == []
+        )  # small: in-process
+        objs = await s3.get_many(list(AWKWARD), in_memory=True)
+        assert [sha(o.blob) for o in objs] == [sha(v) for v in AWKWARD.values()]
+        pids = s3._procs.pids
+        assert len(pids) == 2
+        # a cancelled batch is cleaned up everywhere; the pool keeps working
+        task = asyncio.ensure_future(s3.get_many([f"c/{i}" for i in range(12)]))
+        await asyncio.sleep(0.1)  # 384 requests in a row for each worker
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert [os.listdir(d) for d in s3.tmpdirs] == [[] for _ in s3.tmpdirs]
+        assert s3._procs.pids == pids
+        assert len(await s3.get_many(list(AWKWARD))) == len(AWKWARD)
+    assert not any(map(_alive, pids))
+    assert s3._procs.pids == []
+
+
+@pytest.mark.asyncio
+async def test_a_dead_worker_fails_the_batch_and_the_pool_restarts(
+    seaweed_bucket: str, seaweed: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(s3fast._engine.procs, "MIN_BATCH", 2)
+    boto = seaweed.client()
+    for i in range(8):
+        boto.put_object(Bucket=seaweed_bucket, Key=f"k{i}", Body=os.urandom(8 * MiB))  # type: ignore[attr-defined]
+    boto.close()  # type: ignore[attr-defined]
+    keys = [f"k{i}" for i in range(8)]
+    cfg = TransferConfig(processes=2, max_concurrency=2, range_size=64 * 1024)
+    async with AsyncS3(s3root=f"s3://{seaweed_bucket}", config=cfg) as s3:
+        await s3.get_many(keys[:2], in_memory=True)
+        pids = s3._procs.pids
+        task = asyncio.ensure_future(s3.get_many(keys))
+        await asyncio.sleep(0.1)  # 512 requests in a row for each worker
+        os.kill(pids[0], signal.SIGKILL)
+        with pytest.raises(MetaflowS3TransferError, match="exited unexpectedly"):
+            await task
+        objs = await s3.get_many(keys[:2], in_memory=True)  # a fresh pool
+        assert [o.size for o in objs] == [8 * MiB] * 2
+        assert len(s3._procs.pids) == 2 and not set(s3._procs.pids) & set(pids)
+        dirs = s3.tmpdirs
+    assert not any(map(_alive, pids)) and not any(map(os.path.exists, dirs))
+
+
+_CTRL_C_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    from s3fast import S3, TransferConfig
+    bucket, src = sys.argv[1], sys.argv[2]
+    cfg = TransferConfig(processes=2, max_concurrency=2, range_size=64 * 1024,
+                         part_size=5 * 2**20, multipart_threshold=5 * 2**20)
+    s3 = S3(s3root="s3://" + bucket, config=cfg)
+    keys = ["k%d" % i for i in range(12)]
+    files = [("up/%d" % i, os.path.join(src, str(i))) for i in range(8)]
+    s3.get_many(keys[:8], in_memory=True)  # starts the workers
+    print("pids", *s3._aio._procs.pids, flush=True)
+    def get():  # the files of a call that completed are removed: count only what is left
+        for obj in s3.get_many(keys):
+            os.unlink(obj.path)
+
+    for call in (get, lambda: s3.put_files(files)):
+        print("go", flush=True)
+        try:
+            while True:
+                call()
+        except KeyboardInterrupt:
+            print("interrupted", sum(len(os.listdir(d)) for d in s3.tmpdirs), flush=True)
+    print("after", len(s3.get_many(keys, in_memory=True)), *s3._aio._procs.pids, flush=True)
+    s3.close()
+    print("closed", flush=True)
+    """
+)
+
+
+def test_ctrl_c_reaches_every_worker(
+    seaweed_bucket: str, seaweed: Server, tmp_path: pathlib.Path
+) -> None:
+    bucket, boto = seaweed_bucket, seaweed.client()
+    for i in range(12):
+        boto.put_object(Bucket=bucket, Key=f"k{i}", Body=os.urandom(2 * MiB))  # type: ignore[attr-defined]
+    for i in range(8):
+        (tmp_path / str(i)).write_bytes(os.urandom(11 * MiB))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CTRL_C_SCRIPT, bucket, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    try:
+        first = proc.stdout.readline().split()
+        assert first[:1] == ["pids"], (first, proc.stderr.read() if proc.stderr else "")
+        pids = [int(p) for p in first[1:]]
+        lines = []
+        for _ in range(2):
+            assert proc.stdout.readline().strip() == "go"
+            time.sleep(0.5)
+            os.killpg(proc.pid, signal.SIGINT)  # to its process group, as a terminal does
+            lines.append(proc.stdout.readline().strip())
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert lines == ["interrupted 0", "interrupted 0"], (lines, err)
+    assert out.splitlines() == [f"after 12 {pids[0]} {pids[1]}", "closed"], err
+    assert not any(map(_alive, pids))
+    assert open_uploads(boto, bucket) == []
+    boto.close()  # type: ignore[attr-defined]
+
+
+def test_workers_get_the_parents_credentials(
+    seaweed_seeded: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers sign with the credentials the parent resolved, not their environment."""
+    with S3(s3root=seaweed_seeded, config=TWO) as s3:
+        s3.get_many(list(AWKWARD)[:MIN_BATCH])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "unknown")
+        s3._aio._procs._broken = True  # restart the workers, with this environment
+        objs = s3.get_many(list(AWKWARD), in_memory=True)
+        assert [hashlib.sha256(o.blob or b"").hexdigest() for o in objs] == [
+            sha(v) for v in AWKWARD.values()
+        ]
+
+
+_DIE_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    from s3fast import S3, TransferConfig
+    s3 = S3(s3root=sys.argv[1], tmproot=sys.argv[2], config=TransferConfig(processes=2))
+    s3.get_many(sys.argv[3:], in_memory=True)
+    print(*s3._aio._procs.pids, flush=True)
+    os._exit(0)  # no close, no finalizers: the workers must notice and go
+    """
+)
+
+
+def test_workers_exit_with_their_parent(seaweed_bucket: str, tmp_path: pathlib.Path) -> None:
+    seeded = f"s3://{seaweed_bucket}/root"
+    with S3(s3root=seeded) as s3:
+        s3.put_many(list(AWKWARD.items()))
+    done = subprocess.run(
+        [sys.executable, "-c", _DIE_SCRIPT, seeded, str(tmp_path), *list(AWKWARD)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    pids = [int(p) for p in done.stdout.split()]
+    assert len(pids) == 2, done.stderr
+    deadline = time.monotonic() + 15
+    while any(map(_alive, pids)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(_alive, pids))
+
+
+def test_no_fds_left_after_close(seaweed_bucket: str, seaweed: object) -> None:
+    """(SeaweedFS only: moto's server runs in this process, with sockets of its own.)"""
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    seeded = f"s3://{seaweed_bucket}/root"
+    with S3(s3root=seeded) as s3:
+        s3.put_many(list(AWKWARD.items()))
+
+    with S3(s3root=seeded, config=TWO) as s3:
+        s3.info("plain.txt")  # the bridge loop and its executor exist before we count
+    before = fds()
+    with S3(s3root=seeded, config=TWO) as s3:
+        s3.get_many(list(AWKWARD), in_memory=True)
+        assert fds() > before
+    assert fds() <= before
