@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-from ._engine.client import Engine, bounded_map
+from ._engine.client import Engine, TransferStats, bounded_map
 from ._engine.get import FileSink, MemorySink, fetch, head_object
 from ._engine.listing import Entry, list_prefix
 from ._engine.put import Source, put
@@ -117,6 +117,12 @@ class AsyncS3:
     @property
     def config(self) -> TransferConfig:
         return self._config
+
+    @property
+    def stats(self) -> TransferStats:
+        """A snapshot of this client's counters: the adaptive concurrency limit (now, lowest,
+        maximum), throttled answers, limit cuts, retries and requests given up."""
+        return self._engine.stats()
 
     def _check_open(self) -> None:
         if self._closed:

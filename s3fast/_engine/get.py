@@ -33,7 +33,7 @@ from ..errors import (
 from ..limits import MiB, split
 from ..targets import Targets
 from ..urls import ByteRange, S3Path, parse_content_range
-from .client import RESUMABLE, Engine, backoff, bounded_map, retrying
+from .client import RESUMABLE, Engine, backoff, bounded_map, now, retrying
 
 READ_CHUNK = 1 * MiB
 
@@ -361,6 +361,7 @@ async def _span(
             )
         return sink.view(progress[0] - base, end + 1 - progress[0])
 
+    started = now()
     while True:
         try:
             await _exchange(
@@ -370,13 +371,12 @@ async def _span(
             return
         except RESUMABLE as exc:
             attempt += 1
-            if attempt >= engine.config.max_attempts:
+            if not await backoff(attempt, engine, started):
                 raise MetaflowS3TransferError(
                     f"{url}: gave up after {attempt} attempts at byte {progress[0]} "
                     f"({type(exc).__name__}: {exc})",
                     url,
                 ) from exc
-            await backoff(attempt)
         except botocore.exceptions.ClientError as exc:
             if error_code(exc) in ("PreconditionFailed", "412"):
                 raise MetaflowS3TransferError(
@@ -405,7 +405,7 @@ async def fetch(
 
     try:
         range_header: str | None = first_range(brange, range_size)
-        attempt = 0
+        attempt, started = 0, now()
         while True:
             try:
                 await _exchange(engine, path, url, range_header, None, prepare, progress)
@@ -420,9 +420,8 @@ async def fetch(
                 if first:  # the body broke off: resume below from the last byte received
                     break
                 attempt += 1
-                if attempt >= engine.config.max_attempts:
+                if not await backoff(attempt, engine, started):
                     raise
-                await backoff(attempt)
         head = first[0]
         if progress[0] <= head.end:
             await _span(engine, path, url, sink, head.start, progress[0], head.end, head.etag, 1)
