@@ -8,8 +8,8 @@ import io
 import json
 import os
 import sys
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 from ._engine.client import Engine, TransferStats, bounded_map
 from ._engine.get import FileSink, MemorySink, fetch, head_object
@@ -17,6 +17,7 @@ from ._engine.listing import Entry, list_prefix
 from ._engine.put import Source, put
 from .config import TransferConfig
 from .errors import (
+    MetaflowS3Exception,
     MetaflowS3InvalidObject,
     MetaflowS3NotFound,
     MetaflowS3URLException,
@@ -26,6 +27,8 @@ from .objects import RangeInfo, S3Object, S3PutObject
 from .targets import Targets
 from .urls import ByteRange, S3Path, byte_range, join, parse, resolve_root
 
+T = TypeVar("T")
+R = TypeVar("R")
 PutValue = str | bytes | bytearray | memoryview | io.RawIOBase | io.BufferedIOBase
 # (key as given, url, source, content type, user metadata, encryption)
 _PutItem = tuple[Any, str, Source, str | None, dict[str, str] | None, str | None]
@@ -137,6 +140,31 @@ class AsyncS3:
         url = self._url(key)
         parse(url)
         return url, byte_range(key, url)
+
+    async def _map(
+        self, fn: Callable[[T], Awaitable[R]], items: list[T], url_of: Callable[[T], str]
+    ) -> list[R]:
+        """``fn`` over a batch, in parallel, results in input order. The first failure stops
+        the batch (the rest is cancelled and cleaned up) and is raised; if other keys failed
+        too before the batch stopped, the error names them all."""
+        failed: list[str] = []
+
+        async def one(item: T) -> R:
+            try:
+                return await fn(item)
+            except MetaflowS3Exception:
+                failed.append(url_of(item))
+                raise
+
+        try:
+            return await bounded_map(one, items, self._engine.concurrency)
+        except MetaflowS3Exception as exc:
+            if len(failed) < 2:
+                raise
+            names = ", ".join(failed[:10]) + (
+                f" and {len(failed) - 10} more" if len(failed) > 10 else ""
+            )
+            raise type(exc)(f"{len(failed)} keys failed: {names}; first: {exc}", exc.url) from exc
 
     # --- downloads ----------------------------------------------------------------------
 
@@ -260,7 +288,7 @@ class AsyncS3:
             return obj
 
         try:
-            return await bounded_map(one, jobs, self._engine.concurrency)
+            return await self._map(one, jobs, lambda job: job[1])
         except BaseException:
             for path in written:
                 with contextlib.suppress(OSError):
@@ -417,7 +445,7 @@ class AsyncS3:
         async def one(key: str) -> S3Object:
             return await self._info(key, return_missing)
 
-        return await bounded_map(one, keys, self._engine.concurrency)
+        return await self._map(one, keys, self._url)
 
     # --- uploads --------------------------------------------------------------------------
 
@@ -520,7 +548,7 @@ class AsyncS3:
                 encryption=encryption,
             )
 
-        done = await bounded_map(one, items, self._engine.concurrency)
+        done = await self._map(one, items, lambda item: item[1])
         return [(item[0], item[1]) for item, ok in zip(items, done, strict=True) if ok]
 
     async def put_many(

@@ -14,6 +14,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
+import s3fast.targets
 from s3fast.testing import ADMIN, READER, Identity, Moto, SeaweedFS
 
 # Set before anything imports metaflow (its config is read at import time).
@@ -85,13 +86,19 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPath
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
+# Temp dirs made by this test process carry its pid: other test runs on the same machine
+# make (and may leave) s3fast.* dirs in the same places.
+_PREFIX = f"s3fast.{os.getpid()}."
+
+
 def _s3fast_dirs() -> set[str]:
     roots = ["/dev/shm", tempfile.gettempdir()]
-    return {d for root in roots for d in glob.glob(os.path.join(root, "s3fast.*"))}
+    return {d for root in roots for d in glob.glob(os.path.join(root, _PREFIX + "*"))}
 
 
 @pytest.fixture(autouse=True)
-def no_leftover_tempdirs() -> Iterator[None]:
+def no_leftover_tempdirs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(s3fast.targets, "_DIR_PREFIX", _PREFIX)
     before = _s3fast_dirs()
     yield
     left = _s3fast_dirs() - before

@@ -168,6 +168,8 @@ class FaultProxy:
         self.requests = 0
         self.injected = 0
         self.counts: collections.Counter[str] = collections.Counter()
+        self.in_flight = 0  # requests received and not yet answered in full
+        self.peak = 0  # the most in flight at once since set() (or reset_peak())
         self._taken = 0
         self._set_at = time.monotonic()
         self._burst_until = 0.0
@@ -194,9 +196,23 @@ class FaultProxy:
         self.faults = faults
         self.chaos = chaos
         self.connections = self.requests = self.injected = self._taken = 0
+        self.peak = self.in_flight
         self.counts = collections.Counter()
         self._set_at = time.monotonic()
         self._burst_until = 0.0
+
+    def reset_peak(self) -> None:
+        self.peak = self.in_flight
+
+    def _begin(self, open_requests: list[int]) -> None:
+        open_requests[0] += 1
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+
+    def _end(self, open_requests: list[int]) -> None:
+        if open_requests[0] > 0:
+            open_requests[0] -= 1
+            self.in_flight -= 1
 
     def _count(self, kind: str) -> None:
         self.injected += 1
@@ -249,6 +265,7 @@ class FaultProxy:
         up_writer: asyncio.StreamWriter | None = None
         responder: asyncio.Future[None] | None = None
         pending: asyncio.Queue[tuple[str, Faults | None]] = asyncio.Queue()
+        open_requests = [0]
         try:
             while True:
                 try:
@@ -256,6 +273,7 @@ class FaultProxy:
                 except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
                     return
                 self.requests += 1
+                self._begin(open_requests)
                 line, headers = _parse_head(head)
                 method, _, rest = line.partition(" ")
                 fault = self._take_fault(rest.rpartition(" ")[0])
@@ -269,7 +287,9 @@ class FaultProxy:
                     up_reader, up_writer = await asyncio.open_connection(
                         "127.0.0.1", self.upstream_port, limit=1 << 20
                     )
-                    responder = asyncio.ensure_future(self._responses(up_reader, writer, pending))
+                    responder = asyncio.ensure_future(
+                        self._responses(up_reader, writer, pending, open_requests)
+                    )
                 up_writer.write(head)
                 pending.put_nowait((method, fault))
                 await self._body(reader, up_writer, headers)
@@ -284,6 +304,8 @@ class FaultProxy:
             if up_writer is not None:
                 up_writer.transport.abort()
             writer.close()
+            while open_requests[0]:
+                self._end(open_requests)
 
     @staticmethod
     async def _body(
@@ -299,6 +321,7 @@ class FaultProxy:
         up: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         pending: asyncio.Queue[tuple[str, Faults | None]],
+        open_requests: list[int],
     ) -> None:
         try:
             while True:
@@ -340,9 +363,11 @@ class FaultProxy:
                         while data := await up.read(65536):
                             writer.write(data)
                     await writer.drain()
+                    self._end(open_requests)
                     continue
                 if not await self._faulty_body(up, writer, head, length, fault):
                     return
+                self._end(open_requests)
         except (ConnectionError, _Framing):
             writer.transport.abort()
 
