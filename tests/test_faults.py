@@ -96,6 +96,26 @@ def test_botocore_calls_and_parts_are_retried_alone(
     client.close()  # type: ignore[attr-defined]
 
 
+@pytest.mark.asyncio
+async def test_cancel_while_the_upload_is_being_created_leaves_no_upload(
+    seaweed_bucket: str, seaweed: Server, proxy: FaultProxy
+) -> None:
+    """The server makes the multipart upload, its answer is slow, the caller gives up: the
+    upload is still aborted once its id arrives."""
+    proxy.set(Faults(stall=1.0, times=1, match="?uploads"))
+    cfg = TransferConfig(part_size=5 * MiB, multipart_threshold=5 * MiB)
+    async with AsyncS3(s3root=f"s3://{seaweed_bucket}", endpoint_url=proxy.url, config=cfg) as s3:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await s3.put("mp", os.urandom(6 * MiB))
+        assert proxy.injected == 1
+        proxy.set(Faults())
+        assert (await s3.info("mp", return_missing=True)).exists is False
+    client = seaweed.client()
+    assert open_uploads(client, seaweed_bucket) == []
+    client.close()  # type: ignore[attr-defined]
+
+
 def test_retries_are_bounded_in_attempts_and_in_time(
     seaweed_bucket: str, objs: dict[str, bytes], proxy: FaultProxy
 ) -> None:

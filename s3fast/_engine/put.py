@@ -204,11 +204,20 @@ async def _put_multipart(
 ) -> bool:
     part = part_size_for(size, engine.config.part_size)
     spans = [(n + 1, off, min(part, size - off)) for n, off in enumerate(range(0, size, part))]
-    async with engine.slot() as client:
-        created = await client.create_multipart_upload(
-            Bucket=path.bucket, Key=path.key, ChecksumAlgorithm="CRC32", **extra
-        )
-    upload_id = created["UploadId"]
+
+    async def create() -> str:
+        async with engine.slot() as client:
+            created = await client.create_multipart_upload(
+                Bucket=path.bucket, Key=path.key, ChecksumAlgorithm="CRC32", **extra
+            )
+        return str(created["UploadId"])
+
+    creating = asyncio.ensure_future(create())
+    try:
+        upload_id = await asyncio.shield(creating)
+    except asyncio.CancelledError:  # the server may have made the upload already
+        await asyncio.shield(_abort_once_created(engine, path, creating))
+        raise
     http = await engine.http()
     try:
 
@@ -264,6 +273,20 @@ async def _put_multipart(
     except BaseException:
         await asyncio.shield(_abort(engine, path, upload_id))
         raise
+
+
+async def _abort_once_created(engine: Engine, path: S3Path, creating: asyncio.Future[str]) -> None:
+    """A cancelled CreateMultipartUpload may still make the upload: wait (bounded) for its id
+    and abort it."""
+    try:
+        async with asyncio.timeout(ABORT_TIMEOUT):
+            upload_id = await creating
+    except TimeoutError:
+        creating.cancel()
+        return
+    except Exception:  # it failed: nothing to abort
+        return
+    await _abort(engine, path, upload_id)
 
 
 async def _abort(engine: Engine, path: S3Path, upload_id: str) -> None:
