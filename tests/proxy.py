@@ -44,7 +44,8 @@ class Faults:
     clean: bool = False  # ... closing cleanly (FIN, a short body) instead of a reset
     flip_at: int | None = None  # invert the body byte at this offset
     stall: float = 0.0  # seconds to hold the response before forwarding it
-    trickle: float = 0.0  # seconds between TRICKLE_CHUNK-byte writes of the response
+    trickle: float = 0.0  # seconds between TRICKLE_CHUNK-byte writes of the response ...
+    trickle_for: int = 64 * 1024  # ... for this many bytes, then at full speed
     answer: bytes | None = None  # answer this (e.g. SLOWDOWN) instead of forwarding
     reset: bool = False  # reset the connection before the status line (the server did answer)
     refuse: bool = False  # reset new connections as soon as they are accepted
@@ -72,15 +73,17 @@ CHAOS_KINDS = ("reset", "cut", "truncate", "slowdown", "error500", "stall", "tri
 @dataclass
 class Chaos:
     """Random faults: each request (each new connection, for ``refuse``) gets one with
-    probability ``rate``, of a kind drawn uniformly from ``kinds``; ``burst`` kinds start
-    ``burst_seconds`` of 503s for every request. Seeded: the same seed, the same draws."""
+    probability ``rate``, of a kind drawn uniformly from ``kinds``; with probability
+    ``burst_rate`` a request starts ``burst_seconds`` of 503s for every request (a storm).
+    Seeded: the same seed, the same draws."""
 
     rate: float
     seed: int = 0
     kinds: tuple[str, ...] = CHAOS_KINDS
     stall: float = 2.0  # longer than the client's read timeout
     trickle: float = 0.002
-    burst_seconds: float = 0.3
+    burst_rate: float = 0.0
+    burst_seconds: float = 0.5
     flip_rate: float = 0.0  # share of requests whose body gets one byte flipped
     rng: random.Random = field(init=False)
 
@@ -91,6 +94,8 @@ class Chaos:
         rng = self.rng
         if self.flip_rate and rng.random() < self.flip_rate:
             return "flip", Faults(flip_at=-1)
+        if self.burst_rate and rng.random() < self.burst_rate:
+            return "burst", Faults(answer=SLOWDOWN)
         if rng.random() >= self.rate:
             return None
         kind = rng.choice([k for k in self.kinds if k != "refuse"] or ["reset"])
@@ -99,7 +104,6 @@ class Chaos:
             "cut": Faults(cut_after=-1),
             "truncate": Faults(cut_after=-1, clean=True),
             "slowdown": Faults(answer=SLOWDOWN),
-            "burst": Faults(answer=SLOWDOWN),
             "error500": Faults(answer=INTERNAL),
             "stall": Faults(stall=self.stall),
             "trickle": Faults(trickle=self.trickle),
@@ -405,7 +409,7 @@ class FaultProxy:
         sent = 0
         end = length if cut is None else cut
         while True:
-            if fault.trickle and out:
+            if fault.trickle and out and sent < fault.trickle_for:
                 for i in range(0, len(out), step):
                     writer.write(bytes(out[i : i + step]))
                     await writer.drain()
@@ -415,7 +419,8 @@ class FaultProxy:
                 await writer.drain()
             if sent >= end:
                 break
-            data = await up.read(min(step if fault.trickle else 65536, end - sent))
+            slow = fault.trickle and sent < fault.trickle_for
+            data = await up.read(min(step if slow else 65536, end - sent))
             if not data:
                 raise _Framing("the body ended early")
             out = bytearray(data)
