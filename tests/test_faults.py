@@ -116,6 +116,23 @@ async def test_cancel_while_the_upload_is_being_created_leaves_no_upload(
     client.close()  # type: ignore[attr-defined]
 
 
+def test_a_lost_create_answer_leaves_no_orphaned_upload(
+    seaweed_bucket: str, seaweed: Server, proxy: FaultProxy
+) -> None:
+    """The server makes an upload but its answer is lost (reset before the status line);
+    botocore tries again and gets a second upload: the first must not be left behind."""
+    big = os.urandom(6 * MiB)
+    proxy.set(Faults(reset=True, times=1, match="?uploads"))
+    with _s3(seaweed_bucket, proxy, part_size=5 * MiB, multipart_threshold=5 * MiB) as s3:
+        s3.put("mp", big)
+        assert proxy.injected == 1
+        proxy.set(Faults())
+        assert s3.get("mp", in_memory=True).blob == big
+    client = seaweed.client()
+    assert open_uploads(client, seaweed_bucket) == []
+    client.close()  # type: ignore[attr-defined]
+
+
 def test_retries_are_bounded_in_attempts_and_in_time(
     seaweed_bucket: str, objs: dict[str, bytes], proxy: FaultProxy
 ) -> None:
