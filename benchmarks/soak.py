@@ -67,6 +67,30 @@ def payload(key: str) -> bytes:
     return random.Random(key).randbytes(size)
 
 
+def open_fds() -> dict[int, str]:
+    """This process's file descriptors: what each points at (TCP sockets as their ports)."""
+    sockets = {}
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        try:
+            with open(table) as f:
+                for line in list(f)[1:]:
+                    cols = line.split()
+                    local, remote = (int(c.rsplit(":", 1)[1], 16) for c in cols[1:3])
+                    sockets[cols[9]] = f"tcp :{local} -> :{remote} state {cols[3]}"
+        except OSError:
+            pass
+    fds = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            target = sockets.get(target[8:-1], target)
+        fds[int(name)] = target
+    return fds
+
+
 def process_snapshot() -> dict[str, int]:
     """RSS (after a garbage collection and ``malloc_trim``, so that memory the allocator only
     keeps cached does not count), open file descriptors and threads of this process."""
@@ -79,7 +103,7 @@ def process_snapshot() -> dict[str, int]:
         rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     return {
         "rss": rss,
-        "fds": len(os.listdir("/proc/self/fd")),
+        "fds": len(open_fds()),
         "threads": threading.active_count(),
     }
 
@@ -103,6 +127,7 @@ class Tally:
     ops: collections.Counter[str] = field(default_factory=collections.Counter)
     typed_errors: collections.Counter[str] = field(default_factory=collections.Counter)
     untyped: list[str] = field(default_factory=list)
+    error_samples: list[str] = field(default_factory=list)
     corrupted: list[str] = field(default_factory=list)
     checked: int = 0
     written_bytes: int = 0
@@ -248,6 +273,7 @@ class Soak:
                 await getattr(self, "op_" + name)(s3)
             except MetaflowS3Exception as exc:
                 self.tally.typed_errors[type(exc).__name__] += 1
+                self.tally.error_samples.append(f"{name}: {exc}"[:300])
             except Exception as exc:  # anything untyped is a failure of the soak
                 self.tally.untyped.append(f"{name}: {type(exc).__name__}: {exc}")
 
@@ -328,12 +354,14 @@ def main(argv: list[str] | None = None) -> int:
             loop.run_until_complete(soak.round(args.seconds / rounds))
             time.sleep(0.5)  # the proxy closes its side of the round's connections
             first = process_snapshot()
+            first_fds = open_fds()
             for _ in range(rounds - 1):
                 loop.run_until_complete(soak.round(args.seconds / rounds))
             requests, injected, counts = proxy.requests, proxy.injected, dict(proxy.counts)
             proxy.set(Faults())
             time.sleep(0.5)
             last = process_snapshot()
+            new_fds = {fd: what for fd, what in open_fds().items() if first_fds.get(fd) != what}
         finally:
             loop.close()
             proxy.stop()
@@ -394,6 +422,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     for line in t.untyped[:10]:
         print(f"  untyped: {line}")
+    if last["fds"] > first["fds"]:
+        for fd, what in sorted(new_fds.items())[:20]:
+            print(f"  new fd {fd}: {what}")
+    for line in t.error_samples[:5]:
+        print(f"  typed error: {line}")
     for line in (t.corrupted + t.leftover_files)[:10]:
         print(f"  wrong: {line}")
     for upload in uploads[:10]:

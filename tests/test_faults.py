@@ -116,6 +116,36 @@ async def test_cancel_while_the_upload_is_being_created_leaves_no_upload(
     client.close()  # type: ignore[attr-defined]
 
 
+@pytest.mark.asyncio
+async def test_cancel_while_the_temp_file_is_made_leaks_no_descriptor(
+    bucket: str, boto: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The temp file is made on a thread; a cancel meanwhile must still close and remove it."""
+    import s3fast._engine.get as get
+
+    boto.put_object(Bucket=bucket, Key="x", Body=b"x" * 5000)  # type: ignore[attr-defined]
+    make = get.FileSink._create
+
+    def slow_create(part: str, size: int) -> object:
+        time.sleep(0.3)
+        return make(part, size)
+
+    monkeypatch.setattr(get.FileSink, "_create", staticmethod(slow_create))
+    async with AsyncS3(s3root=f"s3://{bucket}") as s3:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.1):
+                await s3.get("x")
+        await asyncio.sleep(0.5)  # the thread is done by now
+        fds = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                fds.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except FileNotFoundError:  # the listing's own descriptor
+                pass
+        assert not [f for f in fds if ".part" in f or "s3fast." in f], fds
+        assert _files(s3.tmpdirs) == set()
+
+
 def test_a_lost_create_answer_leaves_no_orphaned_upload(
     seaweed_bucket: str, seaweed: Server, proxy: FaultProxy
 ) -> None:

@@ -177,9 +177,13 @@ class FileSink:
         self.size = size
         self.path = self.targets.new_path(directory, self.url, self.tag)
         loop = asyncio.get_running_loop()
-        self.fd, self.map = await loop.run_in_executor(
-            None, self._create, self.path + ".part", size
-        )
+        making = loop.run_in_executor(None, self._create, self.path + ".part", size)
+        try:
+            self.fd, self.map = await asyncio.shield(making)
+        except asyncio.CancelledError:  # the thread still makes the file: keep it to discard
+            with contextlib.suppress(Exception):
+                self.fd, self.map = await making
+            raise
 
     @staticmethod
     def _create(part: str, size: int) -> tuple[int, mmap.mmap | None]:
