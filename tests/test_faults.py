@@ -135,7 +135,14 @@ async def test_cancel_while_the_temp_file_is_made_leaks_no_descriptor(
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.1):
                 await s3.get("x")
-        await asyncio.sleep(0.5)  # the thread is done by now
+        task = asyncio.ensure_future(s3.get("x"))  # cancelled twice, as a batch may do
+        await asyncio.sleep(0.1)
+        task.cancel()
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.7)  # the threads are done by now
         fds = []
         for fd in os.listdir("/proc/self/fd"):
             try:

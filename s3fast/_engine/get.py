@@ -177,12 +177,12 @@ class FileSink:
         self.size = size
         self.path = self.targets.new_path(directory, self.url, self.tag)
         loop = asyncio.get_running_loop()
-        making = loop.run_in_executor(None, self._create, self.path + ".part", size)
+        part = self.path + ".part"
+        making = loop.run_in_executor(None, self._create, part, size)
         try:
             self.fd, self.map = await asyncio.shield(making)
-        except asyncio.CancelledError:  # the thread still makes the file: keep it to discard
-            with contextlib.suppress(Exception):
-                self.fd, self.map = await making
+        except asyncio.CancelledError:  # the thread still makes the file: drop it when made
+            making.add_done_callback(lambda done: _drop_made(done, part))
             raise
 
     @staticmethod
@@ -257,6 +257,18 @@ class FileSink:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(name)
             self._release()
+
+
+def _drop_made(made: asyncio.Future[tuple[int, mmap.mmap | None]], part: str) -> None:
+    """Close and remove a temp file whose ``open`` was cancelled while it was being made."""
+    if made.cancelled() or made.exception() is not None:
+        return
+    fd, mapped = made.result()
+    if mapped is not None:
+        mapped.close()
+    os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(part)
 
 
 Sink = MemorySink | FileSink
