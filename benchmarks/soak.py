@@ -355,8 +355,10 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.5)  # the proxy closes its side of the round's connections
             first = process_snapshot()
             first_fds = open_fds()
+            trend = [first["rss"]]
             for _ in range(rounds - 1):
                 loop.run_until_complete(soak.round(args.seconds / rounds))
+                trend.append(process_snapshot()["rss"])
             requests, injected, counts = proxy.requests, proxy.injected, dict(proxy.counts)
             proxy.set(Faults())
             time.sleep(0.5)
@@ -382,6 +384,10 @@ def main(argv: list[str] | None = None) -> int:
         "untyped errors": len(t.untyped),
         "open multipart uploads": len(uploads),
         "leftover temp files": len(t.leftover_files),
+        # after warming up (pools, caches, allocator arenas) memory must stay level
+        "MiB RSS grew in the second half": max(
+            0, (last["rss"] - trend[len(trend) // 2] - max(16 * MiB, trend[-1] // 10)) // MiB
+        ),
         "fds grew": max(0, last["fds"] - first["fds"]),
         "threads grew": max(0, last["threads"] - first["threads"]),
     }
@@ -416,6 +422,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"  memory       RSS {first['rss'] / MiB:.0f} MiB after round 1, {last['rss'] / MiB:.0f} MiB at the end"
+    )
+    print(
+        "  RSS by round " + " ".join(f"{r / MiB:.0f}" for r in trend) + " MiB (level if the "
+        "second half grows by at most 16 MiB or 10%)"
     )
     print(
         f"  fds          {first['fds']} -> {last['fds']}; threads {first['threads']} -> {last['threads']}"
