@@ -341,3 +341,22 @@ def test_tls_verification_is_on_unless_turned_off(monkeypatch: pytest.MonkeyPatc
     assert TransferConfig.from_env().max_retry_time == 2.5
     with pytest.raises(ValueError):
         TransferConfig(max_retry_time=0)
+
+
+def test_secrets_stay_out_of_logs_and_stats(
+    seaweed_bucket: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every log record (botocore's debug output included) of working and failing calls."""
+    import logging
+
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"]
+    caplog.set_level(logging.DEBUG)
+    with S3(s3root=f"s3://{seaweed_bucket}") as s3:
+        s3.put("k", b"v" * 100)
+        assert s3.get("k").blob == b"v" * 100
+        texts = [repr(s3.stats), repr(s3._aio.config)]
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-" + secret)
+    with S3(s3root=f"s3://{seaweed_bucket}") as s3, pytest.raises(MetaflowS3Exception):
+        s3.get("k")
+    assert caplog.records
+    assert all(secret not in text for text in [caplog.text, *texts])

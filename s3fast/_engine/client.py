@@ -119,7 +119,7 @@ class AdaptiveLimiter:
         self._waiters: deque[asyncio.Future[None]] = deque()
 
     async def acquire(self) -> None:
-        if not self._waiters and self.in_flight < self.limit:
+        if not self._waiters and self.in_flight < int(self.limit):
             self.in_flight += 1
             return
         waiter = asyncio.get_running_loop().create_future()
@@ -163,7 +163,7 @@ class AdaptiveLimiter:
             self.lowest = min(self.lowest, int(self.limit))
 
     def _wake(self) -> None:
-        while self._waiters and self.in_flight < self.limit:
+        while self._waiters and self.in_flight < int(self.limit):
             waiter = self._waiters.popleft()
             if not waiter.done():
                 self.in_flight += 1
