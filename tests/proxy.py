@@ -4,7 +4,8 @@ It frames requests and responses (Content-Length, chunked, HEAD, 1xx) so that fa
 per request, also on keep-alive connections. A fault can answer instead of the server (503
 SlowDown, 500), reset the connection before the status line, cut a body after N bytes (reset,
 or a clean close short of the announced Content-Length), flip one body byte, stall before
-answering, trickle the response a few bytes at a time, or refuse (reset) new connections.
+answering, trickle the response a few bytes at a time, close the connection after the
+response (``close``), or refuse (reset) new connections.
 
 Explicit faults (:class:`Faults`) go to the first ``times`` matching requests (connections,
 for ``refuse``), or to every matching request for ``seconds`` after :meth:`FaultProxy.set`.
@@ -43,6 +44,7 @@ class Faults:
     cut_after: int | None = None  # stop after forwarding this many body bytes
     clean: bool = False  # ... closing cleanly (FIN, a short body) instead of a reset
     flip_at: int | None = None  # invert the body byte at this offset
+    close: bool = False  # add "Connection: close" and close after the response
     stall: float = 0.0  # seconds to hold the response before forwarding it
     trickle: float = 0.0  # seconds between TRICKLE_CHUNK-byte writes of the response ...
     trickle_for: int = 64 * 1024  # ... for this many bytes, then at full speed
@@ -346,6 +348,8 @@ class FaultProxy:
                     return
                 if fault is not None and fault.stall:
                     await asyncio.sleep(fault.stall)
+                if fault is not None and fault.close:
+                    head = head[:-2] + b"Connection: close\r\n\r\n"
                 if method == "HEAD" or status in (204, 304):
                     length: int | None = 0
                 elif "chunked" in headers.get("transfer-encoding", "").lower():
@@ -368,10 +372,16 @@ class FaultProxy:
                             writer.write(data)
                     await writer.drain()
                     self._end(open_requests)
+                    if fault is not None and fault.close:
+                        writer.close()
+                        return
                     continue
                 if not await self._faulty_body(up, writer, head, length, fault):
                     return
                 self._end(open_requests)
+                if fault.close:
+                    writer.close()
+                    return
         except (ConnectionError, _Framing):
             writer.transport.abort()
 
@@ -439,6 +449,10 @@ class FaultProxy:
         async def _close() -> None:
             assert self._server is not None
             self._server.close()
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in others:  # connections still open
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(_close(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
