@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.s3fast-installed
 
-.PHONY: venv test test-fast bench bench-quick lint format clean
+.PHONY: venv test test-fast bench bench-quick soak lint format clean
 
 venv: $(STAMP)
 
@@ -23,6 +23,10 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks --quick
+
+# Not part of CI: mixed operations through a fault-injecting proxy (~3 min); SOAK_ARGS="--seconds 30"
+soak: $(STAMP)
+	$(BIN)/python -m benchmarks.soak $(SOAK_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check s3fast tests benchmarks examples

@@ -8,10 +8,10 @@ import io
 import json
 import os
 import sys
-from collections.abc import AsyncGenerator, Iterable
-from typing import Any
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
-from ._engine.client import Engine, bounded_map
+from ._engine.client import Engine, TransferStats, bounded_map
 from ._engine.copy import copy_object
 from ._engine.delete import Failed, delete_object, delete_objects
 from ._engine.get import Fetched, FileSink, MemorySink, fetch, head_object
@@ -32,6 +32,8 @@ from .progress import ProgressCallback, Tracker, on_bytes
 from .targets import Targets
 from .urls import ByteRange, S3Path, byte_range, join, parse, resolve_root
 
+T = TypeVar("T")
+R = TypeVar("R")
 PutValue = str | bytes | bytearray | memoryview | io.RawIOBase | io.BufferedIOBase
 # (key as given, url, source, content type, user metadata, encryption)
 _PutItem = tuple[Any, str, Source, str | None, dict[str, str] | None, str | None]
@@ -128,6 +130,12 @@ class AsyncS3:
     def config(self) -> TransferConfig:
         return self._config
 
+    @property
+    def stats(self) -> TransferStats:
+        """A snapshot of this client's counters: the adaptive concurrency limit (now, lowest,
+        maximum), throttled answers, limit cuts, retries and requests given up."""
+        return self._engine.stats()
+
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("this S3 client is closed")
@@ -141,6 +149,31 @@ class AsyncS3:
         url = self._url(key)
         parse(url)
         return url, byte_range(key, url)
+
+    async def _map(
+        self, fn: Callable[[T], Awaitable[R]], items: list[T], url_of: Callable[[T], str]
+    ) -> list[R]:
+        """``fn`` over a batch, in parallel, results in input order. The first failure stops
+        the batch (the rest is cancelled and cleaned up) and is raised; if other keys failed
+        too before the batch stopped, the error names them all."""
+        failed: list[str] = []
+
+        async def one(item: T) -> R:
+            try:
+                return await fn(item)
+            except MetaflowS3Exception:
+                failed.append(url_of(item))
+                raise
+
+        try:
+            return await bounded_map(one, items, self._engine.concurrency)
+        except MetaflowS3Exception as exc:
+            if len(failed) < 2:
+                raise
+            names = ", ".join(failed[:10]) + (
+                f" and {len(failed) - 10} more" if len(failed) > 10 else ""
+            )
+            raise type(exc)(f"{len(failed)} keys failed: {names}; first: {exc}", exc.url) from exc
 
     # --- downloads ----------------------------------------------------------------------
 
@@ -270,7 +303,7 @@ class AsyncS3:
             return obj
 
         try:
-            return await bounded_map(one, jobs, self._engine.concurrency)
+            return await self._map(one, jobs, lambda job: job[1])
         except BaseException:
             for path in written:
                 with contextlib.suppress(OSError):
@@ -523,7 +556,7 @@ class AsyncS3:
                 tracker.add_objects()
             return obj
 
-        return await bounded_map(one, keys, self._engine.concurrency)
+        return await self._map(one, keys, self._url)
 
     # --- uploads --------------------------------------------------------------------------
 
@@ -653,7 +686,7 @@ class AsyncS3:
                 tracker.add_objects()
             return sent
 
-        done = await bounded_map(one, items, self._engine.concurrency)
+        done = await self._map(one, items, lambda item: item[1])
         return [(item[0], item[1]) for item, ok in zip(items, done, strict=True) if ok]
 
     async def put_many(

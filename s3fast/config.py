@@ -71,7 +71,11 @@ class TransferConfig:
     multipart_threshold : int
         Objects at least this large are uploaded as multipart (16 MiB).
     max_attempts : int
-        Attempts per request, the first included, for transient errors (botocore standard mode).
+        Attempts per request, the first included, for transient errors (5xx, throttling,
+        resets, stalls, bodies that broke off): 5.
+    max_retry_time : float
+        Seconds after a request's first try when no further try starts (60); backoff sleeps
+        that would end later are not slept.
     connect_timeout, read_timeout : float
         Seconds; a stalled socket raises after ``read_timeout``.
     verify_ssl : bool
@@ -104,6 +108,7 @@ class TransferConfig:
     part_size: int | None = None
     multipart_threshold: int = 16 * MiB
     max_attempts: int = 5
+    max_retry_time: float = 60.0
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     verify_ssl: bool = True
@@ -127,6 +132,8 @@ class TransferConfig:
             raise ValueError(f"multipart_threshold must be >= {MIN_PART_SIZE}")
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.max_retry_time <= 0:
+            raise ValueError(f"max_retry_time must be positive, got {self.max_retry_time}")
         if self.connect_timeout <= 0 or self.read_timeout <= 0:
             raise ValueError("timeouts must be positive")
         if self.transport not in ("http", "botocore"):
@@ -144,9 +151,9 @@ class TransferConfig:
         read now: ``S3FAST_MAX_CONCURRENCY``, ``S3FAST_RANGE_SIZE``, ``S3FAST_PART_SIZE``,
         ``S3FAST_MULTIPART_THRESHOLD``, ``S3FAST_MAX_BANDWIDTH`` (bytes/s),
         ``S3FAST_MEMORY_BUDGET`` (sizes take ``K``/``M``/``G`` suffixes),
-        ``S3FAST_MAX_ATTEMPTS``, ``S3FAST_CONNECT_TIMEOUT``, ``S3FAST_READ_TIMEOUT``,
-        ``S3FAST_VERIFY_SSL`` and ``S3FAST_VERIFY_CHECKSUMS`` (0/false to disable),
-        ``S3FAST_CA_BUNDLE``, ``S3FAST_TRANSPORT``, ``S3FAST_PROCESSES``.
+        ``S3FAST_MAX_ATTEMPTS``, ``S3FAST_MAX_RETRY_TIME``, ``S3FAST_CONNECT_TIMEOUT``,
+        ``S3FAST_READ_TIMEOUT``, ``S3FAST_VERIFY_SSL`` and ``S3FAST_VERIFY_CHECKSUMS``
+        (0/false to disable), ``S3FAST_CA_BUNDLE``, ``S3FAST_TRANSPORT``, ``S3FAST_PROCESSES``.
         """
         base = base or cls()
         changes: dict[str, object] = {}
@@ -163,6 +170,7 @@ class TransferConfig:
             if value is not None:
                 changes[field] = value
         for field, name in (
+            ("max_retry_time", "S3FAST_MAX_RETRY_TIME"),
             ("connect_timeout", "S3FAST_CONNECT_TIMEOUT"),
             ("read_timeout", "S3FAST_READ_TIMEOUT"),
         ):

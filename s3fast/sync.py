@@ -8,6 +8,7 @@ from collections.abc import AsyncGenerator, Iterable, Iterator
 from typing import Any
 
 from . import _bridge
+from ._engine.client import TransferStats
 from .aio import AsyncS3, PutValue
 from .config import TransferConfig
 from .objects import S3Object
@@ -89,6 +90,11 @@ class S3:
     @property
     def tmpdirs(self) -> list[str]:
         return self._aio.tmpdirs
+
+    @property
+    def stats(self) -> TransferStats:
+        """Counters of this client's engine. See :attr:`AsyncS3.stats`."""
+        return self._aio.stats
 
     def get(
         self,

@@ -1,15 +1,27 @@
-"""A fault-injecting TCP proxy on loopback, between s3fast and a real S3 server.
+"""A fault-injecting HTTP/1.1 proxy on loopback, between s3fast and a real S3 server.
 
-It understands just enough HTTP/1.1 to find where a response's headers end, so it can cut a
-body after N bytes, flip one body byte, stall before answering, or answer 503 SlowDown itself. Faults apply to the
-first ``times`` connections (or requests, for 503s); after that it forwards faithfully.
+It frames requests and responses (Content-Length, chunked, HEAD, 1xx) so that faults apply
+per request, also on keep-alive connections. A fault can answer instead of the server (503
+SlowDown, 500), reset the connection before the status line, cut a body after N bytes (reset,
+or a clean close short of the announced Content-Length), flip one body byte, stall before
+answering, trickle the response a few bytes at a time, close the connection after the
+response (``close``), or refuse (reset) new connections.
+
+Explicit faults (:class:`Faults`) go to the first ``times`` matching requests (connections,
+for ``refuse``), or to every matching request for ``seconds`` after :meth:`FaultProxy.set`.
+Random faults (:class:`Chaos`) go to each request with probability ``rate``, drawn from a
+seeded generator. ``counts`` says what was injected, by kind (an explicit body fault counts
+when taken, a random one when it fires).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import random
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 
 def canned(status: str, code: str) -> bytes:
@@ -22,25 +34,151 @@ def canned(status: str, code: str) -> bytes:
 
 
 SLOWDOWN = canned("503 Slow Down", "SlowDown")
+INTERNAL = canned("500 Internal Server Error", "InternalError")
 REDIRECT = canned("301 Moved Permanently", "PermanentRedirect")
+TRICKLE_CHUNK = 512  # bytes per write when trickling
 
 
 @dataclass
 class Faults:
-    cut_after: int | None = None  # close after forwarding this many body bytes
-    flip_at: int | None = None  # invert the byte at this offset of the first body on a connection
-    close: bool = False  # add "Connection: close", so each faulted request has its own connection
-    stall: float = 0.0  # seconds to hold the first response before forwarding it
+    cut_after: int | None = None  # stop after forwarding this many body bytes
+    clean: bool = False  # ... closing cleanly (FIN, a short body) instead of a reset
+    flip_at: int | None = None  # invert the body byte at this offset
+    close: bool = False  # add "Connection: close" and close after the response
+    stall: float = 0.0  # seconds to hold the response before forwarding it
+    trickle: float = 0.0  # seconds between TRICKLE_CHUNK-byte writes of the response ...
+    trickle_for: int = 64 * 1024  # ... for this many bytes, then at full speed
     answer: bytes | None = None  # answer this (e.g. SLOWDOWN) instead of forwarding
-    times: int = 0  # how many connections get the fault
+    reset: bool = False  # reset the connection before the status line (the server did answer)
+    refuse: bool = False  # reset new connections as soon as they are accepted
+    times: int = 0  # how many requests (connections, for refuse) get the fault
+    seconds: float = 0.0  # or: every matching request for this long after set()
+    match: str = ""  # only requests whose target (path and query) contains this
+
+    @property
+    def kind(self) -> str:
+        if self.answer is not None:
+            return "answer " + self.answer.split(b" ", 2)[1].decode()
+        for name in ("refuse", "reset", "stall", "trickle"):
+            if getattr(self, name):
+                return name
+        if self.flip_at is not None:
+            return "flip"
+        if self.cut_after is not None:
+            return "truncate" if self.clean else "cut"
+        return "none"
+
+
+CHAOS_KINDS = ("reset", "cut", "truncate", "slowdown", "error500", "stall", "trickle", "refuse")
+
+
+@dataclass
+class Chaos:
+    """Random faults: each request (each new connection, for ``refuse``) gets one with
+    probability ``rate``, of a kind drawn uniformly from ``kinds``; with probability
+    ``burst_rate`` a request starts ``burst_seconds`` of 503s for every request (a storm).
+    Seeded: the same seed, the same draws."""
+
+    rate: float
+    seed: int = 0
+    kinds: tuple[str, ...] = CHAOS_KINDS
+    stall: float = 2.0  # longer than the client's read timeout
+    trickle: float = 0.002
+    burst_rate: float = 0.0
+    burst_seconds: float = 0.5
+    flip_rate: float = 0.0  # share of requests whose body gets one byte flipped
+    rng: random.Random = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    def draw(self) -> tuple[str, Faults] | None:
+        rng = self.rng
+        if self.flip_rate and rng.random() < self.flip_rate:
+            return "flip", Faults(flip_at=-1)
+        if self.burst_rate and rng.random() < self.burst_rate:
+            return "burst", Faults(answer=SLOWDOWN)
+        if rng.random() >= self.rate:
+            return None
+        kind = rng.choice([k for k in self.kinds if k != "refuse"] or ["reset"])
+        faults = {
+            "reset": Faults(reset=True),
+            "cut": Faults(cut_after=-1),
+            "truncate": Faults(cut_after=-1, clean=True),
+            "slowdown": Faults(answer=SLOWDOWN),
+            "error500": Faults(answer=INTERNAL),
+            "stall": Faults(stall=self.stall),
+            "trickle": Faults(trickle=self.trickle),
+        }[kind]
+        return kind, faults
+
+    def refuse(self) -> bool:
+        return "refuse" in self.kinds and self.rng.random() < self.rate / len(self.kinds)
+
+
+class _Framing(Exception):
+    pass
+
+
+def _parse_head(head: bytes) -> tuple[str, dict[str, str]]:
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name:
+            headers[name.strip().lower()] = value.strip()
+    return lines[0], headers
+
+
+async def _copy_chunked(src: asyncio.StreamReader, dst: asyncio.StreamWriter | None) -> None:
+    """Forward (or, with ``dst`` None, drop) one chunked body, framing included."""
+    while True:
+        line = await src.readuntil(b"\r\n")
+        size = int(line.split(b";")[0].strip() or b"0", 16)
+        data = await src.readexactly(size + 2) if size else b""
+        if dst is not None:
+            dst.write(line + data)
+        if not size:
+            while True:  # trailers, then the empty line
+                trailer = await src.readuntil(b"\r\n")
+                if dst is not None:
+                    dst.write(trailer)
+                if trailer == b"\r\n":
+                    break
+            if dst is not None:
+                await dst.drain()
+            return
+        if dst is not None:
+            await dst.drain()
+
+
+async def _copy_exact(
+    src: asyncio.StreamReader, dst: asyncio.StreamWriter | None, length: int
+) -> None:
+    while length > 0:
+        data = await src.read(min(length, 65536))
+        if not data:
+            raise _Framing("the body ended early")
+        length -= len(data)
+        if dst is not None:
+            dst.write(data)
+            await dst.drain()
 
 
 class FaultProxy:
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.faults = Faults()
+        self.chaos: Chaos | None = None
         self.connections = 0
+        self.requests = 0
         self.injected = 0
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.in_flight = 0  # requests received and not yet answered in full
+        self.peak = 0  # the most in flight at once since set() (or reset_peak())
+        self._taken = 0
+        self._set_at = time.monotonic()
+        self._burst_until = 0.0
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -49,7 +187,7 @@ class FaultProxy:
     def start(self) -> FaultProxy:
         self._thread.start()
         fut = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._handle, "127.0.0.1", 0), self._loop
+            asyncio.start_server(self._handle, "127.0.0.1", 0, limit=1 << 20), self._loop
         )
         self._server = fut.result(10)
         self.port = self._server.sockets[0].getsockname()[1]
@@ -59,80 +197,268 @@ class FaultProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def set(self, faults: Faults) -> None:
+    def set(self, faults: Faults, chaos: Chaos | None = None) -> None:
+        """Inject ``faults`` (and random ``chaos``) from now on; counters start again."""
         self.faults = faults
-        self.connections = 0
-        self.injected = 0
+        self.chaos = chaos
+        self.connections = self.requests = self.injected = self._taken = 0
+        self.peak = self.in_flight
+        self.counts = collections.Counter()
+        self._set_at = time.monotonic()
+        self._burst_until = 0.0
 
-    def _take_fault(self) -> Faults | None:
-        if self.injected < self.faults.times:
+    def reset_peak(self) -> None:
+        self.peak = self.in_flight
+
+    def _begin(self, open_requests: list[int]) -> None:
+        open_requests[0] += 1
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+
+    def _end(self, open_requests: list[int]) -> None:
+        if open_requests[0] > 0:
+            open_requests[0] -= 1
+            self.in_flight -= 1
+
+    def _count(self, kind: str) -> None:
+        self.injected += 1
+        self.counts[kind] += 1
+
+    def _explicit(self, target: str | None) -> bool:
+        f = self.faults
+        if f.match and (target is None or f.match not in target):
+            return False
+        if f.seconds and time.monotonic() < self._set_at + f.seconds:
+            return True
+        if self._taken < f.times:
+            self._taken += 1
+            return True
+        return False
+
+    def _refuse(self) -> bool:
+        if self.faults.refuse and self._explicit(None):
+            self._count("refuse")
+            return True
+        if self.chaos is not None and self.chaos.refuse():
+            self._count("refuse")
+            return True
+        return False
+
+    def _take_fault(self, target: str, flippable: bool = True) -> Faults | None:
+        """The fault for one request, counted (body faults are counted when they fire).
+        Random byte flips go only to ``flippable`` requests: whole-object GETs, the reads a
+        checksum covers (a flipped listing or range is corruption nothing can catch)."""
+        if not self.faults.refuse and self._explicit(target):
+            fault = self.faults
+        elif time.monotonic() < self._burst_until:
+            fault = Faults(answer=SLOWDOWN)
+            self.counts["burst 503"] += 1
             self.injected += 1
-            return self.faults
-        return None
+            return fault
+        elif self.chaos is not None and (drawn := self.chaos.draw()) is not None:
+            kind, fault = drawn
+            if kind == "flip" and not flippable:
+                return None
+            if kind == "burst":
+                self._burst_until = time.monotonic() + self.chaos.burst_seconds
+        else:
+            return None
+        if (fault.cut_after or 0) >= 0 and (fault.flip_at or 0) >= 0:
+            self._count(fault.kind)  # random cuts and flips are counted when they fire
+        return fault
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        fault = self._take_fault()
+        if self._refuse():
+            writer.transport.abort()
+            return
+        up_writer: asyncio.StreamWriter | None = None
+        responder: asyncio.Future[None] | None = None
+        pending: asyncio.Queue[tuple[str, Faults | None]] = asyncio.Queue()
+        open_requests = [0]
         try:
-            if fault is not None and fault.answer is not None:
-                await reader.readuntil(b"\r\n\r\n")
-                writer.write(fault.answer)
-                await writer.drain()
-                return
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-            try:
-                await asyncio.gather(
-                    self._pipe(reader, up_writer, None),
-                    self._pipe(up_reader, writer, fault),
-                )
-            finally:
-                up_writer.close()
-        except (ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                    return
+                self.requests += 1
+                self._begin(open_requests)
+                line, headers = _parse_head(head)
+                method, _, rest = line.partition(" ")
+                target = rest.rpartition(" ")[0]
+                flippable = method == "GET" and "range" not in headers and "?" not in target
+                fault = self._take_fault(target, flippable)
+                if fault is not None and fault.answer is not None:
+                    if "100-continue" not in headers.get("expect", ""):
+                        await asyncio.wait_for(self._body(reader, None, headers), 10)
+                    writer.write(fault.answer)
+                    await writer.drain()
+                    return
+                if up_writer is None:
+                    up_reader, up_writer = await asyncio.open_connection(
+                        "127.0.0.1", self.upstream_port, limit=1 << 20
+                    )
+                    responder = asyncio.ensure_future(
+                        self._responses(up_reader, writer, pending, open_requests)
+                    )
+                up_writer.write(head)
+                pending.put_nowait((method, fault))
+                await self._body(reader, up_writer, headers)
+        except (ConnectionError, asyncio.IncompleteReadError, _Framing, TimeoutError):
             pass
         finally:
+            if responder is not None:
+                if not responder.done():
+                    await asyncio.wait([responder], timeout=0.05)
+                responder.cancel()
+                await asyncio.gather(responder, return_exceptions=True)
+            if up_writer is not None:
+                up_writer.transport.abort()
             writer.close()
+            while open_requests[0]:
+                self._end(open_requests)
 
-    async def _pipe(
-        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, fault: Faults | None
+    @staticmethod
+    async def _body(
+        src: asyncio.StreamReader, dst: asyncio.StreamWriter | None, headers: dict[str, str]
     ) -> None:
-        seen = b""
-        body = -1  # body bytes forwarded so far (-1: still in the headers)
-        while True:
-            data = await src.read(65536)
-            if not data:
-                dst.close()
-                return
-            if fault is not None:
-                if fault.stall:
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            await _copy_chunked(src, dst)
+        else:
+            await _copy_exact(src, dst, int(headers.get("content-length") or 0))
+
+    async def _responses(
+        self,
+        up: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        pending: asyncio.Queue[tuple[str, Faults | None]],
+        open_requests: list[int],
+    ) -> None:
+        try:
+            while True:
+                try:
+                    head = await up.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    writer.close()
+                    return
+                line, headers = _parse_head(head)
+                status = int(line.split(" ", 2)[1])
+                if 100 <= status < 200:
+                    writer.write(head)
+                    await writer.drain()
+                    continue
+                method, fault = await pending.get()
+                if fault is not None and fault.reset:
+                    writer.transport.abort()
+                    return
+                if fault is not None and fault.stall:
                     await asyncio.sleep(fault.stall)
-                    fault = None
-                elif fault.cut_after is not None or fault.flip_at is not None or fault.close:
-                    if body < 0:  # hold the head until it is complete
-                        seen += data
-                        end = seen.find(b"\r\n\r\n")
-                        if end < 0:
-                            continue
-                        head, data, body = seen[: end + 2], seen[end + 4 :], 0
-                        if fault.close:
-                            head += b"Connection: close\r\n"
-                        dst.write(head + b"\r\n")
-                    if fault.flip_at is not None and 0 <= fault.flip_at - body < len(data):
-                        i = fault.flip_at - body
-                        data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
-                    room = fault.cut_after - body if fault.cut_after is not None else len(data) + 1
-                    if len(data) >= room:
-                        dst.write(data[:room])
-                        await dst.drain()
-                        dst.transport.abort()
-                        raise ConnectionResetError("cut by the proxy")
-                    body += len(data)
-            dst.write(data)
-            await dst.drain()
+                if fault is not None and fault.close:
+                    head = head[:-2] + b"Connection: close\r\n\r\n"
+                if method == "HEAD" or status in (204, 304):
+                    length: int | None = 0
+                elif "chunked" in headers.get("transfer-encoding", "").lower():
+                    length = None
+                elif "content-length" in headers:
+                    length = int(headers["content-length"])
+                else:
+                    length = -1  # until the server closes
+                body_fault = fault is not None and (
+                    fault.trickle or fault.cut_after is not None or fault.flip_at is not None
+                )
+                if fault is None or not body_fault or length is None or length < 0:
+                    writer.write(head)
+                    if length is None:
+                        await _copy_chunked(up, writer)
+                    elif length > 0:
+                        await _copy_exact(up, writer, length)
+                    elif length < 0:
+                        while data := await up.read(65536):
+                            writer.write(data)
+                    await writer.drain()
+                    self._end(open_requests)
+                    if fault is not None and fault.close:
+                        writer.close()
+                        return
+                    continue
+                if not await self._faulty_body(up, writer, head, length, fault):
+                    return
+                self._end(open_requests)
+                if fault.close:
+                    writer.close()
+                    return
+        except (ConnectionError, _Framing):
+            writer.transport.abort()
+
+    async def _faulty_body(
+        self,
+        up: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        head: bytes,
+        length: int,
+        fault: Faults,
+    ) -> bool:
+        """Forward one response with a body fault; False once the connection is finished."""
+        rng = self.chaos.rng if self.chaos is not None else random.Random(0)
+        cut = fault.cut_after
+        if cut is not None and cut < 0:  # chaos: somewhere in the body
+            cut = rng.randrange(length) if length else None
+        if fault.cut_after is not None and cut is None:  # no body to cut: reset instead
+            if fault.cut_after < 0:
+                self._count("reset")
+            writer.transport.abort()
+            return False
+        flip = fault.flip_at
+        if flip is not None and flip < 0:
+            flip = rng.randrange(length) if length else None
+        if cut is not None and cut >= length:
+            cut = None
+        if flip is not None and flip >= length:
+            flip = None
+        if cut is not None and fault.cut_after is not None and fault.cut_after < 0:
+            self._count(fault.kind)
+        if flip is not None and fault.flip_at is not None and fault.flip_at < 0:
+            self._count("flip")
+        step = TRICKLE_CHUNK if fault.trickle else 65536
+        out = bytearray(head)
+        sent = 0
+        end = length if cut is None else cut
+        while True:
+            if fault.trickle and out and sent < fault.trickle_for:
+                for i in range(0, len(out), step):
+                    writer.write(bytes(out[i : i + step]))
+                    await writer.drain()
+                    await asyncio.sleep(fault.trickle)
+            else:
+                writer.write(bytes(out))
+                await writer.drain()
+            if sent >= end:
+                break
+            slow = fault.trickle and sent < fault.trickle_for
+            data = await up.read(min(step if slow else 65536, end - sent))
+            if not data:
+                raise _Framing("the body ended early")
+            out = bytearray(data)
+            if flip is not None and sent <= flip < sent + len(data):
+                out[flip - sent] ^= 0xFF
+            sent += len(data)
+        if cut is None:
+            return True
+        if fault.clean:
+            writer.close()
+        else:
+            writer.transport.abort()
+        return False
 
     def stop(self) -> None:
         async def _close() -> None:
             assert self._server is not None
             self._server.close()
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in others:  # connections still open
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(_close(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)

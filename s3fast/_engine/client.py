@@ -2,6 +2,17 @@
 
 aiobotocore does credentials (the standard AWS chain), endpoint and region resolution, SigV4
 signing, request retries for transient errors (``standard`` mode) and XML error parsing.
+
+Retries: every request is retried by exactly one layer. botocore retries the calls it makes;
+:func:`backoff` paces the engine's own (the lean transport, and bodies that broke off), with
+exponential backoff and full jitter, bounded by ``max_attempts`` and by ``max_retry_time``
+seconds since the request's first try (a hook on botocore's ``needs-retry`` event applies the
+same time bound to botocore's retries). No one sleeps after the last try.
+
+Concurrency: :class:`AdaptiveLimiter` is the one limiter. Every request holds a slot; the
+number of slots adapts (AIMD): halved when the server throttles (503 ``SlowDown``, 429), at
+most once per ``CUT_INTERVAL``, and grown back by one per window of successes, between 1 and
+``max_concurrency``.
 """
 
 from __future__ import annotations
@@ -12,8 +23,9 @@ import os
 import random
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
@@ -22,7 +34,8 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 
 from ..config import TransferConfig
-from .http import HttpGetter
+from ..errors import error_code
+from .http import HttpGetter, TransientHTTPError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -49,6 +62,129 @@ def resolve_endpoint(endpoint_url: str | None) -> str | None:
         if os.environ.get(name):
             return os.environ[name]
     return None
+
+
+# --- the one concurrency limiter, adaptive --------------------------------------------------
+
+THROTTLE_STATUS = (429, 503)
+THROTTLE_CODES = frozenset(
+    {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests"}
+)
+CUT_INTERVAL = 0.2  # seconds: one cut per burst of throttled answers, not one per request
+
+
+def is_throttle(exc: BaseException | None) -> bool:
+    """Does ``exc`` say "too many requests" (503 SlowDown, 429, a throttling code)?"""
+    if isinstance(exc, TransientHTTPError):
+        return exc.status in THROTTLE_STATUS or exc.code in THROTTLE_CODES
+    code = error_code(exc) if exc is not None else None
+    return code is not None and (code in THROTTLE_CODES or code in ("503", "429"))
+
+
+@dataclass(frozen=True)
+class TransferStats:
+    """A snapshot of one client's engine, for tests, the soak run and monitoring.
+
+    ``limit`` is the number of requests currently allowed in flight (``max_concurrency`` until
+    the server throttles); ``lowest_limit`` the lowest it has been; ``throttled`` the throttled
+    answers seen; ``limit_cuts`` how often the limit was halved; ``retries`` the requests
+    retried (the engine's own, plus those botocore retried); ``gave_up`` the requests that ran
+    out of attempts or time."""
+
+    max_concurrency: int
+    limit: int
+    lowest_limit: int
+    in_flight: int
+    throttled: int
+    limit_cuts: int
+    retries: int
+    gave_up: int
+
+
+class AdaptiveLimiter:
+    """At most ``limit`` holders at once; ``limit`` moves between 1 and ``maximum`` (AIMD).
+
+    ``await acquire()`` / ``release(exc)`` around each request: a throttled outcome halves the
+    limit (at most once per ``CUT_INTERVAL``), a success adds ``1/limit`` (one slot per window
+    of successes). Waiters are served first come, first served. Lives on one event loop."""
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = maximum
+        self.limit = float(maximum)
+        self.lowest = maximum
+        self.in_flight = 0
+        self.throttled = 0
+        self.cuts = 0
+        self._last_cut = -CUT_INTERVAL
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self) -> None:
+        if not self._waiters and self.in_flight < int(self.limit):
+            self.in_flight += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.in_flight -= 1  # granted as we were cancelled: hand the slot on
+                self._wake()
+            else:
+                try:
+                    self._waiters.remove(waiter)
+                except ValueError:
+                    pass
+            raise
+
+    def release(self, exc: BaseException | None = None) -> None:
+        self.in_flight -= 1
+        if exc is None:
+            if self.limit < self.maximum:
+                self.limit = min(float(self.maximum), self.limit + 1.0 / self.limit)
+        else:
+            self.observe(exc)
+        self._wake()
+
+    def observe(self, exc: BaseException) -> None:
+        """Count ``exc`` toward the limit if it is a throttled answer (once per exception)."""
+        if is_throttle(exc) and not getattr(exc, "_s3fast_seen", False):
+            setattr(exc, "_s3fast_seen", True)  # noqa: B010
+            self.throttle()
+
+    def throttle(self) -> None:
+        """The server said "slow down": halve the limit, unless it was just halved."""
+        self.throttled += 1
+        now = time.monotonic()
+        if now - self._last_cut >= CUT_INTERVAL and self.limit > 1:
+            self._last_cut = now
+            self.cuts += 1
+            self.limit = max(1.0, self.limit / 2)
+            self.lowest = min(self.lowest, int(self.limit))
+
+    def _wake(self) -> None:
+        while self._waiters and self.in_flight < int(self.limit):
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.in_flight += 1
+                waiter.set_result(None)
+
+
+class _Slot:
+    """``async with engine.slot() as client``: one request in flight."""
+
+    __slots__ = ("_engine",)
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    async def __aenter__(self) -> Any:
+        client = await self._engine.client()
+        await self._engine.limiter.acquire()
+        return client
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self._engine.limiter.release(exc)
 
 
 class Bandwidth:
@@ -95,7 +231,9 @@ class Engine:
         self._bandwidth = Bandwidth(rate) if rate is not None else None
         self._client: Any = None
         self._client_cm: Any = None
-        self._limiter: asyncio.Semaphore | None = None
+        self.limiter = AdaptiveLimiter(self.concurrency)
+        self.retries = 0  # requests retried (the engine's, and botocore's)
+        self.gave_up = 0  # requests that ran out of attempts or time
         self._start_lock: asyncio.Lock | None = None
         self._http: HttpGetter | None = None
         self.conditional_put = True  # cleared if the server rejects If-None-Match
@@ -142,7 +280,7 @@ class Engine:
         )
         self._client = await cm.__aenter__()
         self._client_cm = cm
-        self._limiter = asyncio.Semaphore(self.concurrency)
+        self._client.meta.events.register_first("needs-retry.s3", self._botocore_retry)
         if cfg.transport == "http":
             self._http = HttpGetter(
                 self._client, ssl_context(cfg), (cfg.connect_timeout, cfg.read_timeout)
@@ -170,13 +308,53 @@ class Engine:
         await self.client()
         return self._http
 
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[Any]:
-        """One request in flight: the engine's single concurrency limiter."""
-        client = await self.client()
-        assert self._limiter is not None
-        async with self._limiter:
-            yield client
+    def slot(self) -> _Slot:
+        """``async with engine.slot() as client``: one request in flight, through the engine's
+        single (adaptive) concurrency limiter, which also learns from the outcome."""
+        return _Slot(self)
+
+    def _botocore_retry(
+        self,
+        attempts: int = 1,
+        response: Any = None,
+        caught_exception: BaseException | None = None,
+        request_dict: Any = None,
+        **_: Any,
+    ) -> bool | None:
+        """botocore's ``needs-retry`` hook, called after every attempt of its requests before
+        its own retry handler: counts throttling toward the limiter, vetoes a retry once
+        ``max_attempts`` or ``max_retry_time`` is spent, else lets botocore decide."""
+        context = request_dict.get("context", {}) if isinstance(request_dict, dict) else {}
+        now = time.monotonic()
+        started = context.setdefault("s3fast_started", now)
+        failed = caught_exception is not None
+        if response is not None:
+            http_response, parsed = response
+            status = getattr(http_response, "status_code", 200)
+            code = (parsed or {}).get("Error", {}).get("Code")
+            failed = status >= 500 or status == 429 or code in THROTTLE_CODES
+            if status in THROTTLE_STATUS or code in THROTTLE_CODES:
+                self.limiter.throttle()
+        if not failed:
+            return None
+        if attempts >= self.config.max_attempts or now - started >= self.config.max_retry_time:
+            self.gave_up += 1
+            return False
+        self.retries += 1
+        return None
+
+    def stats(self) -> TransferStats:
+        lim = self.limiter
+        return TransferStats(
+            max_concurrency=lim.maximum,
+            limit=int(lim.limit),
+            lowest_limit=lim.lowest,
+            in_flight=lim.in_flight,
+            throttled=lim.throttled,
+            limit_cuts=lim.cuts,
+            retries=self.retries,
+            gave_up=self.gave_up,
+        )
 
     async def throttle(self, nbytes: int) -> None:
         """Wait for ``nbytes`` of the ``max_bandwidth`` budget; returns at once when unset."""
@@ -206,23 +384,52 @@ RESUMABLE: tuple[type[BaseException], ...] = (
 )
 
 
-async def backoff(attempt: int) -> None:
-    """Full jitter, capped at 2 s."""
-    await asyncio.sleep(random.uniform(0, min(2.0, 0.05 * 2**attempt)))
+BACKOFF_BASE = 0.1  # seconds: the first retry waits up to this long
+BACKOFF_MAX = 5.0  # seconds: no wait is longer
+
+
+def backoff_delay(attempt: int) -> float:
+    """Full jitter: uniform in ``[0, min(BACKOFF_MAX, BACKOFF_BASE * 2**(attempt - 1))]``."""
+    return random.uniform(0, min(BACKOFF_MAX, BACKOFF_BASE * 2 ** min(attempt - 1, 32)))
+
+
+def now() -> float:
+    """The clock of retry deadlines (monotonic seconds)."""
+    return time.monotonic()
+
+
+async def backoff(attempt: int, engine: Engine | None = None, started: float | None = None) -> bool:
+    """After failed try number ``attempt`` (1-based) of a request first tried at ``started``
+    (:func:`now`): if another try may start, sleep (full jitter) and return True; if the
+    attempts (``max_attempts``) or the time (``max_retry_time``) are spent, or the sleep would
+    end past that time, return False at once: no sleep after the last try.
+
+    Without ``engine``: just the sleep (the caller bounds the attempts)."""
+    delay = backoff_delay(attempt)
+    if engine is not None:
+        cfg = engine.config
+        elapsed = now() - (started if started is not None else now())
+        if attempt >= cfg.max_attempts or elapsed + delay >= cfg.max_retry_time:
+            engine.gave_up += 1
+            return False
+        engine.retries += 1
+    await asyncio.sleep(delay)
+    return True
 
 
 async def retrying(engine: Engine, call: Callable[[], Awaitable[R]]) -> R:
-    """``await call()``, retried with backoff on transient failures, up to ``max_attempts``
-    in all. For the lean transport only: botocore retries its own requests."""
+    """``await call()``, retried with :func:`backoff` on transient failures. For the lean
+    transport only: botocore retries its own requests."""
     attempt = 0
+    started = now()
     while True:
         try:
             return await call()
-        except RESUMABLE:
+        except RESUMABLE as exc:
+            engine.limiter.observe(exc)  # a retry inside a held slot (UploadPart)
             attempt += 1
-            if attempt >= engine.config.max_attempts:
+            if not await backoff(attempt, engine, started):
                 raise
-            await backoff(attempt)
 
 
 async def bounded_map(

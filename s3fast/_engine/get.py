@@ -41,7 +41,7 @@ from ..limits import MiB, split
 from ..targets import Targets
 from ..urls import ByteRange, S3Path, parse_content_range
 from .checksums import Checksum, combined, full_object
-from .client import RESUMABLE, Engine, backoff, bounded_map, retrying
+from .client import RESUMABLE, Engine, backoff, bounded_map, now, retrying
 
 READ_CHUNK = 1 * MiB
 
@@ -191,9 +191,13 @@ class FileSink:
         self.size = size
         self.path = self.targets.new_path(directory, self.url, self.tag)
         loop = asyncio.get_running_loop()
-        self.fd, self.map = await loop.run_in_executor(
-            None, self._create, self.path + ".part", size
-        )
+        part = self.path + ".part"
+        making = loop.run_in_executor(None, self._create, part, size)
+        try:
+            self.fd, self.map = await asyncio.shield(making)
+        except asyncio.CancelledError:  # the thread still makes the file: drop it when made
+            making.add_done_callback(lambda done: _drop_made(done, part))
+            raise
 
     @staticmethod
     def _create(part: str, size: int) -> tuple[int, mmap.mmap | None]:
@@ -267,6 +271,18 @@ class FileSink:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(name)
             self._release()
+
+
+def _drop_made(made: asyncio.Future[tuple[int, mmap.mmap | None]], part: str) -> None:
+    """Close and remove a temp file whose ``open`` was cancelled while it was being made."""
+    if made.cancelled() or made.exception() is not None:
+        return
+    fd, mapped = made.result()
+    if mapped is not None:
+        mapped.close()
+    os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(part)
 
 
 Sink = MemorySink | FileSink
@@ -382,6 +398,7 @@ async def _span(
         return sink.view(progress[0] - base, end + 1 - progress[0])
 
     await engine.throttle(end + 1 - start)  # max_bandwidth
+    started = now()
     while True:
         try:
             await _exchange(
@@ -390,13 +407,12 @@ async def _span(
             return
         except RESUMABLE as exc:
             attempt += 1
-            if attempt >= engine.config.max_attempts:
+            if not await backoff(attempt, engine, started):
                 raise MetaflowS3TransferError(
                     f"{url}: gave up after {attempt} attempts at byte {progress[0]} "
                     f"({type(exc).__name__}: {exc})",
                     url,
                 ) from exc
-            await backoff(attempt)
         except botocore.exceptions.ClientError as exc:
             if error_code(exc) in ("PreconditionFailed", "412"):
                 raise MetaflowS3TransferError(
@@ -473,7 +489,7 @@ async def fetch(
 
     try:
         range_header = None if verify else first_range(brange, range_size)
-        attempt = 0
+        attempt, started = 0, now()
         while True:
             try:
                 await _exchange(engine, path, url, range_header, None, prepare, progress, verify)
@@ -488,9 +504,8 @@ async def fetch(
                 if first:  # the body broke off: resume below from the last byte received
                     break
                 attempt += 1
-                if attempt >= engine.config.max_attempts:
+                if not await backoff(attempt, engine, started):
                     raise
-                await backoff(attempt)
         head = first[0]
         await engine.throttle(progress[0] - head.start)  # max_bandwidth: the first range
         if progress[0] <= head.end:

@@ -57,6 +57,11 @@ REDIRECT_CODES = {
 class TransientHTTPError(ConnectionError):
     """A 5xx or throttling answer: retried by the caller, with backoff."""
 
+    def __init__(self, message: str, status: int = 0, code: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
 
 class _Conn(asyncio.BufferedProtocol):
     """One keep-alive connection; one exchange at a time."""
@@ -280,7 +285,7 @@ def _error(status: int, body: bytes, operation: str = "GetObject") -> Exception:
     code = code_m.group(1).decode() if code_m else str(status)
     message = msg_m.group(1).decode() if msg_m else ""
     if status in TRANSIENT_STATUS or code in ("SlowDown", "InternalError", "ServiceUnavailable"):
-        return TransientHTTPError(f"HTTP {status} {code}: {message}")
+        return TransientHTTPError(f"HTTP {status} {code}: {message}", status, code)
     return botocore.exceptions.ClientError(
         {
             "Error": {"Code": code, "Message": message},

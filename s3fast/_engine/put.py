@@ -14,9 +14,11 @@ and later downloads can verify it (see ``get.py``).
 from __future__ import annotations
 
 import asyncio
+import datetime
 import io
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -250,15 +252,28 @@ async def _put_multipart(
 ) -> bool:
     part = part_size_for(size, engine.config.part_size)
     spans = [(n + 1, off, min(part, size - off)) for n, off in enumerate(range(0, size, part))]
-    async with engine.slot() as client:
-        created = await client.create_multipart_upload(
-            Bucket=path.bucket,
-            Key=path.key,
-            ChecksumAlgorithm="CRC32",
-            ChecksumType="FULL_OBJECT",
-            **extra,
-        )
-    upload_id = created["UploadId"]
+
+    async def create() -> str:
+        started = time.monotonic()
+        async with engine.slot() as client:
+            created = await client.create_multipart_upload(
+                Bucket=path.bucket,
+                Key=path.key,
+                ChecksumAlgorithm="CRC32",
+                ChecksumType="FULL_OBJECT",
+                **extra,
+            )
+        upload_id = str(created["UploadId"])
+        if created.get("ResponseMetadata", {}).get("RetryAttempts"):
+            await _abort_orphans(engine, path, upload_id, time.monotonic() - started)
+        return upload_id
+
+    creating = asyncio.ensure_future(create())
+    try:
+        upload_id = await asyncio.shield(creating)
+    except asyncio.CancelledError:  # the server may have made the upload already
+        await asyncio.shield(_abort_once_created(engine, path, creating))
+        raise
     http = await engine.http()
     try:
 
@@ -322,6 +337,44 @@ async def _put_multipart(
     except BaseException:
         await asyncio.shield(_abort(engine, path, upload_id))
         raise
+
+
+async def _abort_orphans(engine: Engine, path: S3Path, upload_id: str, took: float) -> None:
+    """botocore retried CreateMultipartUpload: a try whose answer was lost may have made an
+    upload too. Abort this key's uploads made in the seconds before ours (while we were
+    trying), never ours; best effort."""
+    try:
+        async with engine.slot() as client:
+            listed = await client.list_multipart_uploads(Bucket=path.bucket, Prefix=path.key)
+        uploads = [u for u in listed.get("Uploads", []) if u.get("Key") == path.key]
+        ours = next((u for u in uploads if u.get("UploadId") == upload_id), None)
+        if ours is None:
+            return
+        since = ours["Initiated"] - datetime.timedelta(seconds=took + 1.0)
+        for upload in uploads:
+            if (
+                upload["UploadId"] != upload_id
+                and since <= upload["Initiated"] <= ours["Initiated"]
+            ):
+                await _abort(engine, path, upload["UploadId"])
+    except Exception as exc:
+        logging.getLogger(__name__).warning(
+            "could not look for orphaned uploads of s3://%s/%s: %s", path.bucket, path.key, exc
+        )
+
+
+async def _abort_once_created(engine: Engine, path: S3Path, creating: asyncio.Future[str]) -> None:
+    """A cancelled CreateMultipartUpload may still make the upload: wait (bounded) for its id
+    and abort it."""
+    try:
+        async with asyncio.timeout(ABORT_TIMEOUT):
+            upload_id = await creating
+    except TimeoutError:
+        creating.cancel()
+        return
+    except Exception:  # it failed: nothing to abort
+        return
+    await _abort(engine, path, upload_id)
 
 
 async def _abort(engine: Engine, path: S3Path, upload_id: str) -> None:
