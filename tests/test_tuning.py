@@ -296,7 +296,7 @@ def test_sync_facade_env_overrides(seaweed_bucket: str, monkeypatch: pytest.Monk
         assert engine.concurrency == 3 and engine.config.range_size == 256 * 1024
         s3.put("k", data)
         assert s3.get("k", in_memory=True).blob == data
-        assert engine._limiter is not None and engine._limiter._value == 3  # all returned
+        assert engine.limiter.in_flight == 0 and engine.limiter.maximum == 3  # all returned
 
 
 # --- the bandwidth cap, for real ------------------------------------------------------------
