@@ -171,6 +171,7 @@ class FaultProxy:
         self.faults = Faults()
         self.chaos: Chaos | None = None
         self.connections = 0
+        self._writers: set[asyncio.StreamWriter] = set()  # every socket, closed on stop()
         self.requests = 0
         self.injected = 0
         self.counts: collections.Counter[str] = collections.Counter()
@@ -269,6 +270,7 @@ class FaultProxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self._writers.add(writer)
         if self._refuse():
             writer.transport.abort()
             return
@@ -299,6 +301,7 @@ class FaultProxy:
                     up_reader, up_writer = await asyncio.open_connection(
                         "127.0.0.1", self.upstream_port, limit=1 << 20
                     )
+                    self._writers.add(up_writer)
                     responder = asyncio.ensure_future(
                         self._responses(up_reader, writer, pending, open_requests)
                     )
@@ -459,6 +462,10 @@ class FaultProxy:
             for task in others:  # connections still open
                 task.cancel()
             await asyncio.gather(*others, return_exceptions=True)
+            for writer in self._writers:
+                writer.transport.abort()
+            self._writers.clear()
+            await asyncio.sleep(0)  # let the transports finish closing
 
         asyncio.run_coroutine_threadsafe(_close(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)

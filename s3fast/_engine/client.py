@@ -450,7 +450,11 @@ async def bounded_map(
         await asyncio.gather(*tasks)
     except BaseException:
         for task in tasks:
-            task.cancel()
+            # Once each: a second cancel would interrupt a task's own cleanup (removing its
+            # temp file, aborting its upload) half-way. A cancelled gather has already
+            # cancelled them.
+            if not task.done() and not task.cancelling():
+                task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
     return results

@@ -195,8 +195,17 @@ class FileSink:
         making = loop.run_in_executor(None, self._create, part, size)
         try:
             self.fd, self.map = await asyncio.shield(making)
-        except asyncio.CancelledError:  # the thread still makes the file: drop it when made
-            making.add_done_callback(lambda done: _drop_made(done, part))
+        except asyncio.CancelledError:
+            # The thread still makes the file (a moment): wait for it and remove it, so that
+            # nothing is left once the cancelled call returns (if cancelled again meanwhile,
+            # it is removed when made).
+            try:
+                await asyncio.wait([making])
+            finally:
+                if making.done():
+                    _drop_made(making, part)
+                else:
+                    making.add_done_callback(lambda done: _drop_made(done, part))
             raise
 
     @staticmethod
