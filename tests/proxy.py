@@ -318,7 +318,9 @@ class FaultProxy:
                 await asyncio.gather(responder, return_exceptions=True)
             if up_writer is not None:
                 up_writer.transport.abort()
+                self._writers.discard(up_writer)
             writer.close()
+            self._writers.discard(writer)
             while open_requests[0]:
                 self._end(open_requests)
 
