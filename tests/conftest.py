@@ -18,6 +18,8 @@ from botocore.config import Config
 
 from s3fast.testing import ADMIN, READER, Identity, Moto, SeaweedFS
 
+from .proxy import FaultProxy
+
 # Set before anything imports metaflow (its config is read at import time).
 os.environ.setdefault("METAFLOW_DEFAULT_DATASTORE", "local")
 os.environ.setdefault("USERNAME", "s3fast-tests")
@@ -103,6 +105,14 @@ def seaweed(weed: SeaweedFS) -> Server:
 def seaweed_https(weed: SeaweedFS) -> Server:
     assert weed.https_cert is not None
     return Server("seaweedfs-https", weed.https_url, auth=True, ca_bundle=weed.https_cert)
+
+
+@pytest.fixture(scope="module")
+def proxy(seaweed: Server) -> Iterator[FaultProxy]:
+    """The fault-injecting proxy in front of SeaweedFS (``tests/proxy.py``)."""
+    p = FaultProxy(int(seaweed.endpoint_url.rsplit(":", 1)[1])).start()
+    yield p
+    p.stop()
 
 
 @pytest.fixture(scope="session")

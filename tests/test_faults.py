@@ -29,13 +29,6 @@ from .conftest import Server, _bucket_on, open_uploads
 from .proxy import INTERNAL, SLOWDOWN, FaultProxy, Faults
 
 
-@pytest.fixture(scope="module")
-def proxy(seaweed: Server) -> Iterator[FaultProxy]:
-    p = FaultProxy(int(seaweed.endpoint_url.rsplit(":", 1)[1])).start()
-    yield p
-    p.stop()
-
-
 @pytest.fixture
 def objs(seaweed_bucket: str, seaweed: Server) -> dict[str, bytes]:
     data = {f"o{i}": os.urandom(32 * KiB + i) for i in range(32)}

@@ -20,13 +20,6 @@ from .conftest import Server, self_signed
 from .proxy import REDIRECT, SLOWDOWN, FaultProxy, Faults
 
 
-@pytest.fixture(scope="module")
-def proxy(seaweed: Server) -> Iterator[FaultProxy]:
-    p = FaultProxy(int(seaweed.endpoint_url.rsplit(":", 1)[1])).start()
-    yield p
-    p.stop()
-
-
 @pytest.fixture
 def data(seaweed_bucket: str, seaweed: Server) -> dict[str, bytes]:
     objs = {f"o{i}": os.urandom(1 * MiB + i) for i in range(8)}
