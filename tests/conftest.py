@@ -53,6 +53,27 @@ class Server:
             verify=self.ca_bundle,
         )
 
+    def seed(self, bucket: str, objs: dict[str, bytes]) -> dict[str, bytes]:
+        """Upload ``objs`` with boto3 (not with s3fast, which is under test); returns them."""
+        client = self.client()
+        for key, body in objs.items():
+            client.put_object(Bucket=bucket, Key=key, Body=body)  # type: ignore[attr-defined]
+        client.close()  # type: ignore[attr-defined]
+        return objs
+
+    def flow_env(self, bucket: str, sysroot: pathlib.Path) -> dict[str, str]:
+        """The environment for a Metaflow flow run by the local runtime against this server,
+        with ``S3(run=self)`` rooted at ``s3://bucket/data``."""
+        return {
+            **os.environ,
+            **self.env(),
+            "METAFLOW_DATATOOLS_S3ROOT": f"s3://{bucket}/data",
+            "METAFLOW_DEFAULT_DATASTORE": "local",
+            "METAFLOW_DEFAULT_METADATA": "local",
+            "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(sysroot),
+            "USERNAME": "s3fast-tests",
+        }
+
 
 def self_signed(tmp: pathlib.Path) -> tuple[str, str]:
     """A self-signed CA certificate for localhost, and its key: (cert path, key path)."""

@@ -3,7 +3,6 @@ S3(run=self) objects land where metaflow.S3 would put them."""
 
 from __future__ import annotations
 
-import os
 import pathlib
 import subprocess
 import sys
@@ -18,15 +17,7 @@ EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 def test_metaflow_flow_uses_run_addressing(
     seaweed: Server, seaweed_bucket: str, tmp_path: pathlib.Path
 ) -> None:
-    env = {
-        **os.environ,
-        **seaweed.env(),
-        "METAFLOW_DATATOOLS_S3ROOT": f"s3://{seaweed_bucket}/data",
-        "METAFLOW_DEFAULT_DATASTORE": "local",
-        "METAFLOW_DEFAULT_METADATA": "local",
-        "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path),
-        "USERNAME": "s3fast-tests",
-    }
+    env = seaweed.flow_env(seaweed_bucket, tmp_path)
     done = subprocess.run(
         [sys.executable, str(EXAMPLES / "metaflow_flow.py"), "--no-pylint", "run"],
         env=env,

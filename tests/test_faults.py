@@ -31,12 +31,7 @@ from .proxy import INTERNAL, SLOWDOWN, FaultProxy, Faults
 
 @pytest.fixture
 def objs(seaweed_bucket: str, seaweed: Server) -> dict[str, bytes]:
-    data = {f"o{i}": os.urandom(32 * KiB + i) for i in range(32)}
-    client = seaweed.client()
-    for key, body in data.items():
-        client.put_object(Bucket=seaweed_bucket, Key=key, Body=body)  # type: ignore[attr-defined]
-    client.close()  # type: ignore[attr-defined]
-    return data
+    return seaweed.seed(seaweed_bucket, {f"o{i}": os.urandom(32 * KiB + i) for i in range(32)})
 
 
 def _s3(bucket: str, proxy: FaultProxy, **cfg: object) -> S3:

@@ -34,15 +34,7 @@ def test_sharded_flow(seaweed: Server, seaweed_bucket: str, tmp_path: pathlib.Pa
     with S3(s3root=f"s3://{seaweed_bucket}") as s3:
         s3.put_many(list(inputs.items()))
     mine = {k: v for k, v in inputs.items() if k.startswith("corpus/")}
-    env = {
-        **os.environ,
-        **seaweed.env(),
-        "METAFLOW_DATATOOLS_S3ROOT": f"s3://{seaweed_bucket}/data",
-        "METAFLOW_DEFAULT_DATASTORE": "local",
-        "METAFLOW_DEFAULT_METADATA": "local",
-        "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path),
-        "USERNAME": "s3fast-tests",
-    }
+    env = seaweed.flow_env(seaweed_bucket, tmp_path)
     done = subprocess.run(
         [
             sys.executable,

@@ -22,12 +22,7 @@ from .proxy import REDIRECT, SLOWDOWN, FaultProxy, Faults
 
 @pytest.fixture
 def data(seaweed_bucket: str, seaweed: Server) -> dict[str, bytes]:
-    objs = {f"o{i}": os.urandom(1 * MiB + i) for i in range(8)}
-    client = seaweed.client()
-    for key, body in objs.items():
-        client.put_object(Bucket=seaweed_bucket, Key=key, Body=body)  # type: ignore[attr-defined]
-    client.close()  # type: ignore[attr-defined]
-    return objs
+    return seaweed.seed(seaweed_bucket, {f"o{i}": os.urandom(1 * MiB + i) for i in range(8)})
 
 
 def _client(bucket: str, proxy: FaultProxy, **cfg: object) -> S3:
