@@ -22,6 +22,7 @@ import inspect
 import os
 import random
 import ssl
+import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -31,6 +32,7 @@ from typing import Any, TypeVar
 import aiohttp
 import botocore.exceptions
 from aiobotocore.config import AioConfig
+from aiobotocore.httpsession import AIOHTTPSession
 from aiobotocore.session import AioSession, get_session
 
 from ..config import TransferConfig
@@ -39,6 +41,21 @@ from .http import HttpGetter, TransientHTTPError
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+# Before CPython 3.12.8 / 3.13.1 (python/cpython#118960) a TLS connection closed while the
+# server still talks (a cancelled request) can outlive its event loop, half closed. aiohttp's
+# remedy is its connector's ``enable_cleanup_closed``, which aborts those on close; later
+# versions warn that it is not needed. AioConfig refuses the argument, so a session class
+# hands it to the connector.
+_NEEDS_CLEANUP_CLOSED = sys.version_info < (3, 12, 8) or (3, 13, 0) <= sys.version_info < (3, 13, 1)
+
+
+class _Session(AIOHTTPSession):
+    def __init__(self, *args: Any, connector_args: dict[str, Any] | None = None, **kw: Any):
+        if _NEEDS_CLEANUP_CLOSED:
+            connector_args = {**(connector_args or {}), "enable_cleanup_closed": True}
+        super().__init__(*args, connector_args=connector_args, **kw)
+
 
 ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "METAFLOW_S3_ENDPOINT_URL")
 
@@ -258,6 +275,7 @@ class Engine:
             s3={"addressing_style": "path"} if self.endpoint_url else None,
             signature_version="s3v4",
             tcp_keepalive=True,
+            http_session_cls=_Session,
         )
         region = self._region or session.get_config_variable("region") or "us-east-1"
         # None: botocore's own lookup (AWS_CA_BUNDLE, the profile's ca_bundle, certifi)

@@ -206,8 +206,11 @@ class _Conn(asyncio.BufferedProtocol):
         self.transport.resume_reading()
 
     def close(self) -> None:
+        """Drop the connection at once. A connection is closed only when it cannot be reused
+        (a response not read to its end, an error, shutdown), so nothing it would still send
+        matters, and a TLS close handshake would only read the rest of an unwanted body."""
         if self.transport is not None:
-            self.transport.close()
+            self.transport.abort()
 
 
 class _Signer:
