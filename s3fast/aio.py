@@ -346,7 +346,7 @@ class AsyncS3:
         self._check_open()
         jobs = [(self._s3root, *self._request(key)) for key in _as_list(keys, "keys")]
         tracker = Tracker.of(progress, len(jobs))
-        window = min(self._engine.concurrency, max(1, len(jobs)))
+        window = min(self._engine.config.max_concurrency, max(1, len(jobs)))  # bounded memory
         ready: asyncio.Queue[S3Object] = asyncio.Queue(maxsize=window)
         feed = iter(jobs)
 

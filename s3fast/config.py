@@ -60,8 +60,10 @@ class TransferConfig:
     Parameters
     ----------
     max_concurrency : int, optional
-        Requests in flight at once (the one concurrency limiter). Default: from the plan
-        (CPUs, NIC speed), bounded by the memory budget.
+        Requests in flight at once (the one concurrency limiter). Given, it is fixed (lowered
+        only while the server throttles). Default: from the plan (CPUs, NIC speed), bounded
+        by the memory budget, and raised at run time while that raises throughput, up to the
+        plan's ``concurrency_ceiling``.
     range_size : int, optional
         Size of each ranged GET when a large object is fetched in parallel. Default: from
         the plan (8 MiB; 16 MiB on NICs of 25 Gbit/s and more).

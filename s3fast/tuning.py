@@ -38,10 +38,12 @@ log = logging.getLogger(__name__)
 
 # One event loop drives about 19 Gbit/s per core here (measured); plan with a little less.
 GBPS_PER_PROCESS = 18.0
+CPUS_PER_PROCESS_UNKNOWN_NIC, MAX_PROCESSES_UNKNOWN_NIC = 4, 8
 # Connections per Gbit/s of NIC: one S3 connection carries roughly 0.5-0.7 Gbit/s.
 CONNECTIONS_PER_GBPS = 2.0
 CONNECTIONS_PER_CPU = 16
 MIN_CONNECTIONS, MAX_CONNECTIONS = 16, 128
+CEILING_FACTOR = 4  # the limiter may raise the planned connections up to this many times
 FAST_NIC_GBPS = 25.0  # from here on, 16 MiB ranges and parts (fewer requests per byte)
 MEMORY_FRACTION = 4  # the in-flight budget is at most 1/4 of the memory available
 MIN_MEMORY_BUDGET = 32 * MiB
@@ -342,6 +344,7 @@ class Plan:
 
     machine: Machine
     max_concurrency: int
+    concurrency_ceiling: int
     range_size: int
     part_size: int
     memory_budget: int
@@ -353,6 +356,7 @@ class Plan:
     def as_dict(self) -> dict[str, Any]:
         return {
             "max_concurrency": self.max_concurrency,
+            "concurrency_ceiling": self.concurrency_ceiling,
             "range_size": self.range_size,
             "part_size": self.part_size,
             "memory_budget": self.memory_budget,
@@ -368,22 +372,23 @@ class Plan:
         nic = f"{m.nic_gbps:g} Gbit/s" if m.nic_gbps is not None else "unknown"
         lines = [
             "s3fast plan for this machine",
-            f"  CPUs:           {m.cpus} ({m.cpus_from})",
-            f"  memory:         {mem} available ({m.memory_from})",
-            f"  network:        {nic} ({m.nic_from})",
-            f"  instance type:  {m.instance_type or 'unknown'} ({m.instance_from})",
+            f"  {'CPUs:':20}{m.cpus} ({m.cpus_from})",
+            f"  {'memory:':20}{mem} available ({m.memory_from})",
+            f"  {'network:':20}{nic} ({m.nic_from})",
+            f"  {'instance type:':20}{m.instance_type or 'unknown'} ({m.instance_from})",
             "settings",
         ]
         bw = "unlimited" if self.max_bandwidth is None else f"{_size(self.max_bandwidth)}/s"
         for name, shown in (
             ("max_concurrency", str(self.max_concurrency)),
+            ("concurrency_ceiling", str(self.concurrency_ceiling)),
             ("range_size", _size(self.range_size)),
             ("part_size", _size(self.part_size)),
             ("memory_budget", _size(self.memory_budget)),
             ("processes", str(self.processes)),
             ("max_bandwidth", bw),
         ):
-            lines.append(f"  {name + ':':16}{shown:>10}  {self.reasons[name]}")
+            lines.append(f"  {name + ':':20}{shown:>10}  {self.reasons[name]}")
         return "\n".join(lines)
 
 
@@ -426,8 +431,13 @@ def plan(config: TransferConfig | None = None, *, machine: Machine | None = None
         processes = int(given_procs)
         why["processes"] = _given("processes", processes)
     elif nic is None:
-        processes = 1
-        why["processes"] = "NIC speed unknown: one process"
+        # Cores without a known NIC: still more than one event loop's worth on big machines
+        # (a server-class machine rarely has a NIC that one loop fills), but modestly.
+        processes = max(1, min(m.cpus // CPUS_PER_PROCESS_UNKNOWN_NIC, MAX_PROCESSES_UNKNOWN_NIC))
+        why["processes"] = (
+            f"NIC speed unknown: one per {CPUS_PER_PROCESS_UNKNOWN_NIC} CPUs"
+            f" (at most {MAX_PROCESSES_UNKNOWN_NIC})"
+        )
     else:
         wanted = math.ceil(nic / GBPS_PER_PROCESS)
         processes = max(1, min(wanted, m.cpus // 2))
@@ -487,6 +497,22 @@ def plan(config: TransferConfig | None = None, *, machine: Machine | None = None
         )
     why["max_concurrency"] = reason
 
+    # The limiter may raise the number while that raises throughput, up to this ceiling.
+    if cfg.max_concurrency is not None:
+        ceiling = concurrency
+        why["concurrency_ceiling"] = "max_concurrency was given: fixed (lowered only on throttling)"
+    else:
+        files = _open_files_limit()
+        ceiling = max(concurrency, min(fits, CEILING_FACTOR * concurrency, files // 4))
+        bound = {
+            fits: f"what the memory budget holds ({fits} x {_size(unit)})",
+            CEILING_FACTOR * concurrency: f"{CEILING_FACTOR} x the start",
+            files // 4: f"a quarter of the open-files limit ({files})",
+        }
+        why["concurrency_ceiling"] = "raised while throughput grows, up to " + (
+            bound[ceiling] if ceiling in bound else "the start"
+        )
+
     if cfg.max_bandwidth is not None:
         why["max_bandwidth"] = _given("max_bandwidth", cfg.max_bandwidth)
     else:
@@ -505,6 +531,7 @@ def plan(config: TransferConfig | None = None, *, machine: Machine | None = None
     return Plan(
         machine=m,
         max_concurrency=concurrency,
+        concurrency_ceiling=ceiling,
         range_size=range_size,
         part_size=part_size,
         memory_budget=budget,
@@ -513,6 +540,17 @@ def plan(config: TransferConfig | None = None, *, machine: Machine | None = None
         reasons=why,
         config=resolved,
     )
+
+
+def _open_files_limit() -> int:
+    """The soft limit on open files: every connection and every file being written is one."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 1024
+    return soft if soft != resource.RLIM_INFINITY and soft > 0 else 1 << 20
 
 
 def default_concurrency() -> int:

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from s3fast import S3, AsyncS3, TransferConfig, tuning
-from s3fast._engine.client import Bandwidth
+from s3fast import S3, AsyncS3, S3GetObject, TransferConfig, tuning
+from s3fast._engine.client import AdaptiveLimiter, Bandwidth
 from s3fast.limits import GiB, MiB
 from s3fast.tuning import Machine, instance_gbps, plan, probe
+
+from .proxy import FaultProxy, Faults
 
 
 def write(root: Path, path: str, text: str) -> None:
@@ -192,11 +194,25 @@ def test_fast_nic_many_cores() -> None:
     few = plan(TransferConfig(), machine=machine(cpus=8, memory=32 * GiB, nic=100))
     assert few.processes == 4 and "capped" in few.reasons["processes"]
     unknown = plan(TransferConfig(), machine=machine(cpus=64, nic=None))
-    assert unknown.processes == 1 and unknown.range_size == 8 * MiB
+    assert unknown.processes == 8 and unknown.range_size == 8 * MiB  # one per 4 CPUs, at most 8
+    assert plan(TransferConfig(), machine=machine(cpus=16, nic=None)).processes == 4
+    assert plan(TransferConfig(), machine=machine(cpus=4, nic=None)).processes == 1
+
+
+def test_concurrency_ceiling() -> None:
+    """The limiter may raise the plan's connections (4x at most, within the memory budget and
+    the open-files limit); a given max_concurrency is fixed."""
+    p = plan(TransferConfig(), machine=machine(cpus=2, nic=10))
+    assert (p.max_concurrency, p.concurrency_ceiling) == (32, 128)
+    tight = plan(TransferConfig(memory_budget=40 * 8 * MiB), machine=machine(cpus=2, nic=10))
+    assert (tight.max_concurrency, tight.concurrency_ceiling) == (32, 40)
+    assert "memory budget" in tight.reasons["concurrency_ceiling"]
+    fixed = plan(TransferConfig(max_concurrency=7), machine=machine(cpus=2, nic=10))
+    assert fixed.max_concurrency == fixed.concurrency_ceiling == 7
 
 
 def test_memory_budget_bounds_concurrency() -> None:
-    p = plan(TransferConfig(), machine=machine(cpus=8, memory=256 * MiB))
+    p = plan(TransferConfig(), machine=machine(cpus=8, memory=256 * MiB, nic=10))
     assert p.memory_budget == 64 * MiB
     assert p.max_concurrency == 8  # 64 MiB / 8 MiB
     assert p.max_concurrency * max(p.range_size, p.part_size) <= p.memory_budget
@@ -234,7 +250,14 @@ def test_env_overrides_plan(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_explain_and_as_dict() -> None:
     p = plan(TransferConfig(), machine=machine(cpus=16, nic=50))
     text = p.explain()
-    for name in ("max_concurrency", "range_size", "part_size", "memory_budget", "processes"):
+    for name in (
+        "max_concurrency",
+        "concurrency_ceiling",
+        "range_size",
+        "part_size",
+        "memory_budget",
+        "processes",
+    ):
         assert name in text and p.reasons[name] in text
         assert name in p.as_dict()
     assert "50 Gbit/s" in text
@@ -277,12 +300,14 @@ async def test_engine_runs_with_the_plan(monkeypatch: pytest.MonkeyPatch) -> Non
         engine = s3._engine
         expected = plan(TransferConfig(), machine=fake)
         assert engine.plan == expected
-        assert engine.concurrency == expected.max_concurrency == 128  # 16 x 13 CPUs, capped
+        assert engine.limiter.target == expected.max_concurrency == 128  # 16 x 13 CPUs, capped
+        assert engine.concurrency == engine.limiter.maximum == expected.concurrency_ceiling
+        assert expected.concurrency_ceiling > 128  # room to grow while throughput does
         assert engine.config.range_size == engine.config.part_size == 16 * MiB
         assert s3.config == TransferConfig()  # what the caller gave, unchanged
     cfg = TransferConfig(max_concurrency=3, range_size=1 * MiB)
     async with AsyncS3(s3root="s3://some-bucket", config=cfg) as s3:
-        assert s3._engine.concurrency == 3
+        assert s3._engine.concurrency == s3._engine.limiter.maximum == 3  # given: fixed
         assert s3._engine.config.range_size == MiB
         assert s3._engine.config.part_size == 16 * MiB  # the rest still from the plan
 
@@ -337,3 +362,75 @@ def test_max_bandwidth_caps_get_and_put(seaweed_bucket: str) -> None:
     assert puts_s >= 0.9 * (4 * MiB) / cap, puts_s  # three single PUTs of 2 MiB
     mpu_s = timed(lambda s3: s3.put("mpu", data + data[:MiB]))  # parts of 5 + 2 MiB
     assert mpu_s >= 0.9 * (5 * MiB) / cap, mpu_s
+
+
+# --- throughput-guided concurrency ----------------------------------------------------------
+
+
+async def _drive(limiter: AdaptiveLimiter, serve: Callable[[], object], seconds: float) -> None:
+    """Keep far more requests waiting than the limiter admits, for ``seconds``."""
+    stop = time.monotonic() + seconds
+
+    async def client_task() -> None:
+        while time.monotonic() < stop:
+            await limiter.acquire()
+            try:
+                await serve()  # type: ignore[misc]
+            finally:
+                limiter.release(None, 0)
+
+    await asyncio.gather(*(client_task() for _ in range(limiter.maximum * 2)))
+
+
+@pytest.mark.asyncio
+async def test_limiter_grows_while_throughput_grows() -> None:
+    """A latency-bound service (every request 20 ms, no limit on how many at once): each step
+    up pays, so the limit climbs from its start to the ceiling and stays there."""
+    limiter = AdaptiveLimiter(16, 64)
+    await _drive(limiter, lambda: asyncio.sleep(0.02), 2.5)
+    assert limiter.target == limiter.maximum == 64 and int(limiter.limit) == 64
+    assert limiter.probes >= 6 and limiter.reverted == 0 and limiter.in_flight == 0
+
+
+@pytest.mark.asyncio
+async def test_limiter_keeps_its_level_when_more_does_not_help() -> None:
+    """A capacity-bound service (8 requests served at once, 20 ms each): more in flight only
+    makes each wait longer, so a step up is taken back, and not tried again for a while."""
+    server = asyncio.Semaphore(8)
+
+    async def serve() -> None:
+        async with server:
+            await asyncio.sleep(0.02)
+
+    limiter = AdaptiveLimiter(16, 64)
+    await _drive(limiter, serve, 1.5)
+    assert limiter.target == 16 and int(limiter.limit) == 16
+    assert limiter.probes == limiter.reverted == 1 and limiter.highest == 20
+
+
+def test_limiter_throttling_ends_a_probe() -> None:
+    limiter = AdaptiveLimiter(16, 64)
+    limiter._queued = True
+    limiter._window(90.0)  # the first window: ignored
+    limiter._window(100.0)  # measured at 16: probe 20
+    assert limiter.target == 20 and limiter._phase == "settle"
+    limiter.throttle()  # SlowDown: back to 16, then halved
+    assert limiter.target == 16 and limiter.limit == 8.0 and limiter.reverted == 1
+
+
+@pytest.mark.timeout(120)
+def test_concurrency_grows_against_a_slow_server(seaweed_bucket: str, proxy: FaultProxy) -> None:
+    """Every answer held 100 ms by the proxy (a far-away server): the plan's start leaves
+    throughput on the table, and the limiter raises the number of requests in flight."""
+    data = os.urandom(64 * 1024)
+    with S3(s3root=f"s3://{seaweed_bucket}", endpoint_url=proxy.url) as s3:
+        s3.put("k", data)
+        proxy.set(Faults(stall=0.1, seconds=60))
+        ranges = [S3GetObject("k", i * 16, 16) for i in range(1500)]
+        got = s3.get_many(ranges)
+        assert [o.blob for o in got] == [data[i * 16 : i * 16 + 16] for i in range(1500)]
+        stats = s3.stats
+        assert stats.start_limit == s3._aio._engine.plan.max_concurrency
+    proxy.set(Faults())
+    assert stats.highest_limit >= stats.start_limit * 1.5, stats
+    assert stats.limit > stats.start_limit and stats.in_flight == 0, stats

@@ -9,10 +9,11 @@ exponential backoff and full jitter, bounded by ``max_attempts`` and by ``max_re
 seconds since the request's first try (a hook on botocore's ``needs-retry`` event applies the
 same time bound to botocore's retries). No one sleeps after the last try.
 
-Concurrency: :class:`AdaptiveLimiter` is the one limiter. Every request holds a slot; the
-number of slots adapts (AIMD): halved when the server throttles (503 ``SlowDown``, 429), at
-most once per ``CUT_INTERVAL``, and grown back by one per window of successes, between 1 and
-``max_concurrency``.
+Concurrency: :class:`AdaptiveLimiter` is the one limiter. Every request holds a slot. The
+number of slots starts at the plan's ``max_concurrency``, is raised step by step while that
+raises throughput (up to the ceiling the memory budget allows; a given ``max_concurrency`` is
+both start and ceiling), halved when the server throttles (503 ``SlowDown``, 429) at most once
+per ``CUT_INTERVAL``, and grown back by one per window of successes.
 """
 
 from __future__ import annotations
@@ -102,15 +103,22 @@ def is_throttle(exc: BaseException | None) -> bool:
 class TransferStats:
     """A snapshot of one client's engine, for tests, the soak run and monitoring.
 
-    ``limit`` is the number of requests currently allowed in flight (``max_concurrency`` until
-    the server throttles); ``lowest_limit`` the lowest it has been; ``throttled`` the throttled
-    answers seen; ``limit_cuts`` how often the limit was halved; ``retries`` the requests
-    retried (the engine's own, plus those botocore retried); ``gave_up`` the requests that ran
-    out of attempts or time."""
+    ``limit`` is the number of requests currently allowed in flight. It starts at
+    ``start_limit`` (the plan's or the given ``max_concurrency``) and moves between 1 and
+    ``max_concurrency`` (the ceiling: the given ``max_concurrency``, else what the memory
+    budget allows); ``lowest_limit`` and ``highest_limit`` are how far it went; ``probes``
+    how often it was raised to test for more throughput, ``probes_reverted`` how many of those
+    did not pay; ``throttled`` the throttled answers seen; ``limit_cuts`` how often the limit
+    was halved; ``retries`` the requests retried (the engine's own, plus those botocore
+    retried); ``gave_up`` the requests that ran out of attempts or time."""
 
     max_concurrency: int
+    start_limit: int
     limit: int
     lowest_limit: int
+    highest_limit: int
+    probes: int
+    probes_reverted: int
     in_flight: int
     throttled: int
     limit_cuts: int
@@ -118,27 +126,67 @@ class TransferStats:
     gave_up: int
 
 
+PROBE_WINDOW = 0.1  # a measurement window lasts at least this many seconds, and until as
+# many requests completed as the limit allows in flight (each slot turned over about once)
+PROBE_STEP = 1.25  # a probe raises the target by a quarter (at least one slot) ...
+PROBE_GAIN = 0.6  # ... and keeps it only if throughput rose by this share of the step
+PROBE_HOLD = 20  # windows to wait after a probe that did not pay before probing again
+REQUEST_COST = 64 * 1024  # bytes a request counts as, so small objects measure by count
+
+
 class AdaptiveLimiter:
-    """At most ``limit`` holders at once; ``limit`` moves between 1 and ``maximum`` (AIMD).
+    """At most ``limit`` holders at once, waiters served first come, first served. Lives on
+    one event loop. ``await acquire()`` / ``release(exc, nbytes)`` around each request.
 
-    ``await acquire()`` / ``release(exc)`` around each request: a throttled outcome halves the
-    limit (at most once per ``CUT_INTERVAL``), a success adds ``1/limit`` (one slot per window
-    of successes). Waiters are served first come, first served. Lives on one event loop."""
+    - **Back off** (AIMD): a throttled answer halves ``limit`` (at most once per
+      ``CUT_INTERVAL``); each success wins back ``1/limit``, up to ``target``.
+    - **Grow while throughput grows**: when requests queue for a slot (demand exceeds the
+      limit) the limiter measures throughput, bytes moved plus ``REQUEST_COST`` per request,
+      over windows of at least ``PROBE_WINDOW`` seconds in which at least ``limit`` requests
+      completed (so a window spans about one turn of every slot: a fraction of a second for
+      small objects, longer for big ranges on a slow link). It then raises ``target`` by ``PROBE_STEP``
+      (never above ``maximum``, the memory budget's bound), lets one window pass, and measures
+      again. It keeps the step only if throughput rose by ``PROBE_GAIN`` of the step (60%:
+      a quarter more requests in flight must bring 15% more throughput). Otherwise, when
+      more requests in flight only made each slower, it returns to the previous target and
+      waits ``PROBE_HOLD`` windows before it tries again. A throttled answer during a probe
+      ends the probe the same way.
+    """
 
-    def __init__(self, maximum: int) -> None:
-        self.maximum = maximum
-        self.limit = float(maximum)
-        self.lowest = maximum
+    def __init__(self, start: int, maximum: int | None = None) -> None:
+        self.maximum = max(start, maximum or start)
+        self.target = start  # where the limit recovers to after a cut; probes move it
+        self.limit = float(start)
+        self.lowest = start
+        self.highest = start
         self.in_flight = 0
         self.throttled = 0
         self.cuts = 0
+        self.probes = 0  # targets raised
+        self.reverted = 0  # probes that did not pay
         self._last_cut = -CUT_INTERVAL
         self._waiters: deque[asyncio.Future[None]] = deque()
+        # the current measurement window
+        self._since = time.monotonic()
+        self._work = 0
+        self._done = 0
+        self._queued = False  # a request waited for a slot in this window
+        self._clean = True  # no throttling, limit at target, in this window
+        # probing: a "settle" window after every change (ignored), then "measure" (the rate
+        # at target; maybe raise it) or "probe" (the rate after raising: keep or take back)
+        self._phase = "settle"
+        self._next = "measure"
+        self._base = 0.0  # the rate before the probe
+        self._before = start  # the target before the probe
+        self._hold = 0
 
     async def acquire(self) -> None:
+        if not self.in_flight:
+            self._restart()
         if not self._waiters and self.in_flight < int(self.limit):
             self.in_flight += 1
             return
+        self._queued = True
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
@@ -154,14 +202,67 @@ class AdaptiveLimiter:
                     pass
             raise
 
-    def release(self, exc: BaseException | None = None) -> None:
+    def release(self, exc: BaseException | None = None, nbytes: int = 0) -> None:
         self.in_flight -= 1
         if exc is None:
-            if self.limit < self.maximum:
-                self.limit = min(float(self.maximum), self.limit + 1.0 / self.limit)
+            if self.limit < self.target:
+                self.limit = min(float(self.target), self.limit + 1.0 / self.limit)
+                self._clean = False
+            self._work += nbytes + REQUEST_COST
+            self._done += 1
+            now = time.monotonic()
+            if self._done >= self.limit and now - self._since >= PROBE_WINDOW:
+                self._window(self._work / (now - self._since))
+                self._since, self._work, self._done = now, 0, 0
+                self._queued, self._clean = False, True
         else:
             self.observe(exc)
         self._wake()
+
+    def _restart(self) -> None:
+        """Idle until now: the window starts afresh, and the first one (a batch warming up)
+        is not measured."""
+        self._since, self._work, self._done = time.monotonic(), 0, 0
+        self._queued, self._clean = False, True
+        if self._phase != "settle":
+            self._next, self._phase = self._phase, "settle"
+
+    def _window(self, rate: float) -> None:
+        """One window ended with throughput ``rate``: move through the probe's phases."""
+        if not (self._queued and self._clean):
+            return  # not enough demand to learn from, or still recovering from a cut
+        if self._phase == "settle":
+            self._phase = self._next
+        elif self._phase == "probe":
+            step = self.target / self._before - 1
+            if rate >= self._base * (1 + PROBE_GAIN * step):
+                self._base = rate
+                self._raise()  # it paid: try the next step from here
+            else:
+                self._revert()
+        elif self._hold > 0:
+            self._hold -= 1
+        elif self.target < self.maximum:
+            self._base = rate
+            self._raise()
+
+    def _raise(self) -> None:
+        if self.target >= self.maximum:
+            self._phase = self._next = "measure"
+            return
+        self._phase, self._next = "settle", "probe"
+        self._before = self.target
+        self.target = min(self.maximum, max(self.target + 1, int(self.target * PROBE_STEP)))
+        self.limit = float(self.target)
+        self.highest = max(self.highest, self.target)
+        self.probes += 1
+
+    def _revert(self) -> None:
+        self.target = self._before
+        self.limit = min(self.limit, float(self.target))
+        self.reverted += 1
+        self._hold = PROBE_HOLD
+        self._phase, self._next = "settle", "measure"
 
     def observe(self, exc: BaseException) -> None:
         """Count ``exc`` toward the limit if it is a throttled answer (once per exception)."""
@@ -172,6 +273,9 @@ class AdaptiveLimiter:
     def throttle(self) -> None:
         """The server said "slow down": halve the limit, unless it was just halved."""
         self.throttled += 1
+        self._clean = False
+        if self._next == "probe":  # a probe in progress
+            self._revert()
         now = time.monotonic()
         if now - self._last_cut >= CUT_INTERVAL and self.limit > 1:
             self._last_cut = now
@@ -188,12 +292,17 @@ class AdaptiveLimiter:
 
 
 class _Slot:
-    """``async with engine.slot() as client``: one request in flight."""
+    """``async with engine.slot(nbytes) as client``: one request in flight, moving ``nbytes``
+    (or ``progress[0] - start`` of a ``progress`` counter, read at the end), which the
+    limiter counts toward throughput."""
 
-    __slots__ = ("_engine",)
+    __slots__ = ("_engine", "_nbytes", "_progress", "_start")
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, nbytes: int, progress: list[int] | None) -> None:
         self._engine = engine
+        self._nbytes = nbytes
+        self._progress = progress
+        self._start = progress[0] if progress is not None else 0
 
     async def __aenter__(self) -> Any:
         client = await self._engine.client()
@@ -201,7 +310,10 @@ class _Slot:
         return client
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        self._engine.limiter.release(exc)
+        moved = self._nbytes
+        if self._progress is not None:
+            moved += self._progress[0] - self._start
+        self._engine.limiter.release(exc, moved)
 
 
 class Bandwidth:
@@ -234,6 +346,7 @@ class Engine:
         *,
         credentials: tuple[str, str, str | None] | None = None,
         region: str | None = None,
+        ceiling: int | None = None,
     ) -> None:
         from .. import tuning  # lazily: ``python -m s3fast.tuning`` stays a clean entry point
 
@@ -243,12 +356,16 @@ class Engine:
         # Given by a parent process (worker processes): used as is, no credential chain.
         self._credentials = credentials
         self._region = region
-        self.concurrency = self.config.max_concurrency
+        # Requests in flight start at the plan's number and may grow to its ceiling (a worker
+        # process is given its share of its parent's).
+        self.concurrency = max(
+            self.config.max_concurrency, ceiling or self.plan.concurrency_ceiling
+        )
         rate = self.config.max_bandwidth
         self._bandwidth = Bandwidth(rate) if rate is not None else None
         self._client: Any = None
         self._client_cm: Any = None
-        self.limiter = AdaptiveLimiter(self.concurrency)
+        self.limiter = AdaptiveLimiter(self.config.max_concurrency, self.concurrency)
         self.retries = 0  # requests retried (the engine's, and botocore's)
         self.gave_up = 0  # requests that ran out of attempts or time
         self._start_lock: asyncio.Lock | None = None
@@ -326,10 +443,11 @@ class Engine:
         await self.client()
         return self._http
 
-    def slot(self) -> _Slot:
+    def slot(self, nbytes: int = 0, progress: list[int] | None = None) -> _Slot:
         """``async with engine.slot() as client``: one request in flight, through the engine's
-        single (adaptive) concurrency limiter, which also learns from the outcome."""
-        return _Slot(self)
+        single (adaptive) concurrency limiter, which also learns from the outcome and from
+        the bytes moved (``nbytes``, or what a ``progress`` counter advanced)."""
+        return _Slot(self, nbytes, progress)
 
     def _botocore_retry(
         self,
@@ -365,8 +483,12 @@ class Engine:
         lim = self.limiter
         return TransferStats(
             max_concurrency=lim.maximum,
+            start_limit=self.config.max_concurrency,
             limit=int(lim.limit),
             lowest_limit=lim.lowest,
+            highest_limit=lim.highest,
+            probes=lim.probes,
+            probes_reverted=lim.reverted,
             in_flight=lim.in_flight,
             throttled=lim.throttled,
             limit_cuts=lim.cuts,

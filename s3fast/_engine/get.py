@@ -354,7 +354,7 @@ async def _exchange(
             return await prepare(Head.from_response(fields, url))
 
         try:
-            async with engine.slot():
+            async with engine.slot(progress=progress):
                 await http.get(
                     path.bucket, path.key, range_header, etag, prepare_fields, progress, checksum
                 )
@@ -369,7 +369,7 @@ async def _exchange(
         kwargs["IfMatch"] = f'"{etag}"'
     if checksum:
         kwargs["ChecksumMode"] = "ENABLED"
-    async with engine.slot() as client:
+    async with engine.slot(progress=progress) as client:
         resp = await client.get_object(Bucket=path.bucket, Key=path.key, **kwargs)
         body = resp["Body"]
         try:

@@ -220,6 +220,7 @@ class _Worker:
         self.config: TransferConfig = setup["config"]
         self.endpoint_url: str | None = setup["endpoint_url"]
         self.region: str | None = setup["region"]
+        self.ceiling: int = setup["ceiling"]
         self.engine: Engine | None = None
         self.creds: Credentials | None = None
         self.engines: list[Engine] = []
@@ -231,7 +232,11 @@ class _Worker:
     def engine_for(self, creds: Credentials | None) -> Engine:
         if self.engine is None or creds != self.creds:
             self.engine = Engine(
-                self.config, self.endpoint_url, credentials=creds, region=self.region
+                self.config,
+                self.endpoint_url,
+                credentials=creds,
+                region=self.region,
+                ceiling=self.ceiling,
             )
             self.creds = creds
             self.engines.append(self.engine)
@@ -468,7 +473,7 @@ class Pool:
         return [p.pid for p in self._procs]
 
     def _per_worker_concurrency(self) -> int:
-        share = math.ceil(self.engine.concurrency / self.size)
+        share = math.ceil(self.engine.config.max_concurrency / self.size)
         return max(1, share) if self.config.max_concurrency else max(16, share)
 
     async def _ensure(self) -> None:
@@ -498,6 +503,8 @@ class Pool:
             "config": config,
             "endpoint_url": self.engine.endpoint_url,
             "region": self.engine.region,
+            # each worker may grow its limit to its share of the parent's ceiling
+            "ceiling": math.ceil(self.engine.concurrency / self.size),
         }
         loop = asyncio.get_running_loop()
         spawned = await loop.run_in_executor(None, _spawn, self.size)

@@ -209,7 +209,7 @@ async def _put_single(
                 headers["if-none-match"] = "*"
 
             async def one() -> dict[str, Any]:
-                async with engine.slot():
+                async with engine.slot(len(body)):
                     return await http.put(path.bucket, path.key, body, headers)
 
             try:
@@ -218,7 +218,7 @@ async def _put_single(
             except botocore.exceptions.ClientError as exc:
                 if not http.redirected(exc, path.bucket):
                     raise
-        async with engine.slot() as client:
+        async with engine.slot(len(body)) as client:
             await client.put_object(
                 Bucket=path.bucket,
                 Key=path.key,
@@ -302,7 +302,7 @@ async def _put_multipart(
         async def upload(span: tuple[int, int, int]) -> dict[str, Any]:
             number, offset, length = span
             await engine.throttle(length)  # max_bandwidth
-            async with engine.slot() as client:
+            async with engine.slot(length) as client:
                 data = await reader.read(offset, length)
                 resp = await send(client, number, data)
             crc = CRC32.decode(resp.get("ChecksumCRC32") or "")
