@@ -43,11 +43,12 @@ def run_s3fast_async(ctx: Ctx) -> None:
         w = ctx.workload
         async with s3fast.AsyncS3(tmproot=ctx.tmp, endpoint_url=ctx.endpoint) as s3:
             await s3.info(ctx.url(ctx.warm_key))
-            if s3._procs.size > 1:  # start the worker processes before the clock
+            if s3._procs.size > 1:  # start the workers and the loops before the clock
                 from s3fast._engine.procs import MIN_BATCH
 
                 small = [ctx.url(k) for k, _, _ in ctx.spec["small"][:MIN_BATCH]]
-                await s3.get_many(small, in_memory=True)
+                await s3.get_many(small, in_memory=True)  # event loops in threads
+                await s3.get_many(small)  # worker processes
                 ctx.extra_pids = s3._procs.pids
             urls = [ctx.url(k) for k in ctx.keys] if w != "put_files" else []
             if w in ("get_mem", "small"):

@@ -45,10 +45,12 @@ def run_s3fast_sync(ctx: Ctx) -> None:
     w = ctx.workload
     with s3fast.S3(tmproot=ctx.tmp, endpoint_url=ctx.endpoint) as s3:
         s3.info(ctx.url(ctx.warm_key))
-        if s3._aio._procs.size > 1:  # start the worker processes before the clock
+        if s3._aio._procs.size > 1:  # start the workers and the loops before the clock
             from s3fast._engine.procs import MIN_BATCH
 
-            s3.get_many([ctx.url(k) for k, _, _ in ctx.spec["small"][:MIN_BATCH]], in_memory=True)
+            small = [ctx.url(k) for k, _, _ in ctx.spec["small"][:MIN_BATCH]]
+            s3.get_many(small, in_memory=True)  # event loops in threads
+            s3.get_many(small)  # worker processes
             ctx.extra_pids = s3._aio._procs.pids
         urls = [ctx.url(k) for k in ctx.keys] if w != "put_files" else []
         if w in ("get_mem", "small"):

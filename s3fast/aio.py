@@ -16,6 +16,7 @@ from ._engine.copy import copy_object
 from ._engine.delete import Failed, delete_object, delete_objects
 from ._engine.get import Fetched, FileSink, MemorySink, fetch, head_object
 from ._engine.listing import Entry, list_prefix
+from ._engine.loops import Loops
 from ._engine.procs import Pool, processes_for
 from ._engine.put import Source, put
 from .config import TransferConfig
@@ -100,6 +101,7 @@ class AsyncS3:
         self._engine = Engine(self._config, endpoint_url)
         self._targets = Targets(tmproot)
         self._procs = Pool(processes_for(self._engine), self._config, self._engine)
+        self._loops = Loops(processes_for(self._engine), self._config, self._engine)
         self._closed = False
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -116,6 +118,7 @@ class AsyncS3:
         try:
             try:
                 await self._procs.close()
+                await self._loops.close()
             finally:
                 await self._engine.close()
         finally:
@@ -274,9 +277,24 @@ class AsyncS3:
         tracker: Tracker | None = None,
         sizes: list[int | None] | None = None,
     ) -> list[S3Object]:
-        """Download ``(prefix, url, range)`` jobs in parallel (in worker processes when the
-        batch is big and ``processes > 1``). If one fails, the files the others already wrote
+        """Download ``(prefix, url, range)`` jobs in parallel (when the batch is big and
+        ``processes > 1``: into memory on that many event loops in threads of this process,
+        into files in worker processes). If one fails, the files the others already wrote
         are removed: a failed batch leaves nothing behind."""
+        if in_memory and self._loops.wanted(len(jobs)):
+            got_all = await self._loops.get(
+                [(url, brange) for _, url, brange in jobs],
+                return_missing=return_missing,
+                sizes=sizes,
+                on_bytes=on_bytes(tracker),
+                on_object=tracker.add_objects if tracker is not None else None,
+            )
+            return [
+                S3Object(self._s3root, url, None)
+                if got is None
+                else _to_object(prefix, url, got, return_info)
+                for (prefix, url, _), got in zip(jobs, got_all, strict=True)
+            ]
         if self._procs.wanted(len(jobs)):
             fetched = await self._procs.get(
                 [(url, brange) for _, url, brange in jobs],

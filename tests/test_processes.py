@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -25,6 +26,7 @@ from s3fast import (
     MetaflowS3InvalidRange,
     MetaflowS3NotFound,
     MetaflowS3TransferError,
+    Progress,
     RangeInfo,
     S3GetObject,
     S3PutObject,
@@ -122,13 +124,17 @@ def test_get_many_same_as_one_process(seeded: str, in_memory: bool) -> None:
         want = _snapshot(s3, keys, in_memory)
     with S3(s3root=seeded, config=TWO) as s3:
         got = _snapshot(s3, keys, in_memory)
+        # into memory: event loops in threads of this process; into files: worker processes
         pids = s3._aio._procs.pids
-        assert len(pids) == 2 and all(map(_alive, pids))
+        threads = [slot.thread for slot in s3._aio._loops._loops]
+        assert len(pids if not in_memory else threads) == 2 and len(pids + threads) == 2
+        assert all(map(_alive, pids)) and all(t.is_alive() for t in threads)
         assert _snapshot(s3, keys, in_memory) == want  # the pool is reused
         assert s3._aio._procs.pids == pids
+        assert [slot.thread for slot in s3._aio._loops._loops] == threads
         dirs = s3.tmpdirs
     assert got == want
-    assert not any(map(_alive, pids))
+    assert not any(map(_alive, pids)) and not any(t.is_alive() for t in threads)
     assert not any(map(os.path.exists, dirs))
     assert want[-2][2] is False and want[len(AWKWARD)][5] == RangeInfo(n, 1000, 3 * MiB)
 
@@ -151,6 +157,7 @@ def test_recursive_calls_same_as_one_process(seeded: str, monkeypatch: pytest.Mo
                     ):
                         out += [(_fields(o), o.path is None) for o in objs]
             assert len(s3._aio._procs.pids) == (2 if config.processes == 2 else 0)
+            assert len(s3._aio._loops._loops) == (2 if config.processes == 2 else 0)
         return out
 
     assert run(TWO) == run(SMALL_PARTS)
@@ -216,17 +223,18 @@ async def test_async_pool_lifecycle(seaweed_seeded: str) -> None:
         assert (
             await s3.get_many(["plain.txt"], in_memory=True) and s3._procs.pids == []
         )  # small: in-process
-        objs = await s3.get_many(list(AWKWARD), in_memory=True)
+        objs = await s3.get_many(list(AWKWARD))
         assert [sha(o.blob) for o in objs] == [sha(v) for v in AWKWARD.values()]
         pids = s3._procs.pids
         assert len(pids) == 2
         # a cancelled batch is cleaned up everywhere; the pool keeps working
+        kept = [sorted(os.listdir(d)) for d in s3.tmpdirs]  # the files of the call above
         task = asyncio.ensure_future(s3.get_many([f"c/{i}" for i in range(12)]))
         await asyncio.sleep(0.1)  # 384 requests in a row for each worker
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert [os.listdir(d) for d in s3.tmpdirs] == [[] for _ in s3.tmpdirs]
+        assert [sorted(os.listdir(d)) for d in s3.tmpdirs] == kept
         assert s3._procs.pids == pids
         assert len(await s3.get_many(list(AWKWARD))) == len(AWKWARD)
     assert not any(map(_alive, pids))
@@ -245,14 +253,14 @@ async def test_a_dead_worker_fails_the_batch_and_the_pool_restarts(
     keys = [f"k{i}" for i in range(8)]
     cfg = TransferConfig(processes=2, max_concurrency=2, range_size=64 * 1024)
     async with AsyncS3(s3root=f"s3://{seaweed_bucket}", config=cfg) as s3:
-        await s3.get_many(keys[:2], in_memory=True)
+        await s3.get_many(keys[:2])
         pids = s3._procs.pids
         task = asyncio.ensure_future(s3.get_many(keys))
         await asyncio.sleep(0.1)  # 512 requests in a row for each worker
         os.kill(pids[0], signal.SIGKILL)
         with pytest.raises(MetaflowS3TransferError, match="exited unexpectedly"):
             await task
-        objs = await s3.get_many(keys[:2], in_memory=True)  # a fresh pool
+        objs = await s3.get_many(keys[:2])  # a fresh pool
         assert [o.size for o in objs] == [8 * MiB] * 2
         assert len(s3._procs.pids) == 2 and not set(s3._procs.pids) & set(pids)
         dirs = s3.tmpdirs
@@ -269,7 +277,8 @@ _CTRL_C_SCRIPT = textwrap.dedent(
     s3 = S3(s3root="s3://" + bucket, config=cfg)
     keys = ["k%d" % i for i in range(12)]
     files = [("up/%d" % i, os.path.join(src, str(i))) for i in range(8)]
-    s3.get_many(keys[:8], in_memory=True)  # starts the workers
+    for obj in s3.get_many(keys[:8]):  # starts the workers
+        os.unlink(obj.path)
     print("pids", *s3._aio._procs.pids, flush=True)
     def get():  # the files of a call that completed are removed: count only what is left
         for obj in s3.get_many(keys):
@@ -337,10 +346,11 @@ def test_workers_get_the_parents_credentials(
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "unknown")
         s3._aio._procs._broken = True  # restart the workers, with this environment
-        objs = s3.get_many(list(AWKWARD), in_memory=True)
-        assert [hashlib.sha256(o.blob or b"").hexdigest() for o in objs] == [
-            sha(v) for v in AWKWARD.values()
-        ]
+        for in_memory in (False, True):  # worker processes; event loops in threads
+            objs = s3.get_many(list(AWKWARD), in_memory=in_memory)
+            assert [hashlib.sha256(o.blob or b"").hexdigest() for o in objs] == [
+                sha(v) for v in AWKWARD.values()
+            ]
 
 
 _DIE_SCRIPT = textwrap.dedent(
@@ -348,7 +358,7 @@ _DIE_SCRIPT = textwrap.dedent(
     import os, sys
     from s3fast import S3, TransferConfig
     s3 = S3(s3root=sys.argv[1], tmproot=sys.argv[2], config=TransferConfig(processes=2))
-    s3.get_many(sys.argv[3:], in_memory=True)
+    s3.get_many(sys.argv[3:])
     print(*s3._aio._procs.pids, flush=True)
     os._exit(0)  # no close, no finalizers: the workers must notice and go
     """
@@ -387,6 +397,61 @@ def test_no_fds_left_after_close(seaweed_bucket: str, seaweed: object) -> None:
         s3.info("plain.txt")  # the bridge loop and its executor exist before we count
     before = fds()
     with S3(s3root=seeded, config=TWO) as s3:
-        s3.get_many(list(AWKWARD), in_memory=True)
+        s3.get_many(list(AWKWARD), in_memory=True)  # event loops in threads
+        s3.get_many(list(AWKWARD))  # worker processes
         assert fds() > before
     assert fds() <= before
+
+
+# --- into memory: event loops in threads of this process -------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_loops_cancel_and_fail_together(seaweed_bucket: str, seaweed: Server) -> None:
+    """A cancelled in-memory batch stops on every loop before the call returns; the first
+    error (a missing key) cancels the other loops' work and is raised, typed, with its URL;
+    the loops keep working afterwards, and stop with the client."""
+    seaweed.seed(seaweed_bucket, {f"m/{i}": os.urandom(3 * MiB + i) for i in range(12)})
+    keys = [f"m/{i}" for i in range(12)]
+    cfg = TransferConfig(processes=2, max_concurrency=2, range_size=64 * 1024)
+    async with AsyncS3(s3root=f"s3://{seaweed_bucket}", config=cfg) as s3:
+        objs = await s3.get_many(keys, in_memory=True)
+        assert [o.size for o in objs] == [3 * MiB + i for i in range(12)]
+        assert s3._procs.pids == [] and len(s3._loops._loops) == 2
+        loops = [slot.loop for slot in s3._loops._loops]
+
+        def busy() -> int:  # tasks still running on the loops
+            return sum(len(asyncio.all_tasks(loop)) for loop in loops)
+
+        task = asyncio.ensure_future(s3.get_many(keys, in_memory=True))
+        await asyncio.sleep(0.1)  # 48 requests in a row on each loop: mid-batch
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert busy() == 0
+        with pytest.raises(MetaflowS3NotFound, match=f"s3://{seaweed_bucket}/m/nope") as err:
+            await s3.get_many([*keys, "m/nope"], in_memory=True)
+        assert err.value.url == f"s3://{seaweed_bucket}/m/nope"
+        assert busy() == 0
+        got = await s3.get_many([*keys, "m/nope"], in_memory=True, return_missing=True)
+        assert [o.exists for o in got] == [True] * 12 + [False]
+        threads = [slot.thread for slot in s3._loops._loops]
+    assert not any(t.is_alive() for t in threads) and all(loop.is_closed() for loop in loops)
+
+
+def test_loops_report_progress_on_the_callers_thread(seaweed_bucket: str, seaweed: Server) -> None:
+    data = seaweed.seed(seaweed_bucket, {f"p/{i}": os.urandom(2 * MiB + i) for i in range(10)})
+    seen: list[tuple[Progress, str]] = []
+    with S3(s3root=f"s3://{seaweed_bucket}", config=TWO) as s3:
+        objs = s3.get_many(
+            list(data),
+            in_memory=True,
+            progress=lambda p: seen.append((p, threading.current_thread().name)),
+        )
+        assert [o.blob for o in objs] == list(data.values())
+        assert len(s3._aio._loops._loops) == 2
+    assert seen[-1][0] == Progress(10, 10, sum(map(len, data.values())), None)
+    assert {name for _, name in seen} == {"s3fast-loop"}  # the sync facade's loop, not s3fast-io-N
+    done = [p.bytes_done for p, _ in seen]
+    assert done == sorted(done) and len(seen) > 20  # per range, as they complete
