@@ -12,7 +12,7 @@ import asyncio
 import concurrent.futures
 import os
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -67,8 +67,12 @@ def in_loop_thread() -> bool:
     return _thread is not None and threading.current_thread() is _thread
 
 
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` on the shared loop and return its result (or raise its exception)."""
+def run(coro: Coroutine[Any, Any, T], discard: Callable[[T], None] | None = None) -> T:
+    """Run ``coro`` on the shared loop and return its result (or raise its exception).
+
+    Interrupted (Ctrl-C) after ``coro`` finished but before its result reached the caller,
+    the result is handed to ``discard`` (downloads: their files are removed), since no one
+    will see it."""
     if in_loop_thread():
         coro.close()
         raise RuntimeError("s3fast's sync API cannot be called from its own event loop")
@@ -83,10 +87,13 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         )
     loop = get_loop()
     done = threading.Event()
+    finished: list[T] = []
 
     async def _wrapped() -> T:
         try:
-            return await coro
+            result = await coro
+            finished.append(result)
+            return result
         finally:
             done.set()
 
@@ -100,4 +107,6 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         if not fut.done():
             fut.cancel()  # cancels the task on the loop
             done.wait(CLEANUP_TIMEOUT)
+        if finished and discard is not None:
+            discard(finished[0])
         raise

@@ -17,7 +17,7 @@ from ._engine.delete import Failed, delete_object, delete_objects
 from ._engine.get import Fetched, FileSink, MemorySink, fetch, head_object
 from ._engine.listing import Entry, list_prefix
 from ._engine.loops import Loops
-from ._engine.procs import Pool, processes_for
+from ._engine.procs import INLINE_MAX, Pool, processes_for
 from ._engine.put import Source, put
 from .config import TransferConfig
 from .errors import (
@@ -34,6 +34,7 @@ from .targets import Targets
 from .urls import ByteRange, S3Path, byte_range, join, parse, resolve_root
 
 T = TypeVar("T")
+SIZE_SAMPLE = 4  # objects asked with HEAD to tell big bodies from small when sizes are unknown
 R = TypeVar("R")
 PutValue = str | bytes | bytearray | memoryview | io.RawIOBase | io.BufferedIOBase
 # (key as given, url, source, content type, user metadata, encryption)
@@ -281,7 +282,7 @@ class AsyncS3:
         ``processes > 1``: into memory on that many event loops in threads of this process,
         into files in worker processes). If one fails, the files the others already wrote
         are removed: a failed batch leaves nothing behind."""
-        if in_memory and self._loops.wanted(len(jobs)):
+        if in_memory and self._loops.wanted(len(jobs)) and await self._bodies_are_big(jobs, sizes):
             got_all = await self._loops.get(
                 [(url, brange) for _, url, brange in jobs],
                 return_missing=return_missing,
@@ -327,6 +328,32 @@ class AsyncS3:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
             raise
+
+    async def _bodies_are_big(
+        self, jobs: list[tuple[str | None, str, ByteRange | None]], sizes: list[int | None] | None
+    ) -> bool:
+        """Should an in-memory batch run on event loops in threads (big bodies: the copy from
+        the socket, made outside the GIL, is the work) rather than in worker processes (small
+        bodies: Python per request is the work, and the GIL would serialise it; their bodies
+        come back inside the result messages)? By the median body size: the known sizes
+        (listings, ranges with a length), else those of a few objects asked with HEAD at once
+        (one round trip; a failed HEAD counts as unknown)."""
+        known = [n for n in sizes or [] if n is not None]
+        if not known:
+            known = [b.length for _, _, b in jobs if b is not None and b.length and b.length > 0]
+        if not known:
+            urls = list(dict.fromkeys(url for _, url, b in jobs if b is None))[:SIZE_SAMPLE]
+
+            async def size_of(url: str) -> int | None:
+                try:
+                    return (await head_object(self._engine, parse(url), url)).total
+                except MetaflowS3Exception:
+                    return None
+
+            known = [n for n in await asyncio.gather(*map(size_of, urls)) if n is not None]
+        if not known:
+            return False
+        return sorted(known)[len(known) // 2] > INLINE_MAX
 
     async def iter_get_many(
         self,

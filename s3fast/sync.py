@@ -3,6 +3,8 @@ shared event loop, where an :class:`~s3fast.aio.AsyncS3` does the work."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import weakref
 from collections.abc import AsyncGenerator, Iterable, Iterator
 from typing import Any
@@ -105,7 +107,10 @@ class S3:
         in_memory: bool = False,
     ) -> S3Object:
         """Get a single object from S3. See :meth:`AsyncS3.get`."""
-        return _bridge.run(self._aio.get(key, return_missing, return_info, in_memory=in_memory))
+        return _bridge.run(
+            self._aio.get(key, return_missing, return_info, in_memory=in_memory),
+            lambda obj: _remove_files([obj]),
+        )
 
     def get_many(
         self,
@@ -120,7 +125,8 @@ class S3:
         return _bridge.run(
             self._aio.get_many(
                 _listify(keys), return_missing, return_info, in_memory=in_memory, progress=progress
-            )
+            ),
+            _remove_files,
         )
 
     def iter_get_many(
@@ -162,7 +168,8 @@ class S3:
         return _bridge.run(
             self._aio.get_recursive(
                 _listify(keys), return_info, in_memory=in_memory, progress=progress
-            )
+            ),
+            _remove_files,
         )
 
     def get_all(
@@ -173,7 +180,9 @@ class S3:
         progress: ProgressCallback | None = None,
     ) -> list[S3Object]:
         """Get every object under the client's root. See :meth:`AsyncS3.get_all`."""
-        return _bridge.run(self._aio.get_all(return_info, in_memory=in_memory, progress=progress))
+        return _bridge.run(
+            self._aio.get_all(return_info, in_memory=in_memory, progress=progress), _remove_files
+        )
 
     def put(
         self,
@@ -257,3 +266,11 @@ class S3:
 
 async def _anext(agen: AsyncGenerator[S3Object, None]) -> S3Object:
     return await agen.__anext__()
+
+
+def _remove_files(objs: list[S3Object]) -> None:
+    """The files of downloads whose results were never handed over (Ctrl-C as they ended)."""
+    for obj in objs:
+        if obj.path:
+            with contextlib.suppress(OSError):
+                os.unlink(obj.path)

@@ -34,9 +34,9 @@ from typing import Any
 from ..config import TransferConfig
 from ..errors import MetaflowS3NotFound
 from ..urls import ByteRange, parse
+from . import procs
 from .client import Engine, bounded_map
 from .get import Fetched, MemorySink, fetch
-from . import procs
 from .procs import Credentials, assign
 
 
