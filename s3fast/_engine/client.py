@@ -19,11 +19,13 @@ per ``CUT_INTERVAL``, and grown back by one per window of successes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import os
 import random
 import ssl
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -58,14 +60,33 @@ class _Session(AIOHTTPSession):
         super().__init__(*args, connector_args=connector_args, **kw)
 
 
+_SESSION: AioSession | None = None  # for engines given credentials: see Engine._start
+_SESSION_LOCK = threading.Lock()
+
+
+def _shared_session() -> AioSession:
+    global _SESSION
+    with _SESSION_LOCK:
+        if _SESSION is None:
+            _SESSION = get_session()
+        return _SESSION
+
+
 ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "METAFLOW_S3_ENDPOINT_URL")
 
 
 def ssl_context(cfg: TransferConfig) -> ssl.SSLContext:
     """Certificates verified by default: against ``ca_bundle``, else ``AWS_CA_BUNDLE``, else
     the system store. Turning verification off is explicit (``verify_ssl=False``)."""
-    ctx = ssl.create_default_context(cafile=cfg.ca_bundle or os.environ.get("AWS_CA_BUNDLE"))
-    if not cfg.verify_ssl:
+    return _ssl_context(cfg.ca_bundle or os.environ.get("AWS_CA_BUNDLE"), cfg.verify_ssl)
+
+
+@functools.lru_cache(maxsize=8)
+def _ssl_context(cafile: str | None, verify: bool) -> ssl.SSLContext:
+    """One context per CA bundle (loading one costs ~20 ms), shared by the engines of this
+    process (contexts are safe to share between threads)."""
+    ctx = ssl.create_default_context(cafile=cafile)
+    if not verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
@@ -382,7 +403,7 @@ class Engine:
         return self._client
 
     async def _start(self) -> None:
-        session: AioSession = get_session()
+        session: AioSession = _shared_session() if self._credentials is not None else get_session()
         cfg = self.config
         aio_cfg = AioConfig(
             max_pool_connections=self.concurrency,
@@ -405,15 +426,25 @@ class Engine:
                 "aws_secret_access_key": secret,
                 "aws_session_token": token,
             }
-        cm = session.create_client(
-            "s3",
-            endpoint_url=self.endpoint_url,
-            region_name=region,
-            config=aio_cfg,
-            verify=verify,
-            **keys,
-        )
-        self._client = await cm.__aenter__()
+        # Engines given credentials (worker processes, loop threads) share one session, so
+        # botocore's models are loaded once per process, not once per loop (~40 ms each);
+        # botocore sessions are not thread-safe, so clients are made from it one at a time.
+        shared = session is _SESSION
+        if shared:
+            _SESSION_LOCK.acquire()
+        try:
+            cm = session.create_client(
+                "s3",
+                endpoint_url=self.endpoint_url,
+                region_name=region,
+                config=aio_cfg,
+                verify=verify,
+                **keys,
+            )
+            self._client = await cm.__aenter__()
+        finally:
+            if shared:
+                _SESSION_LOCK.release()
         self._client_cm = cm
         self._client.meta.events.register_first("needs-retry.s3", self._botocore_retry)
         if cfg.transport == "http":
