@@ -47,8 +47,9 @@ def run_s3fast_async(ctx: Ctx) -> None:
                 from s3fast._engine.procs import MIN_BATCH
 
                 small = [ctx.url(k) for k, _, _ in ctx.spec["small"][:MIN_BATCH]]
-                await s3.get_many(small, in_memory=True)  # event loops in threads
-                await s3.get_many(small)  # worker processes
+                large = [ctx.url(k) for k, _, _ in ctx.spec["large"][:MIN_BATCH]]
+                await s3.get_many(small, in_memory=True)  # small bodies: worker processes
+                await s3.get_many(large, in_memory=True)  # big bodies: event loops in threads
                 ctx.extra_pids = s3._procs.pids
             urls = [ctx.url(k) for k in ctx.keys] if w != "put_files" else []
             if w in ("get_mem", "small"):

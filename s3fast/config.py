@@ -101,7 +101,9 @@ class TransferConfig:
         quarter of the memory available to this process, cgroup limit included).
     processes : int, optional
         Worker processes for big batches (``get_many``, ``get_recursive``, ``put_files``),
-        each with its own event loop and connections. Default: from the machine's plan
+        each with its own event loop and connections; a big batch into memory whose bodies
+        are big (median over 256 KiB) runs instead on as many event loops in threads of
+        this process, so the bodies land in the returned ``bytes`` without a second copy. Default: from the machine's plan
         (1 until a plan says otherwise); 1 keeps everything in this process.
     """
 

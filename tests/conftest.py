@@ -16,6 +16,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from s3fast import tuning
 from s3fast.testing import ADMIN, READER, Identity, Moto, SeaweedFS
 
 from .proxy import FaultProxy
@@ -172,6 +173,11 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPath
     monkeypatch.setenv("AWS_CONFIG_FILE", str(empty))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    # One process by default whatever machine runs the tests (a big CI machine would get
+    # several from the plan): tests ask for worker processes and loop threads explicitly,
+    # and test_tuning checks the plan's own rules.
+    monkeypatch.setattr(tuning, "GBPS_PER_PROCESS", float("inf"))
+    monkeypatch.setattr(tuning, "MAX_PROCESSES_UNKNOWN_NIC", 1)
 
 
 def _s3fast_dirs() -> set[str]:

@@ -19,6 +19,18 @@ from s3fast.tuning import Machine, instance_gbps, plan, probe
 
 from .proxy import FaultProxy, Faults
 
+_RULES = {
+    "GBPS_PER_PROCESS": tuning.GBPS_PER_PROCESS,
+    "MAX_PROCESSES_UNKNOWN_NIC": tuning.MAX_PROCESSES_UNKNOWN_NIC,
+}
+
+
+@pytest.fixture(autouse=True)
+def real_process_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plan's own process rules (conftest pins tests elsewhere to one process)."""
+    for name, value in _RULES.items():
+        monkeypatch.setattr(tuning, name, value)
+
 
 def write(root: Path, path: str, text: str) -> None:
     full = root / path.lstrip("/")
@@ -423,7 +435,8 @@ def test_concurrency_grows_against_a_slow_server(seaweed_bucket: str, proxy: Fau
     """Every answer held 100 ms by the proxy (a far-away server): the plan's start leaves
     throughput on the table, and the limiter raises the number of requests in flight."""
     data = os.urandom(64 * 1024)
-    with S3(s3root=f"s3://{seaweed_bucket}", endpoint_url=proxy.url) as s3:
+    one = TransferConfig(processes=1)  # the rest from the plan: the limiter may grow
+    with S3(s3root=f"s3://{seaweed_bucket}", endpoint_url=proxy.url, config=one) as s3:
         s3.put("k", data)
         proxy.set(Faults(stall=0.1, seconds=60))
         ranges = [S3GetObject("k", i * 16, 16) for i in range(1500)]
