@@ -170,7 +170,7 @@ class AsyncS3:
                 raise
 
         try:
-            return await bounded_map(one, items, self._engine.concurrency)
+            return await bounded_map(one, items, self._engine.concurrency, self._engine.admitted)
         except MetaflowS3Exception as exc:
             if len(failed) < 2:
                 raise
@@ -938,7 +938,7 @@ class AsyncS3:
                 tracker.add_objects()
             return job
 
-        return await bounded_map(one, jobs, self._engine.concurrency)
+        return await bounded_map(one, jobs, self._engine.concurrency, self._engine.admitted)
 
 
 def _file_source(local: Any, url: str, key: Any) -> Source:

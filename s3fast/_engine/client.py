@@ -223,6 +223,13 @@ class AdaptiveLimiter:
                     pass
             raise
 
+    def admits(self, running: int) -> bool:
+        """Objects in progress follow ``target``; one held back means demand exceeds it."""
+        if running < self.target:
+            return True
+        self._queued = True
+        return False
+
     def release(self, exc: BaseException | None = None, nbytes: int = 0) -> None:
         self.in_flight -= 1
         if exc is None:
@@ -474,6 +481,12 @@ class Engine:
         await self.client()
         return self._http
 
+    def admitted(self, running: int) -> bool:
+        """May a batch start one more object, with ``running`` in progress? Up to the
+        limiter's target (the plan's start, as probes have moved it); one held back is demand
+        the limiter counts as queued."""
+        return self.limiter.admits(running)
+
     def slot(self, nbytes: int = 0, progress: list[int] | None = None) -> _Slot:
         """``async with engine.slot() as client``: one request in flight, through the engine's
         single (adaptive) concurrency limiter, which also learns from the outcome and from
@@ -604,17 +617,33 @@ async def retrying(engine: Engine, call: Callable[[], Awaitable[R]]) -> R:
 
 
 async def bounded_map(
-    fn: Callable[[T], Awaitable[R]], items: Sequence[T] | Iterable[T], window: int
+    fn: Callable[[T], Awaitable[R]],
+    items: Sequence[T] | Iterable[T],
+    window: int,
+    admit: Callable[[int], bool] | None = None,
 ) -> list[R]:
-    """``[await fn(x) for x in items]`` with at most ``window`` running at once, results in
-    input order. The first failure cancels the rest, waits for their cleanup, and is raised."""
+    """``[await fn(x) for x in items]`` with at most ``window`` running at once, and each
+    started only when ``admit(running)`` allows it (the engine's: objects in progress follow
+    the request limit as probes move it), results in input order. The first failure cancels
+    the rest, waits for their cleanup, and is raised."""
     items = list(items)
     results: list[Any] = [None] * len(items)
     feed = iter(enumerate(items))
+    running = 0
+    finished = asyncio.Event()
 
     async def worker() -> None:
+        nonlocal running
         for idx, item in feed:
-            results[idx] = await fn(item)
+            while admit is not None and running and not admit(running):
+                finished.clear()
+                await finished.wait()
+            running += 1
+            try:
+                results[idx] = await fn(item)
+            finally:
+                running -= 1
+                finished.set()
 
     tasks = [asyncio.ensure_future(worker()) for _ in range(min(window, len(items)))]
     try:

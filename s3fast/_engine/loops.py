@@ -172,7 +172,7 @@ class Loops:
                     if report_object is not None:
                         report_object()
 
-                await bounded_map(one, idxs, engine.concurrency)
+                await bounded_map(one, idxs, engine.concurrency, engine.admitted)
 
             return share
 

@@ -290,7 +290,7 @@ class _Worker:
                         written.append(got.path)
                     await self.result(batch, idx, got)
 
-                await bounded_map(get_one, jobs, engine.concurrency)
+                await bounded_map(get_one, jobs, engine.concurrency, engine.admitted)
             else:
                 (overwrite,) = opts
 
@@ -308,7 +308,7 @@ class _Worker:
                     )
                     await self.result(batch, idx, done)
 
-                await bounded_map(put_one, jobs, engine.concurrency)
+                await bounded_map(put_one, jobs, engine.concurrency, engine.admitted)
         except asyncio.CancelledError:
             _remove(written)
             raise
