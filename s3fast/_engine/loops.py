@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import math
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -37,7 +36,7 @@ from ..urls import ByteRange, parse
 from . import procs
 from .client import Engine, bounded_map
 from .get import Fetched, MemorySink, fetch
-from .procs import Credentials, assign
+from .procs import Credentials, assign, share_of
 
 
 class _Share:
@@ -81,19 +80,6 @@ class Loops:
     def wanted(self, count: int) -> bool:
         return self.size > 1 and count >= procs.MIN_BATCH
 
-    def _share_config(self) -> TransferConfig:
-        start = math.ceil(self.engine.config.max_concurrency / self.size)
-        return dataclasses.replace(
-            self.config,
-            processes=1,
-            max_concurrency=max(1, start) if self.config.max_concurrency else max(16, start),
-            max_bandwidth=(
-                max(1, self.config.max_bandwidth // self.size)
-                if self.config.max_bandwidth
-                else None
-            ),
-        )
-
     async def _ensure(self) -> None:
         if self._lock is None:
             self._lock = asyncio.Lock()
@@ -116,12 +102,13 @@ class Loops:
             old, slot.engine = slot.engine, None
             if old is not None:
                 await old.close()
+            config, ceiling = share_of(self.config, self.engine, self.size)
             slot.engine = Engine(
-                self._share_config(),
+                config,
                 self.engine.endpoint_url,
                 credentials=creds,
                 region=self.engine.region,
-                ceiling=math.ceil(self.engine.concurrency / self.size),
+                ceiling=ceiling,
             )
             slot.creds = creds
         return slot.engine

@@ -91,6 +91,21 @@ def processes_for(engine: Engine) -> int:
     return engine.plan.processes if os.name == "posix" else 1
 
 
+def share_of(config: TransferConfig, engine: Engine, size: int) -> tuple[TransferConfig, int]:
+    """One of ``size`` workers' (processes' or loop threads') config and concurrency ceiling:
+    one process each, a share of the client's concurrency (the plan's at least 16 each, a
+    given one split exactly), its ceiling and its ``max_bandwidth`` (a cap for the client as a
+    whole)."""
+    start = math.ceil(engine.config.max_concurrency / size)
+    share = dataclasses.replace(
+        config,
+        processes=1,
+        max_concurrency=max(1, start) if config.max_concurrency else max(16, start),
+        max_bandwidth=max(1, config.max_bandwidth // size) if config.max_bandwidth else None,
+    )
+    return share, math.ceil(engine.concurrency / size)
+
+
 def assign(count: int, workers: int, sizes: list[int | None] | None = None) -> list[list[int]]:
     """Indices ``0..count-1`` split between ``workers``, each list in input order: balanced by
     size (largest first onto the least loaded) when sizes are known, else round-robin."""
@@ -472,10 +487,6 @@ class Pool:
         """Process ids of the running workers."""
         return [p.pid for p in self._procs]
 
-    def _per_worker_concurrency(self) -> int:
-        share = math.ceil(self.engine.config.max_concurrency / self.size)
-        return max(1, share) if self.config.max_concurrency else max(16, share)
-
     async def _ensure(self) -> None:
         if self._lock is None:
             self._lock = asyncio.Lock()
@@ -488,23 +499,12 @@ class Pool:
 
     async def _start(self) -> None:
         await self.engine.client()  # resolves region (and credentials) once, here
-        config = dataclasses.replace(
-            self.config,
-            processes=1,
-            max_concurrency=self._per_worker_concurrency(),
-            # max_bandwidth is for the client as a whole: shared out among the workers
-            max_bandwidth=(
-                max(1, self.config.max_bandwidth // self.size)
-                if self.config.max_bandwidth
-                else None
-            ),
-        )
+        config, ceiling = share_of(self.config, self.engine, self.size)
         setup = {
             "config": config,
             "endpoint_url": self.engine.endpoint_url,
             "region": self.engine.region,
-            # each worker may grow its limit to its share of the parent's ceiling
-            "ceiling": math.ceil(self.engine.concurrency / self.size),
+            "ceiling": ceiling,
         }
         loop = asyncio.get_running_loop()
         spawned = await loop.run_in_executor(None, _spawn, self.size)
