@@ -235,6 +235,24 @@ def verify_and_clear_puts(
     return problems[0] if problems else None
 
 
+def settle_puts(
+    client: Any,
+    bucket: str,
+    client_name: str,
+    files: list[tuple[str, str, int, str]],
+    result: dict[str, Any],
+) -> None:
+    """After a put_files run: check what it uploaded (a mismatch marks ``result`` WRONG DATA)
+    if it ran OK, and leave its prefix empty either way for the next run."""
+    prefix = put_prefix(client_name)
+    if result["status"] == "OK":
+        problem = verify_and_clear_puts(client, bucket, prefix, files)
+        if problem:
+            result.update(status="WRONG DATA", error=problem)
+    else:
+        clear_prefix(client, bucket, prefix)
+
+
 def clear_prefix(client: Any, bucket: str, prefix: str) -> None:
     keys = list(_existing(client, bucket, prefix))
     for i in range(0, len(keys), 1000):

@@ -404,13 +404,7 @@ def main(argv: list[str] | None = None) -> int:
                 result = run_worker(impl[c], w, prof, spec_path, scratch, env, args.timeout, extra)
                 result["client"] = c
                 if w == "put_files":
-                    prefix = dataset.put_prefix(impl[c])
-                    if result["status"] == "OK":
-                        problem = dataset.verify_and_clear_puts(s3, bucket, prefix, files)
-                        if problem:
-                            result.update(status="WRONG DATA", error=problem)
-                    else:
-                        dataset.clear_prefix(s3, bucket, prefix)
+                    dataset.settle_puts(s3, bucket, impl[c], files, result)
                 runs.append({**base, **result})
                 progress.finish(label, result)
         finally:

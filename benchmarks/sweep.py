@@ -104,13 +104,7 @@ def run(
             progress.start(label)
             result = run_worker(client, w, prof, spec_path, scratch, env, args.timeout)
             if w == "put_files":
-                prefix = dataset.put_prefix(client)
-                if result["status"] == "OK":
-                    problem = dataset.verify_and_clear_puts(s3, bucket, prefix, files)
-                    if problem:
-                        result.update(status="WRONG DATA", error=problem)
-                else:
-                    dataset.clear_prefix(s3, bucket, prefix)
+                dataset.settle_puts(s3, bucket, client, files, result)
             base = {"round": rnd, "profile": prof.profile.name, "workload": w, "client": client}
             runs.append({**base, **result, "env": prof.env})
             progress.finish(label, result)
