@@ -15,7 +15,7 @@ from ._engine.client import Engine, TransferStats, bounded_map
 from ._engine.copy import copy_object
 from ._engine.delete import Failed, delete_object, delete_objects
 from ._engine.get import Fetched, FileSink, MemorySink, fetch, head_object
-from ._engine.listing import Entry, list_prefix
+from ._engine.listing import Entry, ListRequest, list_prefix
 from ._engine.loops import Loops
 from ._engine.procs import INLINE_MAX, Pool, processes_for
 from ._engine.put import Source, put
@@ -303,10 +303,9 @@ class AsyncS3:
                 return_missing=return_missing,
                 in_memory=in_memory,
                 sizes=sizes,
+                on_bytes=on_bytes(tracker),
+                on_object=tracker.add_objects if tracker is not None else None,
             )
-            if tracker is not None:  # worker processes report whole objects, at the end
-                tracker.add_bytes(sum(got.length for got in fetched if got is not None))
-                tracker.add_objects(len(fetched))
             return [
                 S3Object(self._s3root, url, None)
                 if got is None
@@ -428,18 +427,39 @@ class AsyncS3:
             while not ready.empty():
                 _unlink(ready.get_nowait().path)
 
-    async def _list_tree(self, prefix_url: str) -> list[tuple[str, Entry]]:
-        """Everything under ``prefix_url`` as a directory: the object named exactly so, if any,
+    async def _list_many(self, requests: list[ListRequest]) -> list[list[Entry]]:
+        """Listings of ``(url, path, delimiter, limit)`` requests (see ``list_prefix``), in
+        input order, in parallel: in worker processes, which parse the pages, when there are
+        many prefixes and ``processes > 1``."""
+        if self._procs.wanted(len(requests)):
+            return await self._procs.list_many(requests)
+
+        async def one(request: ListRequest) -> list[Entry]:
+            url, path, delimiter, limit = request
+            return await list_prefix(self._engine, path, url, delimiter=delimiter, limit=limit)
+
+        return await bounded_map(one, requests, self._engine.concurrency)
+
+    async def _list_trees(self, prefix_urls: list[str]) -> list[list[tuple[str, Entry]]]:
+        """Everything under each prefix as a directory: the object named exactly so, if any,
         and keys below ``prefix/``; never siblings such as ``prefix_v2/...``."""
-        path = parse(prefix_url, need_key=False)
-        entries = []
-        if path.key and not path.key.endswith("/"):
-            # The exact object, if any, sorts first among keys starting with its name.
-            first = await list_prefix(self._engine, path, prefix_url, limit=1)
-            entries = [e for e in first if e.key == path.key]
-            path = S3Path(path.bucket, path.key + "/")
-        entries += await list_prefix(self._engine, path, prefix_url)
-        return [(f"s3://{path.bucket}/{e.key}", e) for e in entries]
+        paths = [parse(url, need_key=False) for url in prefix_urls]
+        exact = [bool(p.key) and not p.key.endswith("/") for p in paths]
+        requests: list[ListRequest] = []
+        for url, path, named in zip(prefix_urls, paths, exact, strict=True):
+            if named:
+                # The exact object, if any, sorts first among keys starting with its name.
+                requests.append((url, path, "", 1))
+                requests.append((url, S3Path(path.bucket, path.key + "/"), "", None))
+            else:
+                requests.append((url, path, "", None))
+        listed = iter(await self._list_many(requests))
+        trees = []
+        for path, named in zip(paths, exact, strict=True):
+            entries = [e for e in next(listed) if e.key == path.key] if named else []
+            entries += next(listed)
+            trees.append([(f"s3://{path.bucket}/{e.key}", e) for e in entries])
+        return trees
 
     async def get_recursive(
         self,
@@ -468,7 +488,7 @@ class AsyncS3:
         """
         self._check_open()
         prefixes = [self._url(key) for key in _as_list(keys, "keys")]
-        trees = await bounded_map(self._list_tree, prefixes, self._engine.concurrency)
+        trees = await self._list_trees(prefixes)
         jobs: list[tuple[str | None, str, ByteRange | None]] = [
             (self._s3root if return_info else prefix, url, None)
             for prefix, tree in zip(prefixes, trees, strict=True)
@@ -511,16 +531,7 @@ class AsyncS3:
             self._url(key).rstrip("/") + "/"
             for key in ([None] if keys is None else _as_list(keys, "keys"))
         ]
-
-        async def one(prefix_url: str) -> list[S3Object]:
-            path = parse(prefix_url, need_key=False)
-            entries = await list_prefix(self._engine, path, prefix_url, delimiter="/")
-            return [
-                S3Object(prefix_url, f"s3://{path.bucket}/{e.key}", None, e.size) for e in entries
-            ]
-
-        listed = await bounded_map(one, prefixes, self._engine.concurrency)
-        return [obj for objs in listed for obj in objs]
+        return await self._list_objects(prefixes, "/")
 
     async def list_recursive(self, keys: Iterable[str | None] | None = None) -> list[S3Object]:
         """List every object under the given prefixes, in parallel (``.exists == True``).
@@ -531,18 +542,25 @@ class AsyncS3:
         """
         self._check_open()
         prefixes = [self._url(key) for key in ([None] if keys is None else _as_list(keys, "keys"))]
+        return await self._list_objects(prefixes, "")
 
-        async def one(prefix_url: str) -> list[S3Object]:
-            path = parse(prefix_url, need_key=False)
-            if path.key and not path.key.endswith("/"):
-                path = S3Path(path.bucket, path.key + "/")
-            entries = await list_prefix(self._engine, path, prefix_url)
-            return [
-                S3Object(prefix_url, f"s3://{path.bucket}/{e.key}", None, e.size) for e in entries
-            ]
-
-        listed = await bounded_map(one, prefixes, self._engine.concurrency)
-        return [obj for objs in listed for obj in objs]
+    async def _list_objects(self, prefixes: list[str], delimiter: str) -> list[S3Object]:
+        """An S3Object for every entry under each prefix, taken as a directory."""
+        paths = []
+        for url in prefixes:
+            path = parse(url, need_key=False)
+            paths.append(
+                path if path.key[-1:] in ("", "/") else S3Path(path.bucket, path.key + "/")
+            )
+        requests: list[ListRequest] = [
+            (url, path, delimiter, None) for url, path in zip(prefixes, paths, strict=True)
+        ]
+        listed = await self._list_many(requests)
+        return [
+            S3Object(url, f"s3://{path.bucket}/{e.key}", None, e.size)
+            for url, path, entries in zip(prefixes, paths, listed, strict=True)
+            for e in entries
+        ]
 
     async def _info(self, key: Any, return_missing: bool) -> S3Object:
         url = self._url(key)
@@ -708,10 +726,9 @@ class AsyncS3:
                 [(url, src.path, ct, meta, enc) for _, url, src, ct, meta, enc in items],
                 overwrite,
                 list[int | None](sizes),
+                on_bytes=on_bytes(tracker),
+                on_object=tracker.add_objects if tracker is not None else None,
             )
-            if tracker is not None:
-                tracker.add_bytes(sum(sizes))
-                tracker.add_objects(len(items))
             return [(item[0], item[1]) for item, ok in zip(items, done, strict=True) if ok]
 
         async def one(item: _PutItem) -> bool:
@@ -877,7 +894,7 @@ class AsyncS3:
         """
         self._check_open()
         prefixes = [self._url(key) for key in _as_list(keys, "keys")]
-        trees = await bounded_map(self._list_tree, prefixes, self._engine.concurrency)
+        trees = await self._list_trees(prefixes)
         urls = list(dict.fromkeys(url for tree in trees for url, _ in tree))
         return await self._delete_urls(urls, progress)
 

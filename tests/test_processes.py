@@ -162,6 +162,73 @@ def test_recursive_calls_same_as_one_process(seeded: str, monkeypatch: pytest.Mo
     assert run(TWO) == run(SMALL_PARTS)
 
 
+def test_listings_same_as_one_process(seeded: str) -> None:
+    """Listings of many prefixes are parsed in the workers: list_paths, list_recursive and
+    delete_recursive give what one process gives, in the same order, with the same errors."""
+    prefixes = ["", "dir", "dir/", "d", "with space", "ünïcödé", "hash#1", "quote'\"", "nothing"]
+    assert len(prefixes) >= MIN_BATCH
+
+    def run(config: TransferConfig) -> list[object]:
+        with S3(s3root=seeded, config=config) as s3:
+            out: list[object] = [
+                [(o.url, o.key, o.prefix, o.exists, o.size) for o in objs]
+                for objs in (s3.list_paths(prefixes), s3.list_recursive(prefixes))
+            ]
+            assert len(s3._aio._procs.pids) == (2 if config.processes == 2 else 0)
+        with S3(config=config) as s3:
+            urls = [f"{seeded}/{p}" for p in prefixes[1:]]
+            with pytest.raises(MetaflowS3NotFound) as err:
+                s3.list_recursive([*urls, "s3://no-such-bucket-s3fast/x"])
+            out.append((type(err.value), str(err.value).split("\n")[0], err.value.url))
+        return out
+
+    one, two = run(SMALL_PARTS), run(TWO)
+    assert one == two
+    assert len(one[1]) > len(AWKWARD)  # prefixes overlap: "", "d", "dir" and "dir/"
+
+    scratch = [f"{seeded}-del{i}/k{j}" for i in range(MIN_BATCH) for j in range(3)]
+    with S3(config=TWO) as s3:
+        s3.put_many([(url, b"x") for url in scratch])
+        deleted = s3.delete_recursive([f"{seeded}-del{i}" for i in range(MIN_BATCH)])
+        assert sorted(deleted) == sorted(scratch) and len(s3._aio._procs.pids) == 2
+        assert s3.list_recursive([f"{seeded}-del{i}" for i in range(MIN_BATCH)]) == []
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_workers_report_progress_as_they_go(
+    seaweed_bucket: str, tmp_path: pathlib.Path, in_memory: bool
+) -> None:
+    """With worker processes, progress comes per range or part and per object as they
+    complete (not once at the end), adding up to the totals."""
+    size = 100_000 if in_memory else MiB  # small bodies in memory go to processes, not loops
+    data = {f"w{int(in_memory)}/{i}": os.urandom(size + 1000 * i) for i in range(10)}
+    pairs = []
+    for key, body in data.items():
+        path = tmp_path / key.replace("/", "_")
+        path.write_bytes(body)
+        pairs.append((key, str(path)))
+    total = sum(map(len, data.values()))
+
+    def check(seen: list[Progress], total_bytes: int | None) -> None:
+        assert seen[0] == Progress(0, 10, 0, total_bytes)
+        assert seen[-1] == Progress(10, 10, total, total_bytes)
+        assert [p.objects_done for p in seen] == sorted(p.objects_done for p in seen)
+        assert [p.bytes_done for p in seen] == sorted(p.bytes_done for p in seen)
+        assert len({p.objects_done for p in seen}) == 11  # each object, as it completes
+        assert len({p.bytes_done for p in seen}) >= 4  # bytes as they move, not all at the end
+
+    with S3(s3root=f"s3://{seaweed_bucket}", config=TWO) as s3:
+        seen: list[Progress] = []
+        s3.put_files(pairs, progress=seen.append)
+        assert len(s3._aio._procs.pids) == 2
+        check(seen, total)
+        seen = []
+        objs = s3.get_many(list(data), in_memory=in_memory, progress=seen.append)
+        assert [o.blob for o in objs] == list(data.values())
+        assert s3._aio._loops._loops == []  # all of it went through the worker processes
+        check(seen, None)
+
+
 def test_errors_are_typed_and_leave_nothing(seeded: str) -> None:
     keys = list(AWKWARD)
     with S3(s3root=seeded, config=TWO) as s3:

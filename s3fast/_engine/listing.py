@@ -18,6 +18,10 @@ class Entry:
     size: int | None  # None for a common prefix ("directory")
 
 
+# One listing to make: (url for errors, path, delimiter, limit), as list_prefix takes them.
+ListRequest = tuple[str, S3Path, str, int | None]
+
+
 async def _list_http(
     engine: Engine,
     http: HttpGetter,

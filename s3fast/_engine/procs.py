@@ -2,7 +2,8 @@
 
 One event loop in one process drives about one core's worth of transfers (the GIL caps it), so
 ``get_many``, ``get_recursive`` / ``get_all`` and ``put_files`` hand big batches to N worker
-processes, each running the same engine (its own uvloop, connection pool and limiter).
+processes, each running the same engine (its own uvloop, connection pool and limiter), and so
+do listings of many prefixes (the workers parse the pages).
 
 - **Workers** are fresh interpreters (spawn semantics: nothing is inherited from the parent's
   threads, and the caller's ``__main__`` is not re-imported), started on the first big batch and
@@ -14,8 +15,9 @@ processes, each running the same engine (its own uvloop, connection pool and lim
   changed set (refreshed credentials) gives the worker a new client. Region and endpoint are
   the parent's.
 - **Splitting**: by size when sizes are known (listings, local files): largest first onto the
-  least loaded worker; else round-robin. Each worker streams results back as objects finish
-  (those done in one turn of its loop in one message); the parent puts them in input order.
+  least loaded worker; else round-robin. Each worker streams results back as objects finish,
+  with the bytes its ranges and parts moved (what is done in one turn of its loop goes in one
+  message); the parent puts results in input order and reports progress as they come.
 - **Where bytes land**: files go straight into the parent's private temp dirs, under names the
   parent numbers, so ``S3Object.path`` looks the same as in one process and is removed by the
   parent's ``close``. ``in_memory=True``: bodies up to ``INLINE_MAX`` travel inside the result
@@ -65,9 +67,10 @@ from ..errors import (
 )
 from ..limits import MiB
 from ..targets import Targets, free_bytes, local_name, margin
-from ..urls import ByteRange, parse
+from ..urls import ByteRange, S3Path, parse
 from .client import Engine, bounded_map
 from .get import Fetched, FileSink, MemorySink, _writable_bytes, fetch
+from .listing import Entry, ListRequest, list_prefix
 from .put import Source, put
 
 MIN_BATCH = 8  # fewer objects than this stay in the calling process
@@ -240,8 +243,10 @@ class _Worker:
         self.creds: Credentials | None = None
         self.engines: list[Engine] = []
         self.batches: dict[int, asyncio.Task[None]] = {}
-        # Results finished in the same turn of the loop go out as one message.
+        # Results finished (and bytes moved) in the same turn of the loop go out as one
+        # message per batch.
         self.finished: dict[int, list[tuple[int, Any]]] = {}
+        self.moved: dict[int, int] = {}
         self.flush_soon: asyncio.Handle | None = None
 
     def engine_for(self, creds: Credentials | None) -> Engine:
@@ -262,13 +267,27 @@ class _Worker:
             self.flush_soon.cancel()  # a no-op when the handle is what called us
             self.flush_soon = None
         finished, self.finished = self.finished, {}
-        for batch, results in finished.items():
-            _send(self.writer, ("ok", batch, results))
+        moved, self.moved = self.moved, {}
+        for batch in finished.keys() | moved.keys():
+            _send(self.writer, ("ok", batch, finished.get(batch, []), moved.get(batch, 0)))
+
+    def _flush_soon(self) -> None:
+        if self.flush_soon is None:
+            self.flush_soon = asyncio.get_running_loop().call_soon(self.flush)
+
+    def mover(self, batch: int) -> Callable[[int], None]:
+        """The ``on_bytes`` hook of ``batch``'s transfers: counts go to the parent's progress
+        with the next message."""
+
+        def moved(n: int) -> None:
+            self.moved[batch] = self.moved.get(batch, 0) + n
+            self._flush_soon()
+
+        return moved
 
     async def result(self, batch: int, idx: int, value: Any) -> None:
         self.finished.setdefault(batch, []).append((idx, value))
-        if self.flush_soon is None:
-            self.flush_soon = asyncio.get_running_loop().call_soon(self.flush)
+        self._flush_soon()
         with contextlib.suppress(ConnectionError):
             await self.writer.drain()
 
@@ -283,9 +302,10 @@ class _Worker:
     async def run(self, op: str, batch: int, creds: Any, jobs: list[Any], opts: Any) -> None:
         written: list[str] = []
         engine = self.engine_for(creds)
+        on_bytes = self.mover(batch) if opts[-1] else None
         try:
             if op == "get":
-                return_missing, in_memory, roots = opts
+                return_missing, in_memory, roots, _ = opts
                 dirs = _Dirs(roots)
 
                 async def get_one(job: tuple[int, str, ByteRange | None, int]) -> None:
@@ -296,7 +316,9 @@ class _Worker:
                         _StagedSink(named, url, tag) if in_memory else FileSink(named, url, tag)
                     )
                     try:
-                        got: Fetched | None = await fetch(engine, parse(url), url, brange, sink)
+                        got: Fetched | None = await fetch(
+                            engine, parse(url), url, brange, sink, on_bytes
+                        )
                     except MetaflowS3NotFound:
                         if not return_missing:
                             raise
@@ -306,8 +328,21 @@ class _Worker:
                     await self.result(batch, idx, got)
 
                 await bounded_map(get_one, jobs, engine.concurrency, engine.admitted)
+            elif op == "list":
+
+                async def list_one(job: tuple[int, str, str, str, str, int | None]) -> None:
+                    idx, url, bucket, key, delimiter, limit = job
+                    entries = await list_prefix(
+                        engine, S3Path(bucket, key), url, delimiter=delimiter, limit=limit
+                    )
+                    # Two plain lists pickle far faster than a list of records.
+                    await self.result(
+                        batch, idx, ([e.key for e in entries], [e.size for e in entries])
+                    )
+
+                await bounded_map(list_one, jobs, engine.concurrency)
             else:
-                (overwrite,) = opts
+                overwrite, _ = opts
 
                 async def put_one(job: tuple[int, str, str, Any, Any, Any]) -> None:
                     idx, url, local, content_type, metadata, encryption = job
@@ -320,6 +355,7 @@ class _Worker:
                         content_type=content_type,
                         metadata=metadata,
                         encryption=encryption,
+                        on_bytes=on_bytes,
                     )
                     await self.result(batch, idx, done)
 
@@ -583,10 +619,12 @@ class Pool:
         opts: Any,
         take: Callable[[int, Any], Awaitable[None]],
         late: Callable[[Any], None],
+        on_bytes: Callable[[int], None] | None = None,
     ) -> None:
-        """Send each worker its part; ``take(idx, result)`` for every result as it arrives.
-        On any failure or cancellation: cancel the batch everywhere, wait for the workers'
-        cleanup, hand results that still arrive to ``late``, and raise."""
+        """Send each worker its part; ``take(idx, result)`` for every result as it arrives,
+        ``on_bytes(n)`` as ranges and parts complete. On any failure or cancellation: cancel
+        the batch everywhere, wait for the workers' cleanup, hand results that still arrive to
+        ``late``, and raise."""
         await self._ensure()
         creds = await self.engine.frozen_credentials()
         if creds is None:  # as in one process: no request goes out unsigned
@@ -604,6 +642,8 @@ class Pool:
             while busy:
                 idx, msg = await queue.get()
                 if msg[0] == "ok":
+                    if msg[3] and on_bytes is not None:
+                        on_bytes(msg[3])
                     for idx_, value in msg[2]:
                         await take(idx_, value)
                 elif msg[0] == "done":
@@ -658,8 +698,11 @@ class Pool:
         return_missing: bool,
         in_memory: bool,
         sizes: list[int | None] | None = None,
+        on_bytes: Callable[[int], None] | None = None,
+        on_object: Callable[[], None] | None = None,
     ) -> list[Fetched | None]:
-        """Download ``(url, range)`` jobs; results in input order (None: missing)."""
+        """Download ``(url, range)`` jobs; results in input order (None: missing).
+        ``on_bytes(n)`` as ranges complete, ``on_object()`` as objects do (progress)."""
         roots = targets.all_dirs()
         items = [(i, url, brange, targets.number()) for i, (url, brange) in enumerate(jobs)]
         parts = [[items[i] for i in idxs] for idxs in assign(len(items), self.size, sizes)]
@@ -675,6 +718,8 @@ class Pool:
             results[idx] = got
 
         async def take(idx: int, got: Fetched | None) -> None:
+            if on_object is not None:
+                on_object()
             if got is not None and got.path:
                 reported.append(got.path)
                 if in_memory:
@@ -687,7 +732,8 @@ class Pool:
                 reported.append(got.path)
 
         try:
-            await self._batch("get", parts, (return_missing, in_memory, roots), take, late)
+            opts = (return_missing, in_memory, roots, on_bytes is not None)
+            await self._batch("get", parts, opts, take, late, on_bytes)
             await asyncio.gather(*reads)
         except BaseException:
             await asyncio.shield(asyncio.gather(*reads, return_exceptions=True))
@@ -700,18 +746,38 @@ class Pool:
         items: list[tuple[str, str | None, Any, Any, Any]],
         overwrite: bool,
         sizes: list[int | None],
+        on_bytes: Callable[[int], None] | None = None,
+        on_object: Callable[[], None] | None = None,
     ) -> list[bool]:
         """Upload ``(url, local path, content type, metadata, encryption)`` items; whether each
-        was written, in input order."""
+        was written, in input order. ``on_bytes`` / ``on_object`` as in :meth:`get`."""
         jobs = [(i, *item) for i, item in enumerate(items)]
         parts = [[jobs[i] for i in idxs] for idxs in assign(len(jobs), self.size, sizes)]
         done: list[bool] = [False] * len(items)
 
         async def take(idx: int, ok: bool) -> None:
+            if on_object is not None:
+                on_object()
             done[idx] = ok
 
-        await self._batch("put", parts, (overwrite,), take, lambda _: None)
+        opts = (overwrite, on_bytes is not None)
+        await self._batch("put", parts, opts, take, lambda _: None, on_bytes)
         return done
+
+    async def list_many(self, requests: list[ListRequest]) -> list[list[Entry]]:
+        """Listings of ``(url, path, delimiter, limit)`` requests (as ``list_prefix``), in input
+        order; round-robin across the workers, whose pages are parsed there."""
+        jobs = [
+            (i, url, p.bucket, p.key, d, limit) for i, (url, p, d, limit) in enumerate(requests)
+        ]
+        parts = [[jobs[i] for i in idxs] for idxs in assign(len(jobs), self.size)]
+        listed: list[list[Entry]] = [[] for _ in requests]
+
+        async def take(idx: int, columns: tuple[list[str], list[int | None]]) -> None:
+            listed[idx] = list(map(Entry, *columns))
+
+        await self._batch("list", parts, (None,), take, lambda _: None)
+        return listed
 
 
 def _read_file(path: str, size: int) -> bytes:
