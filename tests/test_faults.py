@@ -186,6 +186,41 @@ def test_retries_are_bounded_in_attempts_and_in_time(
     proxy.set(Faults())
 
 
+def _gateway(status: str) -> bytes:
+    """What a load balancer in front of an S3-compatible store answers: HTML, not S3 XML."""
+    body = f"<html><body><h1>{status}</h1></body></html>"
+    return (
+        f"HTTP/1.1 {status}\r\nContent-Type: text/html\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}"
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    "answer, load",
+    [
+        (_gateway("502 Bad Gateway"), True),
+        (_gateway("504 Gateway Timeout"), True),
+        (INTERNAL, False),  # one request's failure: retried, not a sign of load
+    ],
+    ids=["502", "504", "500"],
+)
+def test_overload_answers_lower_concurrency(
+    seaweed_bucket: str, objs: dict[str, bytes], proxy: FaultProxy, answer: bytes, load: bool
+) -> None:
+    keys, want = list(objs), list(objs.values())
+    with _s3(seaweed_bucket, proxy, max_concurrency=16, max_attempts=50) as s3:
+        proxy.set(Faults(answer=answer, seconds=0.5))
+        assert [o.blob for o in s3.get_many(keys, in_memory=True)] == want
+        stats = s3.stats
+        assert proxy.counts["answer " + answer.split(b" ", 2)[1].decode()] >= 5
+    proxy.set(Faults())
+    assert stats.retries >= 5
+    if load:
+        assert stats.limit_cuts >= 1 and stats.throttled >= 5, stats
+    else:
+        assert stats.limit_cuts == stats.throttled == 0, stats
+
+
 def test_sustained_slowdown_lowers_concurrency_and_it_recovers(
     seaweed_bucket: str, objs: dict[str, bytes], proxy: FaultProxy
 ) -> None:

@@ -420,11 +420,36 @@ async def test_limiter_keeps_its_level_when_more_does_not_help() -> None:
     assert limiter.probes == limiter.reverted == 1 and limiter.highest == 20
 
 
+@pytest.mark.asyncio
+async def test_limiter_steps_back_when_latency_collapses() -> None:
+    """The service is latency-bound at first (the limit climbs to the ceiling), then
+    saturates: 8 requests served at once, so the other 56 only queue and each waits 8 times
+    longer for no more throughput. The limiter steps back toward its start."""
+    server = asyncio.Semaphore(8)
+    saturated = False
+
+    async def serve() -> None:
+        if not saturated:
+            await asyncio.sleep(0.02)
+            return
+        async with server:
+            await asyncio.sleep(0.02)
+
+    limiter = AdaptiveLimiter(16, 64)
+    await _drive(limiter, serve, 2.5)
+    assert limiter.target == 64 and limiter.stepped_back == 0
+    saturated = True
+    await _drive(limiter, serve, 2.0)
+    # 64 -> 51 -> 40 -> 32 -> 25: at 25, each request waits about 3 times its time at 64
+    assert 16 <= limiter.target <= 32 and int(limiter.limit) <= 32, limiter.target
+    assert limiter.stepped_back >= 3 and limiter.in_flight == 0
+
+
 def test_limiter_throttling_ends_a_probe() -> None:
     limiter = AdaptiveLimiter(16, 64)
     limiter._queued = True
-    limiter._window(90.0)  # the first window: ignored
-    limiter._window(100.0)  # measured at 16: probe 20
+    limiter._window(90.0, 0.1)  # the first window: ignored
+    limiter._window(100.0, 0.1)  # measured at 16: probe 20
     assert limiter.target == 20 and limiter._phase == "settle"
     limiter.throttle()  # SlowDown: back to 16, then halved
     assert limiter.target == 16 and limiter.limit == 8.0 and limiter.reverted == 1

@@ -105,7 +105,9 @@ def resolve_endpoint(endpoint_url: str | None) -> str | None:
 
 # --- the one concurrency limiter, adaptive --------------------------------------------------
 
-THROTTLE_STATUS = (429, 503)
+# Answers that say the service is overloaded: too many requests, or a gateway with no
+# capacity or time left (502, 504 from the proxies in front of S3-compatible stores).
+THROTTLE_STATUS = (429, 502, 503, 504)
 THROTTLE_CODES = frozenset(
     {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests"}
 )
@@ -113,11 +115,15 @@ CUT_INTERVAL = 0.2  # seconds: one cut per burst of throttled answers, not one p
 
 
 def is_throttle(exc: BaseException | None) -> bool:
-    """Does ``exc`` say "too many requests" (503 SlowDown, 429, a throttling code)?"""
+    """Does ``exc`` say "too many requests" (503 SlowDown, 429, 502/504 from a gateway, a
+    throttling code)? A 500 does not: it is one request's failure, retried, not a load
+    signal."""
     if isinstance(exc, TransientHTTPError):
         return exc.status in THROTTLE_STATUS or exc.code in THROTTLE_CODES
     code = error_code(exc) if exc is not None else None
-    return code is not None and (code in THROTTLE_CODES or code in ("503", "429"))
+    return code is not None and (
+        code in THROTTLE_CODES or code in {str(status) for status in THROTTLE_STATUS}
+    )
 
 
 @dataclass(frozen=True)
@@ -129,7 +135,8 @@ class TransferStats:
     ``max_concurrency`` (the ceiling: the given ``max_concurrency``, else what the memory
     budget allows); ``lowest_limit`` and ``highest_limit`` are how far it went; ``probes``
     how often it was raised to test for more throughput, ``probes_reverted`` how many of those
-    did not pay; ``throttled`` the throttled answers seen; ``limit_cuts`` how often the limit
+    did not pay, ``stepped_back`` how often it was lowered because latency collapsed;
+    ``throttled`` the throttled (overloaded: 429, 502, 503, 504) answers seen; ``limit_cuts`` how often the limit
     was halved; ``retries`` the requests retried (the engine's own, plus those botocore
     retried); ``gave_up`` the requests that ran out of attempts or time."""
 
@@ -140,6 +147,7 @@ class TransferStats:
     highest_limit: int
     probes: int
     probes_reverted: int
+    stepped_back: int
     in_flight: int
     throttled: int
     limit_cuts: int
@@ -152,6 +160,8 @@ PROBE_WINDOW = 0.1  # a measurement window lasts at least this many seconds, and
 PROBE_STEP = 1.25  # a probe raises the target by a quarter (at least one slot) ...
 PROBE_GAIN = 0.6  # ... and keeps it only if throughput rose by this share of the step
 PROBE_HOLD = 20  # windows to wait after a probe that did not pay before probing again
+COLLAPSE = 4.0  # latency this many times that measured at the current target, with less
+# throughput: requests only queue (the server or the path is saturated), so step back
 REQUEST_COST = 64 * 1024  # bytes a request counts as, so small objects measure by count
 
 
@@ -172,9 +182,15 @@ class AdaptiveLimiter:
       more requests in flight only made each slower, it returns to the previous target and
       waits ``PROBE_HOLD`` windows before it tries again. A throttled answer during a probe
       ends the probe the same way.
+    - **Step back on latency collapse**: the time each request holds its slot is measured
+      per window too (Little's law: time-weighted requests in flight over completions). If,
+      above the start, it reaches ``COLLAPSE`` times what it was when the current target was
+      reached, and throughput fell, the extra requests only queue: the target steps back by
+      one probe step per window (not below the start) until latency is back in range.
     """
 
     def __init__(self, start: int, maximum: int | None = None) -> None:
+        self.start = start
         self.maximum = max(start, maximum or start)
         self.target = start  # where the limit recovers to after a cut; probes move it
         self.limit = float(start)
@@ -185,27 +201,37 @@ class AdaptiveLimiter:
         self.cuts = 0
         self.probes = 0  # targets raised
         self.reverted = 0  # probes that did not pay
+        self.stepped_back = 0  # targets lowered on latency collapse
         self._last_cut = -CUT_INTERVAL
         self._waiters: deque[asyncio.Future[None]] = deque()
         # the current measurement window
-        self._since = time.monotonic()
+        self._since = self._tick = time.monotonic()
         self._work = 0
         self._done = 0
+        self._held = 0.0  # slot-seconds held in this window (requests in flight x time)
         self._queued = False  # a request waited for a slot in this window
         self._clean = True  # no throttling, limit at target, in this window
         # probing: a "settle" window after every change (ignored), then "measure" (the rate
         # at target; maybe raise it) or "probe" (the rate after raising: keep or take back)
         self._phase = "settle"
         self._next = "measure"
-        self._base = 0.0  # the rate before the probe
+        self._base = 0.0  # the rate at the current target (before a probe)
+        self._base_latency = 0.0  # and the time a request held its slot then
         self._before = start  # the target before the probe
         self._hold = 0
+
+    def _count(self, change: int) -> None:
+        """``in_flight`` changes by ``change`` now: account the slot-time held so far."""
+        now = time.monotonic()
+        self._held += self.in_flight * (now - self._tick)
+        self._tick = now
+        self.in_flight += change
 
     async def acquire(self) -> None:
         if not self.in_flight:
             self._restart()
         if not self._waiters and self.in_flight < int(self.limit):
-            self.in_flight += 1
+            self._count(1)
             return
         self._queued = True
         waiter = asyncio.get_running_loop().create_future()
@@ -214,7 +240,7 @@ class AdaptiveLimiter:
             await waiter
         except BaseException:
             if waiter.done() and not waiter.cancelled():
-                self.in_flight -= 1  # granted as we were cancelled: hand the slot on
+                self._count(-1)  # granted as we were cancelled: hand the slot on
                 self._wake()
             else:
                 try:
@@ -231,17 +257,17 @@ class AdaptiveLimiter:
         return False
 
     def release(self, exc: BaseException | None = None, nbytes: int = 0) -> None:
-        self.in_flight -= 1
+        self._count(-1)
         if exc is None:
             if self.limit < self.target:
                 self.limit = min(float(self.target), self.limit + 1.0 / self.limit)
                 self._clean = False
             self._work += nbytes + REQUEST_COST
             self._done += 1
-            now = time.monotonic()
+            now = self._tick
             if self._done >= self.limit and now - self._since >= PROBE_WINDOW:
-                self._window(self._work / (now - self._since))
-                self._since, self._work, self._done = now, 0, 0
+                self._window(self._work / (now - self._since), self._held / self._done)
+                self._since, self._work, self._done, self._held = now, 0, 0, 0.0
                 self._queued, self._clean = False, True
         else:
             self.observe(exc)
@@ -250,13 +276,15 @@ class AdaptiveLimiter:
     def _restart(self) -> None:
         """Idle until now: the window starts afresh, and the first one (a batch warming up)
         is not measured."""
-        self._since, self._work, self._done = time.monotonic(), 0, 0
+        self._since = self._tick = time.monotonic()
+        self._work, self._done, self._held = 0, 0, 0.0
         self._queued, self._clean = False, True
         if self._phase != "settle":
             self._next, self._phase = self._phase, "settle"
 
-    def _window(self, rate: float) -> None:
-        """One window ended with throughput ``rate``: move through the probe's phases."""
+    def _window(self, rate: float, latency: float) -> None:
+        """One window ended with throughput ``rate`` and requests holding their slots
+        ``latency`` seconds on average: move through the probe's phases."""
         if not (self._queued and self._clean):
             return  # not enough demand to learn from, or still recovering from a cut
         if self._phase == "settle":
@@ -264,15 +292,24 @@ class AdaptiveLimiter:
         elif self._phase == "probe":
             step = self.target / self._before - 1
             if rate >= self._base * (1 + PROBE_GAIN * step):
-                self._base = rate
+                self._base, self._base_latency = rate, latency
                 self._raise()  # it paid: try the next step from here
             else:
                 self._revert()
-        elif self._hold > 0:
-            self._hold -= 1
-        elif self.target < self.maximum:
-            self._base = rate
-            self._raise()
+        else:
+            if not self._base_latency:  # the first look
+                self._base, self._base_latency = rate, latency
+            if (
+                self.target > self.start
+                and latency >= COLLAPSE * self._base_latency
+                and rate < self._base
+            ):
+                self._step_back()
+            elif self._hold > 0:
+                self._hold -= 1
+            elif self.target < self.maximum:
+                self._base, self._base_latency = rate, latency
+                self._raise()
 
     def _raise(self) -> None:
         if self.target >= self.maximum:
@@ -289,6 +326,15 @@ class AdaptiveLimiter:
         self.target = self._before
         self.limit = min(self.limit, float(self.target))
         self.reverted += 1
+        self._hold = PROBE_HOLD
+        self._phase, self._next = "settle", "measure"
+
+    def _step_back(self) -> None:
+        """Latency collapsed: one probe step down (not below the start), then settle. The
+        reference stays, so the next window steps again while latency stays that high."""
+        self.target = max(self.start, int(self.target / PROBE_STEP))
+        self.limit = min(self.limit, float(self.target))
+        self.stepped_back += 1
         self._hold = PROBE_HOLD
         self._phase, self._next = "settle", "measure"
 
@@ -315,7 +361,7 @@ class AdaptiveLimiter:
         while self._waiters and self.in_flight < int(self.limit):
             waiter = self._waiters.popleft()
             if not waiter.done():
-                self.in_flight += 1
+                self._count(1)
                 waiter.set_result(None)
 
 
@@ -533,6 +579,7 @@ class Engine:
             highest_limit=lim.highest,
             probes=lim.probes,
             probes_reverted=lim.reverted,
+            stepped_back=lim.stepped_back,
             in_flight=lim.in_flight,
             throttled=lim.throttled,
             limit_cuts=lim.cuts,
