@@ -190,6 +190,7 @@ class AsyncS3:
         return_info: bool,
         in_memory: bool,
         tracker: Tracker | None = None,
+        size: int | None = None,
     ) -> S3Object:
         sink = (
             MemorySink()
@@ -197,7 +198,7 @@ class AsyncS3:
             else FileSink(self._targets, url, brange.tag() if brange else "")
         )
         try:
-            got = await fetch(self._engine, parse(url), url, brange, sink, on_bytes(tracker))
+            got = await fetch(self._engine, parse(url), url, brange, sink, on_bytes(tracker), size)
         except MetaflowS3NotFound:
             if return_missing:
                 if tracker is not None:
@@ -313,15 +314,20 @@ class AsyncS3:
                 for (prefix, url, _), got in zip(jobs, fetched, strict=True)
             ]
         written: list[str] = []
+        known = sizes or [None] * len(jobs)
 
-        async def one(job: tuple[str | None, str, ByteRange | None]) -> S3Object:
-            obj = await self._download(*job, return_missing, return_info, in_memory, tracker)
+        async def one(job: tuple[str | None, str, ByteRange | None, int | None]) -> S3Object:
+            prefix, url, brange, size = job
+            obj = await self._download(
+                prefix, url, brange, return_missing, return_info, in_memory, tracker, size
+            )
             if obj.path:
                 written.append(obj.path)
             return obj
 
         try:
-            return await self._map(one, jobs, lambda job: job[1])
+            sized = [(*job, size) for job, size in zip(jobs, known, strict=True)]
+            return await self._map(one, sized, lambda job: job[1])
         except BaseException:
             for path in written:
                 with contextlib.suppress(OSError):

@@ -16,8 +16,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from s3fast import S3, AsyncS3, MetaflowS3TransferError, S3GetObject, TransferConfig
+from s3fast import S3, AsyncS3, MetaflowS3TransferError, S3GetObject, TransferConfig, _bridge
 from s3fast._engine.copy import copy_object
+from s3fast._engine.get import head_object
 from s3fast.limits import MiB
 from s3fast.testing import SeaweedFS
 from s3fast.urls import parse
@@ -46,13 +47,25 @@ def test_keep_alive_reuses_one_connection(
         objs = s3.get_many([S3GetObject(k, 10, 1000) for k in data])
         assert [o.blob for o in objs] == [v[10:1010] for v in data.values()]
     assert proxy.connections == 1  # 8 objects x 5 ranges, then 8 partial reads, on one socket
-    # Checked downloads start with an unranged GET (the checksum comes only with that); for
-    # an object over two ranges it reads one range and drops that connection.
+    # Checked downloads of unknown size start with an unranged GET (the checksum comes only
+    # with that or a HEAD); for an object over two ranges that reads one range and drops the
+    # connection. Once most objects seen were bigger than one range (here after three), they
+    # start ranged, a HEAD brings the checksum, and no connection is dropped.
     proxy.set(Faults())
     with _client(seaweed_bucket, proxy) as s3:
         objs = s3.get_many(list(data), in_memory=True)
         assert [o.blob for o in objs] == list(data.values())
-    assert proxy.connections == 1 + len(data)
+        assert proxy.connections == 1 + 3
+        objs = s3.get_many(list(data), in_memory=True)
+        assert [o.blob for o in objs] == list(data.values())
+        assert proxy.connections == 1 + 3
+    # Sizes known from a listing: ranged from the first object.
+    proxy.set(Faults())
+    with _client(seaweed_bucket, proxy) as s3:
+        objs = s3.get_all(in_memory=True)
+        assert sorted(o.key for o in objs) == sorted(data)
+        assert all(o.blob == data[o.key] for o in objs)
+    assert proxy.connections == 1
 
 
 @pytest.mark.parametrize("in_memory", [True, False])
@@ -219,6 +232,39 @@ def test_flipped_byte_is_caught_by_the_checksum(
         with pytest.raises(MetaflowS3TransferError, match=f"{url}: checksum mismatch"):
             s3.get(key, in_memory=in_memory)
         assert all(os.listdir(d) == [] for d in s3.tmpdirs)
+
+
+@pytest.mark.parametrize("transport", ["http", "botocore"])
+@pytest.mark.parametrize("key", ["mpu", "CRC32C", "CRC64NVME"])
+def test_ranged_download_is_checked_against_a_head(
+    seaweed_bucket: str, carried: dict[str, bytes], proxy: FaultProxy, key: str, transport: str
+) -> None:
+    """Once the client expects objects bigger than one range, it reads them in parallel
+    ranges and takes the checksum from a HEAD of the same version (If-Match): a flipped byte
+    is caught there too, fetched again, and comes back right; flipped every time, it raises
+    and leaves no file behind."""
+    url = f"s3://{seaweed_bucket}/{key}"
+    proxy.set(Faults())
+    with _client(seaweed_bucket, proxy, transport=transport) as s3:
+        for _ in range(3):
+            assert s3.get(key, in_memory=True).blob == carried[key]
+        engine = s3._aio._engine
+        assert engine.expects_big(None)  # three objects over one range: it learned
+        proxy.set(Faults(flip_at=1000, close=True, times=1))
+        obj = s3.get(key)
+        assert obj.path and pathlib.Path(obj.path).read_bytes() == carried[key]
+        assert proxy.injected == 1
+        proxy.set(Faults(flip_at=1000, close=True, times=1000))
+        with pytest.raises(MetaflowS3TransferError, match=f"{url}: checksum mismatch"):
+            s3.get(key)
+        left = [os.path.join(d, name) for d in s3.tmpdirs for name in os.listdir(d)]
+        assert left == [obj.path]  # only the good download's file
+
+        async def head_of_another_version() -> None:
+            with pytest.raises(MetaflowS3TransferError, match=f"{url}: the object changed"):
+                await head_object(engine, parse(url), url, "0123456789abcdef", True)
+
+        _bridge.run(head_of_another_version())
 
 
 @pytest.mark.parametrize("transport", ["http", "botocore"])

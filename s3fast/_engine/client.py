@@ -162,6 +162,7 @@ PROBE_GAIN = 0.6  # ... and keeps it only if throughput rose by this share of th
 PROBE_HOLD = 20  # windows to wait after a probe that did not pay before probing again
 COLLAPSE = 4.0  # latency this many times that measured at the current target, with less
 # throughput: requests only queue (the server or the path is saturated), so step back
+SIZE_WEIGHT = 0.25  # weight of the newest object in Engine's moving share of big objects
 REQUEST_COST = 64 * 1024  # bytes a request counts as, so small objects measure by count
 
 
@@ -445,6 +446,20 @@ class Engine:
         self._start_lock: asyncio.Lock | None = None
         self._http: HttpGetter | None = None
         self.conditional_put = True  # cleared if the server rejects If-None-Match
+        # The share of whole objects seen lately that were bigger than one range (a moving
+        # average): how a checked download of unknown size starts (see get.fetch).
+        self._big_share = 0.0
+
+    def expects_big(self, size: int | None) -> bool:
+        """Will a whole object of ``size`` (None: unknown) be bigger than one range?"""
+        if size is not None:
+            return size > self.config.range_size
+        return self._big_share >= 0.5
+
+    def saw_size(self, total: int) -> None:
+        """A whole object's size, as a response gave it."""
+        big = 1.0 if total > self.config.range_size else 0.0
+        self._big_share += SIZE_WEIGHT * (big - self._big_share)
 
     async def client(self) -> Any:
         if self._client is None:

@@ -8,8 +8,9 @@ in the destination. A body that breaks mid-way is resumed from the last byte rec
 Integrity: every response's length is checked against what was asked for, and a whole-object
 download is checked against the full-object checksum the object carries (``checksums.py``):
 each range is checksummed as it completes, the pieces are combined in order, and the result
-is compared with the checksum the first, unranged, response carried. A mismatch is fetched
-again once, then raised.
+is compared with the checksum that the first, unranged, response carried, or (for an object
+expected to span several ranges, read ranged from the start) that a HEAD of the same version
+brought. A mismatch is fetched again once, then raised.
 
 Retries: on the botocore transport, botocore retries whole requests and this layer retries
 only broken bodies, so the two never overlap; on the lean transport (``http.py``), which has
@@ -433,18 +434,29 @@ async def _span(
 
 class _Verifier:
     """Checksums the ranges of a whole-object download as they complete, and compares their
-    combination with the full-object checksum the first (unranged) response carried."""
+    combination with the object's full-object checksum: the one the first (unranged) response
+    carried, or the one ``pending`` (a HEAD) brings."""
 
-    def __init__(self, expected: Checksum | None, base: int, sink: Sink) -> None:
+    def __init__(
+        self,
+        expected: Checksum | None,
+        base: int,
+        sink: Sink,
+        pending: asyncio.Future[Head] | None = None,
+    ) -> None:
         self.expected = expected
+        self.pending = pending
         self.base = base
         self.sink = sink
         self.pieces: dict[int, tuple[int, int]] = {}
 
-    def settle(self, start: int, end: int) -> None:
+    async def settle(self, start: int, end: int) -> None:
         """Absolute bytes ``start..end`` are complete: checksum them, then let the sink
         drop them from memory."""
         length = end + 1 - start
+        if self.pending is not None:
+            self.expected = (await self.pending).checksum  # which algorithm: the HEAD says
+            self.pending = None
         if self.expected is not None:
             with self.sink.view(start - self.base, length) as view:
                 self.pieces[start] = (self.expected.algorithm.of(view), length)
@@ -471,23 +483,34 @@ async def fetch(
     brange: ByteRange | None,
     sink: Sink,
     on_bytes: Callable[[int], None] | None = None,
+    size: int | None = None,
 ) -> Fetched:
     """Download ``brange`` (None: all) of ``path`` into ``sink``; ``on_bytes(n)`` is called as
-    each range of ``n`` bytes completes."""
+    each range of ``n`` bytes completes. ``size``: the object's size, when known (a listing's)."""
     range_size = engine.config.range_size
-    # A whole object, checked: the first GET is unranged, as S3 sends the object's checksum
-    # only then. Up to two ranges' worth it reads it all; beyond, it reads the first range
-    # and drops the connection (losing what was in flight), and the rest goes in parallel.
+    # A whole object, checked against its checksum, which S3 sends only with an unranged GET
+    # or a HEAD. An object expected to fit in one range is read with one unranged GET. A
+    # bigger one (by ``size``, else by the sizes this engine saw lately) is read in parallel
+    # ranges while a HEAD of the same version fetches its checksum. If a big one was read
+    # unranged after all, it is read whole up to two ranges; beyond, the first range is read
+    # and the connection dropped (what was in flight is lost), and the rest goes in parallel.
     verify = brange is None and engine.config.verify_checksums
+    ranged = verify and engine.expects_big(size)
     progress = [0]
     first: list[Head] = []
     last = 0
     verifier: _Verifier | None = None
+    checksum: asyncio.Task[Head] | None = None
 
     async def prepare(head: Head) -> memoryview:
-        nonlocal last, verifier
+        nonlocal last, verifier, checksum
         last = final_end(brange, head.total)
-        if verify:
+        if brange is None:
+            engine.saw_size(head.total)
+        if ranged:
+            checksum = asyncio.ensure_future(head_object(engine, path, url, head.etag, True))
+            verifier = _Verifier(None, head.start, sink, checksum)
+        elif verify:
             verifier = _Verifier(head.checksum if head.whole else None, head.start, sink)
             if head.whole and head.total > 2 * range_size:
                 head = dataclasses.replace(head, end=range_size - 1)
@@ -497,16 +520,18 @@ async def fetch(
         return sink.view(0, head.end + 1 - head.start)
 
     try:
-        range_header = None if verify else first_range(brange, range_size)
+        range_header = None if verify and not ranged else first_range(brange, range_size)
         attempt, started = 0, now()
         while True:
             try:
-                await _exchange(engine, path, url, range_header, None, prepare, progress, verify)
+                await _exchange(
+                    engine, path, url, range_header, None, prepare, progress, verify and not ranged
+                )
                 break
             except botocore.exceptions.ClientError as exc:
                 # A whole-object read of an empty object: S3 refuses "bytes=0-N" with 416.
                 if brange is None and range_header and error_code(exc) in ("InvalidRange", "416"):
-                    range_header = None
+                    range_header, ranged = None, False
                     continue
                 raise
             except RESUMABLE:
@@ -527,7 +552,7 @@ async def fetch(
             if again:
                 await _span(engine, path, url, sink, head.start, start, end, head.etag)
             if verifier is not None:
-                verifier.settle(start, end)
+                await verifier.settle(start, end)
             else:
                 sink.settled(start - head.start, end + 1 - start)
             if counted is not None:
@@ -551,30 +576,45 @@ async def fetch(
                 raise MetaflowS3TransferError(problem, url)
         local, blob = await sink.commit()
     except BaseException as exc:
+        if checksum is not None and not checksum.done():
+            checksum.cancel()
+            await asyncio.gather(checksum, return_exceptions=True)
         await asyncio.shield(sink.discard())
         raise_translated(exc, url)
     length = max(0, last - head.start + 1)
     return Fetched(head=head, offset=head.start, length=length, path=local, blob=blob)
 
 
-async def head_object(engine: Engine, path: S3Path, url: str) -> Head:
-    """HEAD through the engine's transport."""
+async def head_object(
+    engine: Engine, path: S3Path, url: str, etag: str | None = None, checksum: bool = False
+) -> Head:
+    """HEAD through the engine's transport; ``etag``: only of that version, ``checksum``:
+    with the object's checksums."""
     http = await engine.http()
     try:
         if http is not None and http.handles(path.bucket):
 
             async def one() -> dict[str, Any]:
                 async with engine.slot():
-                    return await http.head(path.bucket, path.key)
+                    return await http.head(path.bucket, path.key, etag, checksum)
 
             try:
                 return Head.from_response(await retrying(engine, one), url)
             except botocore.exceptions.ClientError as exc:
                 if not http.redirected(exc, path.bucket):
                     raise
+        kwargs: dict[str, Any] = {"ChecksumMode": "ENABLED"} if checksum else {}
+        if etag:
+            kwargs["IfMatch"] = f'"{etag}"'
         async with engine.slot() as client:
             return Head.from_response(
-                await client.head_object(Bucket=path.bucket, Key=path.key), url
+                await client.head_object(Bucket=path.bucket, Key=path.key, **kwargs), url
             )
+    except botocore.exceptions.ClientError as exc:
+        if etag and error_code(exc) in ("PreconditionFailed", "412"):
+            raise MetaflowS3TransferError(
+                f"{url}: the object changed during the download (ETag no longer {etag})", url
+            ) from exc
+        raise_translated(exc, url)
     except Exception as exc:
         raise_translated(exc, url)

@@ -505,9 +505,15 @@ class HttpGetter:
             else:
                 conn.close()
 
-    async def head(self, bucket: str, key: str) -> dict[str, Any]:
-        """One HEAD; the object's fields, named as botocore names them."""
-        where, request = await self._request("HEAD", bucket, key, {})
+    async def head(
+        self, bucket: str, key: str, etag: str | None = None, checksum: bool = False
+    ) -> dict[str, Any]:
+        """One HEAD; the object's fields, named as botocore names them. ``etag``: only of that
+        version (else 412); ``checksum``: with the object's checksums."""
+        extra = {"x-amz-checksum-mode": "ENABLED"} if checksum else {}
+        if etag:
+            extra["if-match"] = f'"{etag}"'
+        where, request = await self._request("HEAD", bucket, key, extra)
         async with self._borrow(where) as conn:
             status, headers = await conn.head(request)
             conn.reusable = _keep_alive(headers)

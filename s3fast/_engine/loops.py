@@ -149,7 +149,13 @@ class Loops:
                     url, brange = jobs[idx]
                     try:
                         got = await fetch(
-                            engine, parse(url), url, brange, MemorySink(), report_bytes
+                            engine,
+                            parse(url),
+                            url,
+                            brange,
+                            MemorySink(),
+                            report_bytes,
+                            sizes[idx] if sizes else None,
                         )
                     except MetaflowS3NotFound:
                         if not return_missing:

@@ -308,8 +308,8 @@ class _Worker:
                 return_missing, in_memory, roots, _ = opts
                 dirs = _Dirs(roots)
 
-                async def get_one(job: tuple[int, str, ByteRange | None, int]) -> None:
-                    idx, url, brange, number = job
+                async def get_one(job: tuple[int, str, ByteRange | None, int, int | None]) -> None:
+                    idx, url, brange, number, size = job
                     tag = brange.tag() if brange else ""
                     named = cast(Targets, _Named(dirs, number))
                     sink: Any = (
@@ -317,7 +317,7 @@ class _Worker:
                     )
                     try:
                         got: Fetched | None = await fetch(
-                            engine, parse(url), url, brange, sink, on_bytes
+                            engine, parse(url), url, brange, sink, on_bytes, size
                         )
                     except MetaflowS3NotFound:
                         if not return_missing:
@@ -704,7 +704,10 @@ class Pool:
         """Download ``(url, range)`` jobs; results in input order (None: missing).
         ``on_bytes(n)`` as ranges complete, ``on_object()`` as objects do (progress)."""
         roots = targets.all_dirs()
-        items = [(i, url, brange, targets.number()) for i, (url, brange) in enumerate(jobs)]
+        items = [
+            (i, url, brange, targets.number(), sizes[i] if sizes else None)
+            for i, (url, brange) in enumerate(jobs)
+        ]
         parts = [[items[i] for i in idxs] for idxs in assign(len(items), self.size, sizes)]
         results: list[Fetched | None] = [None] * len(jobs)
         reported: list[str] = []
