@@ -236,6 +236,36 @@ def test_flipped_byte_is_caught_by_the_checksum(
 
 @pytest.mark.parametrize("transport", ["http", "botocore"])
 @pytest.mark.parametrize("key", ["mpu", "CRC32C", "CRC64NVME"])
+def test_checksums_are_taken_as_bodies_land(
+    seaweed_bucket: str,
+    carried: dict[str, bytes],
+    proxy: FaultProxy,
+    monkeypatch: pytest.MonkeyPatch,
+    key: str,
+    transport: str,
+) -> None:
+    """Each body is checksummed chunk by chunk as it lands (while in cache), not read again
+    afterwards: every byte is fed once, also across a body that broke off and was resumed,
+    whose pieces combine to the object's checksum (nothing is fetched again)."""
+    import s3fast._engine.get as get
+
+    fed: list[int] = []
+    update = get._Piece.update
+    monkeypatch.setattr(
+        get._Piece, "update", lambda self, chunk: (fed.append(len(chunk)), update(self, chunk))
+    )
+    size = len(carried[key])
+    with _client(seaweed_bucket, proxy, transport=transport, range_size=8 * MiB) as s3:
+        for cut in (None, size // 3):
+            fed.clear()
+            proxy.set(Faults(cut_after=cut, times=1) if cut else Faults())
+            assert s3.get(key, in_memory=True).blob == carried[key]
+            assert sum(fed) == size and len(fed) > 1
+            assert proxy.injected == (1 if cut else 0)
+
+
+@pytest.mark.parametrize("transport", ["http", "botocore"])
+@pytest.mark.parametrize("key", ["mpu", "CRC32C", "CRC64NVME"])
 def test_ranged_download_is_checked_against_a_head(
     seaweed_bucket: str, carried: dict[str, bytes], proxy: FaultProxy, key: str, transport: str
 ) -> None:

@@ -43,6 +43,7 @@ from ..targets import Targets
 from ..urls import ByteRange, S3Path, parse_content_range
 from .checksums import Checksum, combined, full_object
 from .client import RESUMABLE, Engine, backoff, bounded_map, now, retrying
+from .http import Digest
 
 READ_CHUNK = 1 * MiB
 
@@ -318,21 +319,25 @@ def final_end(brange: ByteRange | None, total: int) -> int:
     return total - 1
 
 
-async def _drain(body: Any, dest: memoryview, progress: list[int]) -> None:
-    """Copy a botocore response body into ``dest``, advancing ``progress[0]``."""
+async def _drain(body: Any, dest: memoryview, progress: list[int], digest: Digest | None) -> None:
+    """Copy a botocore response body into ``dest``, advancing ``progress[0]`` and feeding
+    ``digest`` each chunk."""
     filled = 0
     while filled < len(dest):
         chunk = await body.read(min(READ_CHUNK, len(dest) - filled))
         if not chunk:
             break
         dest[filled : filled + len(chunk)] = chunk
+        if digest is not None:
+            digest(memoryview(chunk))
         filled += len(chunk)
         progress[0] += len(chunk)
     if filled != len(dest):
         raise _ShortBody(f"body ended after {filled} of {len(dest)} bytes")
 
 
-Prepare = Callable[[Head], Awaitable[memoryview]]
+# Given a response's head: the buffer for its body, and maybe a digest to feed the body.
+Prepare = Callable[[Head], Awaitable[tuple[memoryview, Digest | None]]]
 
 
 async def _exchange(
@@ -346,12 +351,13 @@ async def _exchange(
     checksum: bool = False,
 ) -> None:
     """One GET through the engine's transport. ``prepare(head)`` returns the buffer for the
-    body; ``progress[0]`` advances with every body byte that arrives, also on failure.
-    ``checksum`` asks for the object's checksums in the response."""
+    body (and maybe a digest fed each chunk of it); ``progress[0]`` advances with every body
+    byte that arrives, also on failure. ``checksum`` asks for the object's checksums in the
+    response."""
     http = await engine.http()
     if http is not None and http.handles(path.bucket):
 
-        async def prepare_fields(fields: dict[str, Any]) -> memoryview:
+        async def prepare_fields(fields: dict[str, Any]) -> tuple[memoryview, Digest | None]:
             return await prepare(Head.from_response(fields, url))
 
         try:
@@ -374,9 +380,9 @@ async def _exchange(
         resp = await client.get_object(Bucket=path.bucket, Key=path.key, **kwargs)
         body = resp["Body"]
         try:
-            dest = await prepare(Head.from_response(resp, url))
+            dest, digest = await prepare(Head.from_response(resp, url))
             try:
-                await _drain(body, dest, progress)
+                await _drain(body, dest, progress, digest)
             finally:
                 dest.release()
         finally:
@@ -393,23 +399,30 @@ async def _span(
     end: int,
     etag: str | None,
     attempt: int = 0,
+    verifier: _Verifier | None = None,
 ) -> None:
     """Fetch absolute bytes ``start..end`` into ``sink`` (at ``start - base``), resuming a
-    broken body from the last byte received."""
+    broken body from the last byte received; the ``verifier`` checksums the bytes as they
+    land."""
     progress = [start]
+    piece: _Piece | None = None
 
-    async def prepare(head: Head) -> memoryview:
+    async def prepare(head: Head) -> tuple[memoryview, Digest | None]:
+        nonlocal piece
         if (head.start, head.end) != (progress[0], end):
             raise MetaflowS3TransferError(
                 f"{url}: asked for bytes {progress[0]}-{end}, "
                 f"the server sent {head.start}-{head.end}",
                 url,
             )
-        return sink.view(progress[0] - base, end + 1 - progress[0])
+        piece = verifier.piece(progress[0]) if verifier is not None else None
+        digest = piece.update if piece is not None else None
+        return sink.view(progress[0] - base, end + 1 - progress[0]), digest
 
     await engine.throttle(end + 1 - start)  # max_bandwidth
     started = now()
     while True:
+        piece = None
         try:
             await _exchange(
                 engine, path, url, f"bytes={progress[0]}-{end}", etag, prepare, progress
@@ -430,6 +443,26 @@ async def _span(
                     url,
                 ) from exc
             raise_translated(exc, url)
+        finally:
+            if verifier is not None and piece is not None:
+                verifier.took(piece)
+
+
+class _Piece:
+    """The checksum of one response's body bytes from absolute offset ``start``, computed
+    as they land (still in the CPU's cache: about half the cost of a pass afterwards)."""
+
+    __slots__ = ("algorithm", "length", "start", "value")
+
+    def __init__(self, start: int, algorithm: Any) -> None:
+        self.start = start
+        self.algorithm = algorithm
+        self.value = 0
+        self.length = 0
+
+    def update(self, chunk: memoryview) -> None:
+        self.value = self.algorithm.of(chunk, self.value)
+        self.length += len(chunk)
 
 
 class _Verifier:
@@ -448,18 +481,43 @@ class _Verifier:
         self.pending = pending
         self.base = base
         self.sink = sink
-        self.pieces: dict[int, tuple[int, int]] = {}
+        self.pieces: dict[int, tuple[int, int]] = {}  # start: (checksum, length), settled
+        self.streamed: dict[int, tuple[int, int]] = {}  # the same, from bodies as they landed
+
+    def piece(self, start: int) -> _Piece | None:
+        """A checksum to feed a body landing at absolute offset ``start``, or None when the
+        algorithm is not known yet (the HEAD has not answered) or there is nothing to check."""
+        pending = self.pending
+        if pending is not None and pending.done() and not pending.cancelled():
+            if pending.exception() is None:  # else settle raises it
+                self.expected, self.pending = pending.result().checksum, None
+        if self.expected is None:
+            return None
+        return _Piece(start, self.expected.algorithm)
+
+    def took(self, piece: _Piece) -> None:
+        """A response's body ended (complete or broken off) after ``piece.length`` bytes."""
+        if piece.length:
+            self.streamed[piece.start] = (piece.value, piece.length)
 
     async def settle(self, start: int, end: int) -> None:
-        """Absolute bytes ``start..end`` are complete: checksum them, then let the sink
-        drop them from memory."""
+        """Absolute bytes ``start..end`` are complete: take their checksum from the bodies
+        that brought them, or compute it, then let the sink drop them from memory."""
         length = end + 1 - start
         if self.pending is not None:
             self.expected = (await self.pending).checksum  # which algorithm: the HEAD says
             self.pending = None
         if self.expected is not None:
-            with self.sink.view(start - self.base, length) as view:
-                self.pieces[start] = (self.expected.algorithm.of(view), length)
+            chain, at = [], start
+            while at <= end and at in self.streamed:
+                chain.append(at)
+                at += self.streamed[at][1]
+            if at == end + 1:
+                for piece_start in chain:
+                    self.pieces[piece_start] = self.streamed.pop(piece_start)
+            else:
+                with self.sink.view(start - self.base, length) as view:
+                    self.pieces[start] = (self.expected.algorithm.of(view), length)
         self.sink.settled(start - self.base, length)
 
     def mismatch(self, url: str) -> str | None:
@@ -501,9 +559,10 @@ async def fetch(
     last = 0
     verifier: _Verifier | None = None
     checksum: asyncio.Task[Head] | None = None
+    piece: _Piece | None = None
 
-    async def prepare(head: Head) -> memoryview:
-        nonlocal last, verifier, checksum
+    async def prepare(head: Head) -> tuple[memoryview, Digest | None]:
+        nonlocal last, verifier, checksum, piece
         last = final_end(brange, head.total)
         if brange is None:
             engine.saw_size(head.total)
@@ -514,10 +573,11 @@ async def fetch(
             verifier = _Verifier(head.checksum if head.whole else None, head.start, sink)
             if head.whole and head.total > 2 * range_size:
                 head = dataclasses.replace(head, end=range_size - 1)
+            piece = verifier.piece(head.start)
         await sink.open(max(0, last - head.start + 1))
         first.append(head)
         progress[0] = head.start
-        return sink.view(0, head.end + 1 - head.start)
+        return sink.view(0, head.end + 1 - head.start), piece.update if piece else None
 
     try:
         range_header = None if verify and not ranged else first_range(brange, range_size)
@@ -540,17 +600,23 @@ async def fetch(
                 attempt += 1
                 if not await backoff(attempt, engine, started):
                     raise
+            finally:
+                if verifier is not None and piece is not None:
+                    verifier.took(piece)
+                    piece = None
         head = first[0]
         await engine.throttle(progress[0] - head.start)  # max_bandwidth: the first range
         if progress[0] <= head.end:
-            await _span(engine, path, url, sink, head.start, progress[0], head.end, head.etag, 1)
+            await _span(
+                engine, path, url, sink, head.start, progress[0], head.end, head.etag, 1, verifier
+            )
 
         counted = on_bytes  # progress counts each range once, not again when re-fetched
 
         async def one(item: tuple[int, int, bool]) -> None:
             start, end, again = item
             if again:
-                await _span(engine, path, url, sink, head.start, start, end, head.etag)
+                await _span(engine, path, url, sink, head.start, start, end, head.etag, 0, verifier)
             if verifier is not None:
                 await verifier.settle(start, end)
             else:
@@ -569,6 +635,7 @@ async def fetch(
         if verifier is not None and verifier.mismatch(url):
             # corrupted in flight, or stored so: fetch it all again once, then give up
             verifier.pieces.clear()
+            verifier.streamed.clear()
             counted = None
             await run([(head.start, head.end, True)] + [(a, b, True) for a, b in rest])
             problem = verifier.mismatch(url)

@@ -40,6 +40,7 @@ from .checksums import CRC32, FIELDS
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 MAX_HEAD = 64 * 1024
+Digest = Callable[[memoryview], None]  # fed each chunk of a body as it lands (checksums)
 _CODE = re.compile(rb"<Code>([^<]*)</Code>")
 _MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
 TRANSIENT_STATUS = {429, 500, 502, 503, 504}
@@ -72,6 +73,7 @@ class _Conn(asyncio.BufferedProtocol):
         self.buf = bytearray(MAX_HEAD)
         self.used = 0  # bytes of self.buf holding header (or small body) data
         self.dest: memoryview | None = None  # where body bytes go now
+        self.digest: Digest | None = None  # called with each chunk received into dest
         self.received = 0  # body bytes received into dest
         self.want = 0  # body bytes expected in dest
         self.waiter: asyncio.Future[None] | None = None
@@ -97,6 +99,8 @@ class _Conn(asyncio.BufferedProtocol):
             self.transport.close()  # type: ignore[union-attr]
             return
         if self.dest is not None:
+            if self.digest is not None:  # while the chunk is still in the CPU's cache
+                self.digest(self.dest[self.received : self.received + nbytes])
             self.received += nbytes
             if self.received >= self.want:
                 self.dest = None  # the next bytes (there should be none) go to self.buf
@@ -171,22 +175,26 @@ class _Conn(asyncio.BufferedProtocol):
             raise ConnectionError("chunked responses are not expected for S3 GET")
         return int(parts[1]), headers
 
-    async def body_into(self, dest: memoryview, whole: bool = True) -> int:
-        """Read ``len(dest)`` body bytes into ``dest`` (``whole``: all the body); returns the
-        bytes received (fewer only when an exception is raised, in which case
-        ``self.received`` says how many)."""
+    async def body_into(
+        self, dest: memoryview, whole: bool = True, digest: Digest | None = None
+    ) -> int:
+        """Read ``len(dest)`` body bytes into ``dest`` (``whole``: all the body), calling
+        ``digest`` with each chunk as it lands; returns the bytes received (fewer only when an
+        exception is raised, in which case ``self.received`` says how many)."""
         extra = self.used - self.head_end
         take = min(extra, len(dest))
         dest[:take] = self.buf[self.head_end : self.head_end + take]
+        if digest is not None and take:
+            digest(dest[:take])
         self.received, self.want = take, len(dest)
         if take < len(dest):
-            self.dest = dest
+            self.dest, self.digest = dest, digest
             try:
                 assert self.transport is not None
                 self.transport.resume_reading()
                 await self._wait()
             finally:
-                self.dest = None
+                self.dest = self.digest = None
         if extra > take and whole:
             raise ConnectionError("the server sent more than Content-Length")
         return self.received
@@ -527,14 +535,15 @@ class HttpGetter:
         key: str,
         range_header: str | None,
         etag: str | None,
-        prepare: Callable[[dict[str, Any]], Awaitable[memoryview]],
+        prepare: Callable[[dict[str, Any]], Awaitable[tuple[memoryview, Digest | None]]],
         progress: list[int],
         checksum: bool = False,
     ) -> None:
         """One GET. ``prepare(fields)`` gets the response fields and returns the buffer for
-        the body; ``progress[0]`` advances by the body bytes received, also when the body
-        breaks off (so the caller can resume). ``checksum`` asks for the object's checksums.
-        A buffer shorter than the body takes its first bytes; the connection is then closed."""
+        the body, and maybe a function to call with each chunk that lands in it (in order);
+        ``progress[0]`` advances by the body bytes received, also when the body breaks off
+        (so the caller can resume). ``checksum`` asks for the object's checksums. A buffer
+        shorter than the body takes its first bytes; the connection is then closed."""
         extra = {"x-amz-checksum-mode": "ENABLED"} if checksum else {}
         if range_header:
             extra["range"] = range_header
@@ -548,12 +557,12 @@ class HttpGetter:
                 body = await conn.small_body(length) if length <= MAX_HEAD else b""
                 conn.reusable = _keep_alive(headers) and length <= MAX_HEAD
                 raise _error(status, body)
-            dest = await prepare(response_fields(headers))
+            dest, digest = await prepare(response_fields(headers))
             whole = len(dest) == length
             try:
                 if len(dest) > length:
                     raise ConnectionError(f"buffer of {len(dest)} bytes for a body of {length}")
-                await conn.body_into(dest, whole)
+                await conn.body_into(dest, whole, digest)
             finally:
                 progress[0] += conn.received
                 dest.release()
