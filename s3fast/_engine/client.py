@@ -136,9 +136,10 @@ class TransferStats:
     budget allows); ``lowest_limit`` and ``highest_limit`` are how far it went; ``probes``
     how often it was raised to test for more throughput, ``probes_reverted`` how many of those
     did not pay, ``stepped_back`` how often it was lowered because latency collapsed;
-    ``throttled`` the throttled (overloaded: 429, 502, 503, 504) answers seen; ``limit_cuts`` how often the limit
-    was halved; ``retries`` the requests retried (the engine's own, plus those botocore
-    retried); ``gave_up`` the requests that ran out of attempts or time."""
+    ``throttled`` the overload answers seen (429, 502, 503, 504, throttling codes);
+    ``limit_cuts`` how often the limit was halved; ``retries`` the requests retried (the
+    engine's own, plus those botocore retried); ``gave_up`` the requests that ran out of
+    attempts or time."""
 
     max_concurrency: int
     start_limit: int

@@ -7,10 +7,10 @@ in the destination. A body that breaks mid-way is resumed from the last byte rec
 
 Integrity: every response's length is checked against what was asked for, and a whole-object
 download is checked against the full-object checksum the object carries (``checksums.py``):
-each range is checksummed as it completes, the pieces are combined in order, and the result
-is compared with the checksum that the first, unranged, response carried, or (for an object
-expected to span several ranges, read ranged from the start) that a HEAD of the same version
-brought. A mismatch is fetched again once, then raised.
+each body is checksummed chunk by chunk as it lands, the pieces are combined in order, and the
+result is compared with the checksum that the first, unranged, response carried, or (for an
+object expected to span several ranges, read ranged from the start) that a HEAD of the same
+version brought. A mismatch is fetched again once, then raised.
 
 Retries: on the botocore transport, botocore retries whole requests and this layer retries
 only broken bodies, so the two never overlap; on the lean transport (``http.py``), which has
@@ -450,7 +450,7 @@ async def _span(
 
 class _Piece:
     """The checksum of one response's body bytes from absolute offset ``start``, computed
-    as they land (still in the CPU's cache: about half the cost of a pass afterwards)."""
+    as they land (still in the CPU's cache: cheaper than a second pass over the range)."""
 
     __slots__ = ("algorithm", "length", "start", "value")
 
@@ -466,9 +466,10 @@ class _Piece:
 
 
 class _Verifier:
-    """Checksums the ranges of a whole-object download as they complete, and compares their
-    combination with the object's full-object checksum: the one the first (unranged) response
-    carried, or the one ``pending`` (a HEAD) brings."""
+    """Collects the checksums of a whole-object download's bodies as they land (or of each
+    range as it completes, where no body was fed), and compares their combination with the
+    object's full-object checksum: the one the first (unranged) response carried, or the one
+    ``pending`` (a HEAD) brings."""
 
     def __init__(
         self,
@@ -643,7 +644,7 @@ async def fetch(
                 raise MetaflowS3TransferError(problem, url)
         local, blob = await sink.commit()
     except BaseException as exc:
-        if checksum is not None and not checksum.done():
+        if checksum is not None:  # stop the HEAD, or take its failure: none left unread
             checksum.cancel()
             await asyncio.gather(checksum, return_exceptions=True)
         await asyncio.shield(sink.discard())
