@@ -191,6 +191,21 @@ def test_listing_pages_and_decodes_keys(seaweed_bucket: str, seaweed: Server) ->
         assert len([o for o in top if o.exists]) == 1102
 
 
+def test_listing_fails_cleanly_on_a_later_page(seaweed_bucket: str, proxy: FaultProxy) -> None:
+    """The next page is asked for while this one is parsed: when it keeps failing, the
+    listing raises a typed error naming the prefix, nothing is left running, and the client
+    still lists."""
+    with S3(s3root=f"s3://{seaweed_bucket}") as s3:
+        s3.put_many([(f"p/{i:05d}", b"") for i in range(2100)])  # three pages
+    proxy.set(Faults(answer=SLOWDOWN, times=1000, match="continuation-token"))
+    with _client(seaweed_bucket, proxy, max_attempts=2) as s3:
+        with pytest.raises(MetaflowS3TransferError, match=f"s3://{seaweed_bucket}/p"):
+            s3.list_recursive(["p"])
+        assert proxy.injected >= 2
+        proxy.set(Faults())
+        assert len(s3.list_recursive(["p"])) == 2100
+
+
 @pytest.fixture
 def carried(seaweed_bucket: str, seaweed: Server, tmp_path: pathlib.Path) -> dict[str, bytes]:
     """Objects with each full-object checksum: CRC32 from s3fast's PutObject and multipart

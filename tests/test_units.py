@@ -226,3 +226,27 @@ def test_only_full_object_checksums_are_used() -> None:
     assert full_object({"ChecksumCRC32": crc, "ETag": '"e-2"'}) is None  # untyped, multipart
     assert full_object({"ChecksumCRC32": "not base64!", "ETag": '"e"'}) is None
     assert full_object({"ETag": '"e"'}) is None
+
+
+def test_listing_token_is_found_before_the_parse() -> None:
+    """The next page is asked for with the token found in the raw page; the parser agrees."""
+    from s3fast._engine.http import parse_listing, peek_token
+
+    def page(truncated: str, token: str | None) -> bytes:
+        tail = f"<NextContinuationToken>{token}</NextContinuationToken>" if token else ""
+        return (
+            '<?xml version="1.0" encoding="UTF-8"?>'
+            '<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+            f"<IsTruncated>{truncated}</IsTruncated><EncodingType>url</EncodingType>"
+            "<Contents><Key>a%2Bb+c</Key><Size>3</Size></Contents>"
+            f"<CommonPrefixes><Prefix>d%2F</Prefix></CommonPrefixes>{tail}</ListBucketResult>"
+        ).encode()
+
+    body = page("true", "1/a&amp;b=&lt;c&gt;&quot;")
+    assert peek_token(body) == '1/a&b=<c>"'
+    assert parse_listing(body) == ([("a+b c", 3), ("d/", None)], peek_token(body))
+    last = page("false", "ignored")
+    assert peek_token(last) is None and parse_listing(last)[1] is None
+    assert peek_token(page("true", None)) is None
+    with pytest.raises(ConnectionError, match="without a continuation token"):
+        parse_listing(page("true", None))

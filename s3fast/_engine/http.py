@@ -32,6 +32,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote, unquote_plus, urlsplit
 from xml.etree import ElementTree
+from xml.sax.saxutils import unescape as xml_unescape
 
 import botocore.exceptions
 
@@ -306,7 +307,20 @@ def _error(status: int, body: bytes, operation: str = "GetObject") -> Exception:
     )
 
 
-def _parse_listing(body: bytes) -> tuple[list[tuple[str, int | None]], str | None]:
+_TRUNCATED = re.compile(rb"<IsTruncated>\s*true\s*</IsTruncated>")
+_NEXT_TOKEN = re.compile(rb"<NextContinuationToken>([^<]*)</NextContinuationToken>")
+
+
+def peek_token(body: bytes) -> str | None:
+    """The continuation token of a raw ListObjectsV2 page, found without parsing it (so the
+    next page can be asked for first); :func:`parse_listing` has the last word."""
+    found = _NEXT_TOKEN.search(body) if _TRUNCATED.search(body) else None
+    return xml_unescape(found.group(1).decode(), {"&quot;": '"', "&apos;": "'"}) if found else None
+
+
+def parse_listing(body: bytes) -> tuple[list[tuple[str, int | None]], str | None]:
+    """A ListObjectsV2 page: ``(key, size)`` of objects then ``(prefix, None)`` of common
+    prefixes, and the continuation token (None on the last page)."""
     root = ElementTree.fromstring(body)
     url_encoded = False
     truncated = False
@@ -437,9 +451,8 @@ class HttpGetter:
 
     async def list_page(
         self, bucket: str, prefix: str, delimiter: str, token: str | None, max_keys: int | None
-    ) -> tuple[list[tuple[str, int | None]], str | None]:
-        """One ListObjectsV2 page: ``(key, size)`` of objects then ``(prefix, None)`` of
-        common prefixes, and the continuation token (None on the last page)."""
+    ) -> bytes:
+        """One ListObjectsV2 page, raw (see :func:`parse_listing`)."""
         params = {"list-type": "2", "encoding-type": "url", "prefix": prefix}
         if delimiter:
             params["delimiter"] = delimiter
@@ -460,7 +473,7 @@ class HttpGetter:
             conn.reusable = _keep_alive(headers)
             if status != 200:
                 raise _error(status, body, "ListObjectsV2")
-        return _parse_listing(body)
+        return body
 
     async def put(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import botocore.exceptions
@@ -9,7 +10,7 @@ import botocore.exceptions
 from ..errors import raise_translated
 from ..urls import S3Path
 from .client import Engine, retrying
-from .http import HttpGetter
+from .http import HttpGetter, parse_listing, peek_token
 
 
 @dataclass(frozen=True)
@@ -31,19 +32,38 @@ async def _list_http(
     entries: list[Entry],
 ) -> None:
     """Page through a listing on the lean transport, retrying each page's transient
-    failures (a page is idempotent: same token, same answer)."""
-    token: str | None = None
+    failures (a page is idempotent: same token, same answer). The next page is asked for
+    before this one is parsed (its token is found in the raw page first), so the parsing
+    here overlaps the server's work on the next page."""
 
-    async def one_page() -> tuple[list[tuple[str, int | None]], str | None]:
-        async with engine.slot():
-            return await http.list_page(path.bucket, path.key, delimiter, token, limit)
+    def page(token: str | None) -> asyncio.Task[bytes]:
+        async def one_page() -> bytes:
+            async with engine.slot():
+                return await http.list_page(path.bucket, path.key, delimiter, token, limit)
 
-    while True:
-        page, token = await retrying(engine, one_page)
-        entries.extend(Entry(key, size) for key, size in page)
-        if token is None or (limit and len(entries) >= limit):
-            del entries[limit or len(entries) :]
-            return
+        return asyncio.ensure_future(retrying(engine, one_page))
+
+    fetching = page(None)
+    try:
+        while True:
+            body = await fetching
+            ahead = None if limit else peek_token(body)
+            if ahead:
+                fetching = page(ahead)
+                await asyncio.sleep(0)  # let it send its request before the parse below
+            got, token = parse_listing(body)
+            entries.extend(Entry(key, size) for key, size in got)
+            if token is None or (limit and len(entries) >= limit):
+                del entries[limit or len(entries) :]
+                return
+            if token != ahead:  # not the page asked for ahead (or none was)
+                fetching.cancel()
+                await asyncio.gather(fetching, return_exceptions=True)
+                fetching = page(token)
+    finally:
+        if not fetching.done():  # failed, cancelled, or a page asked for and not needed
+            fetching.cancel()
+        await asyncio.gather(fetching, return_exceptions=True)
 
 
 async def list_prefix(
