@@ -175,6 +175,7 @@ class FaultProxy:
         self.requests = 0
         self.injected = 0
         self.counts: collections.Counter[str] = collections.Counter()
+        self.kinds: collections.Counter[str] = collections.Counter()  # "GET whole", "HEAD", ...
         self.in_flight = 0  # requests received and not yet answered in full
         self.peak = 0  # the most in flight at once since set() (or reset_peak())
         self._taken = 0
@@ -205,6 +206,7 @@ class FaultProxy:
         self.connections = self.requests = self.injected = self._taken = 0
         self.peak = self.in_flight
         self.counts = collections.Counter()
+        self.kinds = collections.Counter()
         self._set_at = time.monotonic()
         self._burst_until = 0.0
 
@@ -290,6 +292,8 @@ class FaultProxy:
                 method, _, rest = line.partition(" ")
                 target = rest.rpartition(" ")[0]
                 flippable = method == "GET" and "range" not in headers and "?" not in target
+                ranged = " ranged" if "range" in headers else " whole" if flippable else ""
+                self.kinds[method + ranged] += 1
                 fault = self._take_fault(target, flippable)
                 if fault is not None and fault.answer is not None:
                     if "100-continue" not in headers.get("expect", ""):

@@ -47,18 +47,18 @@ def test_keep_alive_reuses_one_connection(
         objs = s3.get_many([S3GetObject(k, 10, 1000) for k in data])
         assert [o.blob for o in objs] == [v[10:1010] for v in data.values()]
     assert proxy.connections == 1  # 8 objects x 5 ranges, then 8 partial reads, on one socket
-    # Checked downloads of unknown size start with an unranged GET (the checksum comes only
-    # with that or a HEAD); for an object over two ranges that reads one range and drops the
-    # connection. Once most objects seen were bigger than one range (here after three), they
-    # start ranged, a HEAD brings the checksum, and no connection is dropped.
+    # A new client's first checked download of unknown size starts with an unranged GET (the
+    # checksum comes only with that or a HEAD); for an object over two ranges that reads one
+    # range and drops the connection. The others wait for its size: bigger than two ranges,
+    # so they start ranged, a HEAD brings the checksum, and no connection is dropped.
     proxy.set(Faults())
     with _client(seaweed_bucket, proxy) as s3:
         objs = s3.get_many(list(data), in_memory=True)
         assert [o.blob for o in objs] == list(data.values())
-        assert proxy.connections == 1 + 3
+        assert proxy.connections == 1 + 1
         objs = s3.get_many(list(data), in_memory=True)
         assert [o.blob for o in objs] == list(data.values())
-        assert proxy.connections == 1 + 3
+        assert proxy.connections == 1 + 1
     # Sizes known from a listing: ranged from the first object.
     proxy.set(Faults())
     with _client(seaweed_bucket, proxy) as s3:
@@ -66,6 +66,37 @@ def test_keep_alive_reuses_one_connection(
         assert sorted(o.key for o in objs) == sorted(data)
         assert all(o.blob == data[o.key] for o in objs)
     assert proxy.connections == 1
+
+
+def test_a_new_client_scouts_one_object_before_the_rest(
+    seaweed_bucket: str, data: dict[str, bytes], proxy: FaultProxy
+) -> None:
+    """A new client's batch of checked downloads: one object goes first (unranged, its
+    response carries the checksum and tells the size); the others wait for that size, and
+    being big, are read in ranges with the checksum from a HEAD. Small objects: one unranged
+    GET each."""
+    proxy.set(Faults())
+    with _client(seaweed_bucket, proxy, max_concurrency=8) as s3:
+        objs = s3.get_many(list(data), in_memory=True)
+        assert [o.blob for o in objs] == list(data.values())
+    assert proxy.kinds["GET whole"] == 1 and proxy.kinds["HEAD"] == len(data) - 1
+    ranges = sum(-(-len(v) // (256 * 1024)) for v in data.values())
+    assert proxy.kinds["GET ranged"] == ranges - 1  # every range but the scout's first
+    small = {f"s{i}": os.urandom(1000) for i in range(8)}
+    with S3(s3root=f"s3://{seaweed_bucket}") as s3:
+        s3.put_many(list(small.items()))
+    proxy.set(Faults())
+    with _client(seaweed_bucket, proxy, max_concurrency=8) as s3:
+        objs = s3.get_many(list(small), in_memory=True)
+        assert [o.blob for o in objs] == list(small.values())
+    assert dict(proxy.kinds) == {"GET whole": len(small)}
+    # A scout whose answer is slow holds the others for a second at most: they go ahead
+    # unranged, as if no scout had been sent.
+    proxy.set(Faults(stall=3.0, times=1))
+    with _client(seaweed_bucket, proxy, max_concurrency=8) as s3:
+        objs = s3.get_many(list(data), in_memory=True)
+        assert [o.blob for o in objs] == list(data.values())
+    assert proxy.kinds["GET whole"] == len(data) and proxy.kinds["HEAD"] == 0
 
 
 @pytest.mark.parametrize("in_memory", [True, False])
@@ -284,17 +315,16 @@ def test_checksums_are_taken_as_bodies_land(
 def test_ranged_download_is_checked_against_a_head(
     seaweed_bucket: str, carried: dict[str, bytes], proxy: FaultProxy, key: str, transport: str
 ) -> None:
-    """Once the client expects objects bigger than one range, it reads them in parallel
+    """Once the client expects objects bigger than two ranges, it reads them in parallel
     ranges and takes the checksum from a HEAD of the same version (If-Match): a flipped byte
     is caught there too, fetched again, and comes back right; flipped every time, it raises
     and leaves no file behind."""
     url = f"s3://{seaweed_bucket}/{key}"
     proxy.set(Faults())
-    with _client(seaweed_bucket, proxy, transport=transport) as s3:
-        for _ in range(3):
-            assert s3.get(key, in_memory=True).blob == carried[key]
+    with _client(seaweed_bucket, proxy, transport=transport, range_size=64 * 1024) as s3:
+        assert s3.get(key, in_memory=True).blob == carried[key]
         engine = s3._aio._engine
-        assert engine.expects_big(None)  # three objects over one range: it learned
+        assert engine.expects_big(None)  # an object over two ranges: it learned
         proxy.set(Faults(flip_at=1000, close=True, times=1))
         obj = s3.get(key)
         assert obj.path and pathlib.Path(obj.path).read_bytes() == carried[key]

@@ -164,6 +164,7 @@ PROBE_HOLD = 20  # windows to wait after a probe that did not pay before probing
 COLLAPSE = 4.0  # latency this many times that measured at the current target, with less
 # throughput: requests only queue (the server or the path is saturated), so step back
 SIZE_WEIGHT = 0.25  # weight of the newest object in Engine's moving share of big objects
+SCOUT_WAIT = 1.0  # seconds the others wait at most for a new engine's first size
 REQUEST_COST = 64 * 1024  # bytes a request counts as, so small objects measure by count
 
 
@@ -447,20 +448,42 @@ class Engine:
         self._start_lock: asyncio.Lock | None = None
         self._http: HttpGetter | None = None
         self.conditional_put = True  # cleared if the server rejects If-None-Match
-        # The share of whole objects seen lately that were bigger than one range (a moving
-        # average): how a checked download of unknown size starts (see get.fetch).
+        # The share of whole objects seen lately that were bigger than two ranges (a moving
+        # average, from the first size seen): how a checked download of unknown size starts
+        # (see get.fetch). Until a size is seen, one download goes ahead as the scout.
         self._big_share = 0.0
+        self.sized = False
+        self._scouted: asyncio.Future[None] | None = None
 
     def expects_big(self, size: int | None) -> bool:
-        """Will a whole object of ``size`` (None: unknown) be bigger than one range?"""
+        """Will a whole object of ``size`` (None: unknown) be bigger than two ranges (too big
+        to read in one stream)?"""
         if size is not None:
-            return size > self.config.range_size
+            return size > 2 * self.config.range_size
         return self._big_share >= 0.5
 
     def saw_size(self, total: int) -> None:
         """A whole object's size, as a response gave it."""
-        big = 1.0 if total > self.config.range_size else 0.0
-        self._big_share += SIZE_WEIGHT * (big - self._big_share)
+        big = 1.0 if total > 2 * self.config.range_size else 0.0
+        self._big_share += (SIZE_WEIGHT if self.sized else 1.0) * (big - self._big_share)
+        self.sized = True
+        if self._scouted is not None:
+            self.scouted(self._scouted)
+
+    def scout(self) -> tuple[asyncio.Future[None], bool]:
+        """No object size known yet: a future done when the scout's first response has told
+        one (or the scout gave up waiting for it), and whether the caller is the scout."""
+        if self._scouted is None:
+            self._scouted = asyncio.get_running_loop().create_future()
+            return self._scouted, True
+        return self._scouted, False
+
+    def scouted(self, scout: asyncio.Future[None]) -> None:
+        """``scout`` saw a size, or failed a try: release those waiting for it."""
+        if not scout.done():
+            scout.set_result(None)
+        if self._scouted is scout and not self.sized:
+            self._scouted = None  # the next download scouts again
 
     async def client(self) -> Any:
         if self._client is None:

@@ -41,8 +41,8 @@ from ..errors import (
 from ..limits import MiB, split
 from ..targets import Targets
 from ..urls import ByteRange, S3Path, parse_content_range
-from .checksums import Checksum, combined, full_object
-from .client import RESUMABLE, Engine, backoff, bounded_map, now, retrying
+from .checksums import CRC32, Checksum, combined, full_object
+from .client import RESUMABLE, SCOUT_WAIT, Engine, backoff, bounded_map, now, retrying
 from .http import Digest
 
 READ_CHUNK = 1 * MiB
@@ -483,15 +483,19 @@ class _Verifier:
         self.base = base
         self.sink = sink
         self.pieces: dict[int, tuple[int, int]] = {}  # start: (checksum, length), settled
-        self.streamed: dict[int, tuple[int, int]] = {}  # the same, from bodies as they landed
+        # start: (checksum, length, algorithm), from bodies as they landed
+        self.streamed: dict[int, tuple[int, int, Any]] = {}
 
     def piece(self, start: int) -> _Piece | None:
-        """A checksum to feed a body landing at absolute offset ``start``, or None when the
-        algorithm is not known yet (the HEAD has not answered) or there is nothing to check."""
+        """A checksum to feed a body landing at absolute offset ``start``, or None when there
+        is nothing to check. While the HEAD has not answered, a guess: CRC32, the algorithm
+        of s3fast's and botocore's uploads (a wrong guess is computed again at the end)."""
         pending = self.pending
         if pending is not None and pending.done() and not pending.cancelled():
             if pending.exception() is None:  # else settle raises it
                 self.expected, self.pending = pending.result().checksum, None
+        if self.pending is not None:
+            return _Piece(start, CRC32)
         if self.expected is None:
             return None
         return _Piece(start, self.expected.algorithm)
@@ -499,7 +503,7 @@ class _Verifier:
     def took(self, piece: _Piece) -> None:
         """A response's body ended (complete or broken off) after ``piece.length`` bytes."""
         if piece.length:
-            self.streamed[piece.start] = (piece.value, piece.length)
+            self.streamed[piece.start] = (piece.value, piece.length, piece.algorithm)
 
     async def settle(self, start: int, end: int) -> None:
         """Absolute bytes ``start..end`` are complete: take their checksum from the bodies
@@ -509,13 +513,15 @@ class _Verifier:
             self.expected = (await self.pending).checksum  # which algorithm: the HEAD says
             self.pending = None
         if self.expected is not None:
+            algorithm = self.expected.algorithm
             chain, at = [], start
-            while at <= end and at in self.streamed:
+            while at <= end and at in self.streamed and self.streamed[at][2] is algorithm:
                 chain.append(at)
                 at += self.streamed[at][1]
             if at == end + 1:
                 for piece_start in chain:
-                    self.pieces[piece_start] = self.streamed.pop(piece_start)
+                    value, piece_length, _ = self.streamed.pop(piece_start)
+                    self.pieces[piece_start] = (value, piece_length)
             else:
                 with self.sink.view(start - self.base, length) as view:
                     self.pieces[start] = (self.expected.algorithm.of(view), length)
@@ -548,12 +554,23 @@ async def fetch(
     each range of ``n`` bytes completes. ``size``: the object's size, when known (a listing's)."""
     range_size = engine.config.range_size
     # A whole object, checked against its checksum, which S3 sends only with an unranged GET
-    # or a HEAD. An object expected to fit in one range is read with one unranged GET. A
-    # bigger one (by ``size``, else by the sizes this engine saw lately) is read in parallel
-    # ranges while a HEAD of the same version fetches its checksum. If a big one was read
-    # unranged after all, it is read whole up to two ranges; beyond, the first range is read
-    # and the connection dropped (what was in flight is lost), and the rest goes in parallel.
+    # or a HEAD. An object expected to span at most two ranges is read whole with one
+    # unranged GET. A bigger one (by ``size``, else by the sizes this engine saw lately) is
+    # read in ranges while a HEAD of the same version fetches its checksum. If a big one was
+    # read unranged after all, its first range is read and the connection dropped (what was
+    # in flight is lost), and the rest goes in parallel.
     verify = brange is None and engine.config.verify_checksums
+    scout: asyncio.Future[None] | None = None  # set when this download is the scout
+    if verify and size is None and not engine.sized:
+        # Nothing known of sizes yet (a new client): the first download goes alone until its
+        # response tells a size, so the others start the way that size says (a batch of big
+        # objects then drops no connection). One round trip, once per engine.
+        waiting, mine = engine.scout()
+        if mine:
+            scout = waiting
+        else:
+            with contextlib.suppress(TimeoutError):  # a slow scout holds no one for long
+                await asyncio.wait_for(asyncio.shield(waiting), SCOUT_WAIT)
     ranged = verify and engine.expects_big(size)
     progress = [0]
     first: list[Head] = []
@@ -574,7 +591,7 @@ async def fetch(
             verifier = _Verifier(head.checksum if head.whole else None, head.start, sink)
             if head.whole and head.total > 2 * range_size:
                 head = dataclasses.replace(head, end=range_size - 1)
-            piece = verifier.piece(head.start)
+        piece = verifier.piece(head.start) if verifier is not None else None
         await sink.open(max(0, last - head.start + 1))
         first.append(head)
         progress[0] = head.start
@@ -598,6 +615,8 @@ async def fetch(
             except RESUMABLE:
                 if first:  # the body broke off: resume below from the last byte received
                     break
+                if scout is not None:  # its first try failed: the others need not wait more
+                    engine.scouted(scout)
                 attempt += 1
                 if not await backoff(attempt, engine, started):
                     raise
@@ -644,6 +663,8 @@ async def fetch(
                 raise MetaflowS3TransferError(problem, url)
         local, blob = await sink.commit()
     except BaseException as exc:
+        if scout is not None:
+            engine.scouted(scout)
         if checksum is not None:  # stop the HEAD, or take its failure: none left unread
             checksum.cancel()
             await asyncio.gather(checksum, return_exceptions=True)
