@@ -334,7 +334,9 @@ async def test_a_dead_worker_fails_the_batch_and_the_pool_restarts(
 
 _CTRL_C_SCRIPT = textwrap.dedent(
     """
-    import os, sys
+    import os, signal, sys
+    # A shell starts background jobs with Ctrl-C ignored, and children inherit that
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from s3fast import S3, TransferConfig
     bucket, src = sys.argv[1], sys.argv[2]
     cfg = TransferConfig(processes=2, max_concurrency=2, range_size=64 * 1024,

@@ -139,7 +139,9 @@ async def test_task_cancel_leaves_nothing(bucket: str, boto: object, server: obj
 
 _CTRL_C_SCRIPT = textwrap.dedent(
     """
-    import os, sys
+    import os, signal, sys
+    # A shell starts background jobs with Ctrl-C ignored, and children inherit that
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from s3fast import S3, TransferConfig
     bucket, local = sys.argv[1], sys.argv[2]
     cfg = TransferConfig(max_concurrency=1, range_size=64 * 1024, part_size=5 * 2**20,
