@@ -283,30 +283,28 @@ class AsyncS3:
         ``processes > 1``: into memory on that many event loops in threads of this process,
         into files in worker processes). If one fails, the files the others already wrote
         are removed: a failed batch leaves nothing behind."""
+        pairs = [(url, brange) for _, url, brange in jobs]
+        moved, finished = on_bytes(tracker), tracker.add_objects if tracker is not None else None
+        fetched: list[Fetched | None] | None = None
         if in_memory and self._loops.wanted(len(jobs)) and await self._bodies_are_big(jobs, sizes):
-            got_all = await self._loops.get(
-                [(url, brange) for _, url, brange in jobs],
+            fetched = await self._loops.get(
+                pairs,
                 return_missing=return_missing,
                 sizes=sizes,
-                on_bytes=on_bytes(tracker),
-                on_object=tracker.add_objects if tracker is not None else None,
+                on_bytes=moved,
+                on_object=finished,
             )
-            return [
-                S3Object(self._s3root, url, None)
-                if got is None
-                else _to_object(prefix, url, got, return_info)
-                for (prefix, url, _), got in zip(jobs, got_all, strict=True)
-            ]
-        if self._procs.wanted(len(jobs)):
+        elif self._procs.wanted(len(jobs)):
             fetched = await self._procs.get(
-                [(url, brange) for _, url, brange in jobs],
+                pairs,
                 self._targets,
                 return_missing=return_missing,
                 in_memory=in_memory,
                 sizes=sizes,
-                on_bytes=on_bytes(tracker),
-                on_object=tracker.add_objects if tracker is not None else None,
+                on_bytes=moved,
+                on_object=finished,
             )
+        if fetched is not None:
             return [
                 S3Object(self._s3root, url, None)
                 if got is None
