@@ -510,7 +510,7 @@ class _Verifier:
         that brought them, or compute it, then let the sink drop them from memory."""
         length = end + 1 - start
         if self.pending is not None:
-            self.expected = (await self.pending).checksum  # which algorithm: the HEAD says
+            self.expected = (await asyncio.shield(self.pending)).checksum  # the HEAD says which
             self.pending = None
         if self.expected is not None:
             algorithm = self.expected.algorithm

@@ -302,7 +302,7 @@ class _Worker:
     async def run(self, op: str, batch: int, creds: Any, jobs: list[Any], opts: Any) -> None:
         written: list[str] = []
         engine = self.engine_for(creds)
-        on_bytes = self.mover(batch) if opts[-1] else None
+        on_bytes = self.mover(batch) if opts[-1] else None  # every op's last option: report bytes?
         try:
             if op == "get":
                 return_missing, in_memory, roots, _ = opts
@@ -779,7 +779,7 @@ class Pool:
         async def take(idx: int, columns: tuple[list[str], list[int | None]]) -> None:
             listed[idx] = list(map(Entry, *columns))
 
-        await self._batch("list", parts, (None,), take, lambda _: None)
+        await self._batch("list", parts, (False,), take, lambda _: None)  # no bytes to report
         return listed
 
 
