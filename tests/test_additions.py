@@ -63,10 +63,9 @@ def test_delete_many_batches_over_1000_keys(bucket: str, boto: object) -> None:
 
 
 def test_delete_recursive_spares_siblings(bucket: str, boto: object) -> None:
-    with S3(s3root=f"s3://{bucket}") as s3:
-        s3.put_many(
-            [(k, k) for k in ["dir", "dir/a", "dir/b/c", "dir_v2/a", "dirt", "other/dir/a"]]
-        )
+    for k in ["dir", "dir/a", "dir/b/c", "dir_v2/a", "dirt", "other/dir/a"]:  # one at a time:
+        boto.put_object(Bucket=bucket, Key=k, Body=k.encode())  # type: ignore[attr-defined]
+    with S3(s3root=f"s3://{bucket}") as s3:  # (SeaweedFS can lose "dir" put beside "dir/a")
         deleted = s3.delete_recursive(["dir"])
     assert sorted(deleted) == [f"s3://{bucket}/{k}" for k in ["dir", "dir/a", "dir/b/c"]]
     assert _keys(boto, bucket) == ["dir_v2/a", "dirt", "other/dir/a"]
