@@ -1,0 +1,182 @@
+"""Metaflow's ``s3`` datastore and IncludeFile client, moving bytes through s3fast.
+
+Registered under core's names (see ``mfextinit_s3fast.py``) only while
+``METAFLOW_S3FAST_ENABLED`` is on. :class:`S3FastStorage` is core's ``S3Storage`` with the
+metaflow.S3 calls replaced by ``s3fast.S3`` calls: Metaflow's content-addressed store above it
+chooses the keys, pickles, gzips and names the metadata, so what is written is byte for byte
+what core writes, and runs written by either are read by the other.
+
+What differs is how the calls are made: every batch goes out as one concurrent ``*_many`` call
+(core uploads and downloads ten objects or fewer one at a time, each through a subprocess),
+and an upload batch is cut into slices of about :data:`PUT_SLICE_BYTES` so that a step's
+artifacts are not all held in memory at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import sys
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from metaflow.datastore.datastore_storage import CloseAfterUse
+from metaflow.metaflow_config import ARTIFACT_LOCALROOT, DATATOOLS_CLIENT_PARAMS, DATATOOLS_S3ROOT
+from metaflow.plugins.datastores.s3_storage import S3Storage
+
+import s3fast
+from s3fast import S3, S3PutObject, TransferConfig
+
+logger = logging.getLogger(__name__)
+
+PUT_SLICE_BYTES = 256 * 1024 * 1024
+
+# Until s3fast.S3 takes metaflow.S3's ``external_client=`` (and reads Metaflow's client
+# params itself), the endpoint and certificate settings Metaflow would give boto3 are mapped
+# onto s3fast's own arguments here.
+_TAKES_EXTERNAL_CLIENT = "external_client" in inspect.signature(S3.__init__).parameters
+
+_announced = False
+_announce_lock = threading.Lock()
+
+
+def announce() -> None:
+    """Say once per process that Metaflow's S3 traffic goes through s3fast: at INFO to this
+    module's logger, and to stderr (the task log) when logging is not configured."""
+    global _announced
+    with _announce_lock:
+        if _announced:
+            return
+        _announced = True
+    message = (
+        f"s3fast {s3fast.__version__}: Metaflow's S3 datastore, IncludeFile and metaflow.S3 "
+        "use s3fast (METAFLOW_S3FAST_ENABLED is on)"
+    )
+    if logger.hasHandlers():
+        logger.info(message)
+    else:
+        print(message, file=sys.stderr, flush=True)
+
+
+def client_kwargs(external_client: Any = None) -> dict[str, Any]:
+    """The keyword arguments that make an ``s3fast.S3`` reach what Metaflow's S3 client
+    (``external_client``, a ``metaflow...s3.S3Client``) reaches."""
+    if _TAKES_EXTERNAL_CLIENT:
+        return {"external_client": external_client} if external_client is not None else {}
+    params = getattr(external_client, "_s3_client_params", None) or DATATOOLS_CLIENT_PARAMS
+    kwargs: dict[str, Any] = {}
+    if params.get("endpoint_url"):
+        kwargs["endpoint_url"] = params["endpoint_url"]
+    verify = params.get("verify")
+    if verify is not None:
+        config = TransferConfig.from_env()
+        if isinstance(verify, str) and verify.lower() not in ("true", "false"):
+            config = dataclasses.replace(config, ca_bundle=verify)
+        elif verify is False or str(verify).lower() == "false":
+            config = dataclasses.replace(config, verify_ssl=False)
+        kwargs["config"] = config
+    return kwargs
+
+
+def _slices(objs: Iterable[S3PutObject], limit: int) -> Iterator[list[S3PutObject]]:
+    """Consecutive runs of ``objs`` of about ``limit`` bytes each (one object over the limit
+    is a run of its own)."""
+    batch: list[S3PutObject] = []
+    size = 0
+    for obj in objs:
+        n = len(obj.value)
+        if batch and size + n > limit:
+            yield batch
+            batch, size = [], 0
+        batch.append(obj)
+        size += n
+    if batch:
+        yield batch
+
+
+class S3FastStorage(S3Storage):
+    """Core's S3 datastore (``TYPE = "s3"``, same root, same layout) over ``s3fast.S3``."""
+
+    TYPE = "s3"
+
+    def __init__(self, root: str | None = None) -> None:
+        super().__init__(root)
+        announce()
+
+    def _s3(self) -> S3:
+        return S3(
+            s3root=self.datastore_root,
+            tmproot=ARTIFACT_LOCALROOT,
+            **client_kwargs(self.s3_client),
+        )
+
+    def is_file(self, paths: list[str]) -> list[bool]:
+        with self._s3() as s3:
+            return [o.exists for o in s3.info_many(paths, return_missing=True)]
+
+    def info_file(self, path: str) -> tuple[bool, dict[str, Any] | None]:
+        with self._s3() as s3:
+            obj = s3.info(path, return_missing=True)
+            return obj.exists, obj.metadata
+
+    def size_file(self, path: str) -> int | None:
+        with self._s3() as s3:
+            return s3.info(path, return_missing=True).size
+
+    def list_content(self, paths: Iterable[str]) -> list[Any]:
+        strip_prefix_len = len(str(self.datastore_root).rstrip("/")) + 1
+        with self._s3() as s3:
+            return [
+                self.list_content_result(path=o.url[strip_prefix_len:], is_file=o.exists)
+                for o in s3.list_paths(paths)
+            ]
+
+    def save_bytes(
+        self,
+        path_and_bytes_iter: Iterable[tuple[str, Any]],
+        overwrite: bool = False,
+        len_hint: int = 0,
+    ) -> None:
+        def requests() -> Iterator[S3PutObject]:
+            for path, obj in path_and_bytes_iter:
+                if isinstance(obj, tuple):
+                    yield S3PutObject(key=path, value=obj[0], metadata=obj[1])
+                else:
+                    yield S3PutObject(key=path, value=obj)
+
+        with self._s3() as s3:
+            for batch in _slices(requests(), PUT_SLICE_BYTES):
+                s3.put_many(batch, overwrite)
+
+    def load_bytes(self, paths: list[str]) -> CloseAfterUse:
+        if len(paths) == 0:
+            return CloseAfterUse(iter([]))
+        s3 = self._s3()
+
+        def iter_results() -> Iterator[tuple[str, str | None, dict[str, Any] | None]]:
+            for r in s3.get_many(paths, return_missing=True, return_info=True):
+                if r.exists:
+                    yield r.key, r.path, r.metadata
+                else:
+                    yield r.key, None, None
+
+        # As in core: the downloads happen when the result is iterated, and the files stay
+        # until the caller closes it.
+        return CloseAfterUse(iter_results(), closer=s3)
+
+
+class S3FastDataClient(S3):
+    """``IncludeFile``'s client for ``s3://`` paths: ``s3fast.S3`` with the two names
+    Metaflow's data-client registry needs (``TYPE`` and the root uploads go under)."""
+
+    TYPE = "s3"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{**client_kwargs(), **kwargs})
+        announce()
+
+    @classmethod
+    def get_root_from_config(cls, echo: Any, create_on_absent: bool = True) -> str | None:
+        return DATATOOLS_S3ROOT
