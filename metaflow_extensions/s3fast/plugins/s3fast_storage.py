@@ -6,17 +6,26 @@ metaflow.S3 calls replaced by ``s3fast.S3`` calls: Metaflow's content-addressed 
 chooses the keys, pickles, gzips and names the metadata, so what is written is byte for byte
 what core writes, and runs written by either are read by the other.
 
-What differs is how the calls are made: every batch goes out as one concurrent ``*_many`` call
-(core uploads and downloads ten objects or fewer one at a time, each through a subprocess),
-and an upload batch is cut into slices of about :data:`PUT_SLICE_BYTES` so that a step's
-artifacts are not all held in memory at once.
+What differs is how the calls are made:
+
+- One ``s3fast.S3`` per process and datastore root serves every call (core makes a metaflow.S3
+  per call); its connections stay open between calls. A forked child makes its own.
+- Every batch goes out as one concurrent ``*_many`` call (core uploads and downloads ten
+  objects or fewer one at a time), and an upload batch is cut into slices of about
+  :data:`PUT_SLICE_BYTES` so that a step's artifacts are not all held in memory at once.
+- The files ``load_bytes`` downloads are deleted when its result is closed, as in core; the
+  client's (by then empty) temp dir under ``ARTIFACT_LOCALROOT`` goes at exit.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import dataclasses
 import inspect
+import json
 import logging
+import os
 import sys
 import threading
 from collections.abc import Iterable, Iterator
@@ -40,6 +49,10 @@ _TAKES_EXTERNAL_CLIENT = "external_client" in inspect.signature(S3.__init__).par
 
 _announced = False
 _announce_lock = threading.Lock()
+
+_clients: dict[tuple[str, ...], S3] = {}
+_clients_pid = os.getpid()
+_clients_lock = threading.Lock()
 
 
 def announce() -> None:
@@ -80,17 +93,90 @@ def client_kwargs(external_client: Any = None) -> dict[str, Any]:
     return kwargs
 
 
+def shared_client(s3root: str, external_client: Any = None) -> S3:
+    """This process's ``s3fast.S3`` for ``s3root`` and Metaflow's client settings, made on
+    first use and closed at exit."""
+    global _clients_pid
+    key = (
+        s3root,
+        str(ARTIFACT_LOCALROOT),
+        json.dumps(
+            [getattr(external_client, name, None) for name in _CLIENT_SETTINGS],
+            sort_keys=True,
+            default=repr,
+        ),
+    )
+    with _clients_lock:
+        if _clients_pid != os.getpid():
+            # A forked child: the parent's clients (threads, sockets, temp dir) stay the
+            # parent's; this process makes its own.
+            _clients.clear()
+            _clients_pid = os.getpid()
+        client = _clients.get(key)
+        if client is None:
+            client = S3(s3root=s3root, tmproot=ARTIFACT_LOCALROOT, **client_kwargs(external_client))
+            _clients[key] = client
+        return client
+
+
+# What makes one metaflow S3Client differ from another (all None for the datastore's).
+_CLIENT_SETTINGS = ("_s3_role", "_s3_session_vars", "_s3_client_params")
+
+
+@atexit.register
+def _close_clients() -> None:
+    with _clients_lock:
+        clients = list(_clients.values()) if _clients_pid == os.getpid() else []
+        _clients.clear()
+    for client in clients:
+        with contextlib.suppress(Exception):
+            client.close()
+
+
+class _RemoveFiles:
+    """Closes a ``load_bytes`` result: deletes the files it downloaded."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+
+    def close(self) -> None:
+        paths, self.paths = self.paths, []
+        for path in paths:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+def _size(value: Any) -> int:
+    """Bytes in an upload value: a bytes-like object, a str, or a seekable file object
+    (Metaflow passes ``BytesIO`` for metadata files)."""
+    if isinstance(value, bytes | bytearray | str):
+        return len(value)
+    if isinstance(value, memoryview):
+        return value.nbytes
+    try:
+        here = value.tell()
+        end = value.seek(0, 2)
+        value.seek(here)
+        return int(end - here)
+    except (AttributeError, OSError, ValueError):
+        return 0
+
+
 def _slices(objs: Iterable[S3PutObject], limit: int) -> Iterator[list[S3PutObject]]:
     """Consecutive runs of ``objs`` of about ``limit`` bytes each (one object over the limit
-    is a run of its own)."""
+    is a run of its own). A key seen again starts a new run, so a later value is written after
+    an earlier one, as in a sequence of puts (s3fast refuses a key twice in one call;
+    Metaflow's content-addressed store asks for that when two artifacts are equal)."""
     batch: list[S3PutObject] = []
+    keys: set[str] = set()
     size = 0
     for obj in objs:
-        n = len(obj.value)
-        if batch and size + n > limit:
+        n = _size(obj.value)
+        if batch and (size + n > limit or obj.key in keys):
             yield batch
-            batch, size = [], 0
+            batch, keys, size = [], set(), 0
         batch.append(obj)
+        keys.add(obj.key)
         size += n
     if batch:
         yield batch
@@ -106,32 +192,24 @@ class S3FastStorage(S3Storage):
         announce()
 
     def _s3(self) -> S3:
-        return S3(
-            s3root=self.datastore_root,
-            tmproot=ARTIFACT_LOCALROOT,
-            **client_kwargs(self.s3_client),
-        )
+        return shared_client(str(self.datastore_root), self.s3_client)
 
     def is_file(self, paths: list[str]) -> list[bool]:
-        with self._s3() as s3:
-            return [o.exists for o in s3.info_many(paths, return_missing=True)]
+        return [o.exists for o in self._s3().info_many(paths, return_missing=True)]
 
     def info_file(self, path: str) -> tuple[bool, dict[str, Any] | None]:
-        with self._s3() as s3:
-            obj = s3.info(path, return_missing=True)
-            return obj.exists, obj.metadata
+        obj = self._s3().info(path, return_missing=True)
+        return obj.exists, obj.metadata
 
     def size_file(self, path: str) -> int | None:
-        with self._s3() as s3:
-            return s3.info(path, return_missing=True).size
+        return self._s3().info(path, return_missing=True).size
 
     def list_content(self, paths: Iterable[str]) -> list[Any]:
         strip_prefix_len = len(str(self.datastore_root).rstrip("/")) + 1
-        with self._s3() as s3:
-            return [
-                self.list_content_result(path=o.url[strip_prefix_len:], is_file=o.exists)
-                for o in s3.list_paths(paths)
-            ]
+        return [
+            self.list_content_result(path=o.url[strip_prefix_len:], is_file=o.exists)
+            for o in self._s3().list_paths(paths)
+        ]
 
     def save_bytes(
         self,
@@ -146,17 +224,19 @@ class S3FastStorage(S3Storage):
                 else:
                     yield S3PutObject(key=path, value=obj)
 
-        with self._s3() as s3:
-            for batch in _slices(requests(), PUT_SLICE_BYTES):
-                s3.put_many(batch, overwrite)
+        s3 = self._s3()
+        for batch in _slices(requests(), PUT_SLICE_BYTES):
+            s3.put_many(batch, overwrite)
 
     def load_bytes(self, paths: list[str]) -> CloseAfterUse:
         if len(paths) == 0:
             return CloseAfterUse(iter([]))
-        s3 = self._s3()
+        files = _RemoveFiles()
 
         def iter_results() -> Iterator[tuple[str, str | None, dict[str, Any] | None]]:
-            for r in s3.get_many(paths, return_missing=True, return_info=True):
+            results = self._s3().get_many(paths, return_missing=True, return_info=True)
+            files.paths.extend(r.path for r in results if r.path)
+            for r in results:
                 if r.exists:
                     yield r.key, r.path, r.metadata
                 else:
@@ -164,7 +244,7 @@ class S3FastStorage(S3Storage):
 
         # As in core: the downloads happen when the result is iterated, and the files stay
         # until the caller closes it.
-        return CloseAfterUse(iter_results(), closer=s3)
+        return CloseAfterUse(iter_results(), closer=files)
 
 
 class S3FastDataClient(S3):

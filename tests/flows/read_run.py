@@ -1,0 +1,48 @@
+"""Reads every artifact of every task of a run through the Client API and prints, as JSON,
+a digest of each (and which classes Metaflow used), so two processes can compare what they
+read: ``python read_run.py FlowName/run_id``."""
+
+import hashlib
+import json
+import pickle
+import sys
+import time
+
+import metaflow
+from metaflow import Run, namespace
+from metaflow.plugins import DATASTORES
+
+
+def digest(value):
+    if isinstance(value, bytes | bytearray):
+        return "bytes:" + hashlib.sha256(value).hexdigest()
+    return "pickle:" + hashlib.sha256(pickle.dumps(value, protocol=4)).hexdigest()
+
+
+def main(pathspec):
+    namespace(None)
+    began = time.perf_counter()
+    run = Run(pathspec)
+    artifacts = {}
+    for step in run:
+        for task in step:
+            for artifact in task:
+                artifacts[
+                    f"{step.id}/{task.index if task.index is not None else '-'}/{artifact.id}"
+                ] = digest(artifact.data)
+    seconds = time.perf_counter() - began
+    print(
+        json.dumps(
+            {
+                "artifacts": artifacts,
+                "successful": run.successful,
+                "seconds": seconds,
+                "datastore": next(d for d in DATASTORES if d.TYPE == "s3").__module__,
+                "metaflow.S3": metaflow.S3.__module__,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
