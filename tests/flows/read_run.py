@@ -1,16 +1,12 @@
 """Reads every artifact of every task of a run through the Client API and prints, as JSON,
-a digest of each (and which classes Metaflow used), so two processes can compare what they
-read: ``python read_run.py FlowName/run_id``."""
+a digest of each, the join step's values, the seconds it took and which classes Metaflow
+used, so two processes can compare what they read: ``python read_run.py FlowName/run_id``."""
 
 import hashlib
 import json
 import pickle
 import sys
 import time
-
-import metaflow
-from metaflow import Run, namespace
-from metaflow.plugins import DATASTORES
 
 
 def digest(value):
@@ -20,26 +16,35 @@ def digest(value):
 
 
 def main(pathspec):
+    import metaflow
+    from metaflow import Run, namespace
+    from metaflow.plugins import DATASTORES
+
     namespace(None)
     began = time.perf_counter()
     run = Run(pathspec)
     artifacts = {}
+    values = {}
     for step in run:
         for task in step:
             for artifact in task:
-                artifacts[
-                    f"{step.id}/{task.index if task.index is not None else '-'}/{artifact.id}"
-                ] = digest(artifact.data)
+                index = "-" if task.index is None else task.index
+                data = artifact.data
+                artifacts[f"{step.id}/{index}/{artifact.id}"] = digest(data)
+                if step.id == "join" and not isinstance(data, bytes | bytearray):
+                    values[artifact.id] = data
     seconds = time.perf_counter() - began
     print(
         json.dumps(
             {
                 "artifacts": artifacts,
+                "join": values,
                 "successful": run.successful,
                 "seconds": seconds,
                 "datastore": next(d for d in DATASTORES if d.TYPE == "s3").__module__,
                 "metaflow.S3": metaflow.S3.__module__,
-            }
+            },
+            default=repr,
         )
     )
 
