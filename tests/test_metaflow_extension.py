@@ -147,9 +147,12 @@ class Flows:
         return self.flow(args, env, name)
 
     def read(self, run_id: str, enabled: bool, prefix: str) -> dict[str, Any]:
+        # A cache of its own: the Client API keeps the blobs it read on disk
+        # (/tmp/metaflow_client by default) and would serve a second read from there.
+        cache = self.tmp / f"client-cache-{uuid.uuid4().hex[:8]}"
         done = subprocess.run(
             [sys.executable, str(READER), f"ArtifactsFlow/{run_id}"],
-            env=self.env(enabled, prefix),
+            env={**self.env(enabled, prefix), "METAFLOW_CLIENT_CACHE_PATH": str(cache)},
             cwd=self.tmp,
             capture_output=True,
             text=True,
