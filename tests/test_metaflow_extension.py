@@ -262,7 +262,7 @@ def test_flow_with_extension_on(flows: Flows) -> None:
     read = flows.read_cached(done.run_id, True, "on")
     check_artifacts(read, flows, BIG_MIB["on"])
     join = read["join"]
-    assert join["classes"] == {"start": ON_CLASSES, "join": ON_CLASSES}
+    assert join["classes"] == {"start": ON_CLASSES, "fan": ON_CLASSES, "join": ON_CLASSES}
     assert join["fan_classes"] == [ON_CLASSES] * WIDTH
 
 
@@ -282,7 +282,7 @@ def test_run_written_off_read_with_extension_on(flows: Flows) -> None:
     on = flows.read_cached(done.run_id, True, "off")
     check_artifacts(on, flows, BIG_MIB["off"])
     assert on["artifacts"] == off["artifacts"]
-    assert on["join"]["classes"] == {"start": OFF_CLASSES, "join": OFF_CLASSES}
+    assert on["join"]["classes"] == {"start": OFF_CLASSES, "fan": OFF_CLASSES, "join": OFF_CLASSES}
 
 
 def test_same_bytes_and_layout_as_core(flows: Flows) -> None:
@@ -325,7 +325,7 @@ def test_resume_with_extension_off_from_a_run_made_on(flows: Flows) -> None:
     join = read["join"]
     assert join["joined_by"] == done.run_id  # the join step ran again, in the new run
     # start and fan were cloned from the run made with the extension on
-    assert join["classes"] == {"start": ON_CLASSES, "join": OFF_CLASSES}
+    assert join["classes"] == {"start": ON_CLASSES, "fan": ON_CLASSES, "join": OFF_CLASSES}
     assert join["fan_classes"] == [ON_CLASSES] * WIDTH
     origin = flows.read_cached(flows.on.run_id, True, "on")
     assert {k: v for k, v in read["artifacts"].items() if k.startswith(("start/", "fan/"))} == {
@@ -342,7 +342,7 @@ def test_resume_on_through_config_json_only(flows: Flows) -> None:
     read = flows.read_cached(done.run_id, False, "off")
     check_artifacts(read, flows, BIG_MIB["off"])
     assert read["join"]["joined_by"] == done.run_id
-    assert read["join"]["classes"] == {"start": OFF_CLASSES, "join": ON_CLASSES}
+    assert read["join"]["classes"] == {"start": OFF_CLASSES, "fan": OFF_CLASSES, "join": ON_CLASSES}
 
 
 # --- without flows: what `import metaflow` gives in each mode ------------------------------

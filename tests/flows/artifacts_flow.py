@@ -50,7 +50,7 @@ class ArtifactsFlow(FlowSpec):
 
     @step
     def fan(self):
-        self.classes = {"fan": used_classes(self)}
+        self.classes = {**self.classes, "fan": used_classes(self)}
         self.square = self.input * self.input + self.mapping["key-0003"]
         self.text_len = len(self.text)
         self.next(self.join)
