@@ -423,3 +423,57 @@ def test_a_value_that_is_not_a_boolean_is_refused(flows: Flows) -> None:
     )
     assert done.returncode != 0
     assert "METAFLOW_S3FAST_ENABLED='fast': expected true/false" in done.stderr
+
+
+FORK = """
+import multiprocessing, os, sys
+from metaflow.plugins import DATASTORES
+from metaflow_extensions.s3fast.plugins import s3fast_storage as ext
+
+storage = next(d for d in DATASTORES if d.TYPE == "s3")(sys.argv[1])
+assert type(storage) is ext.S3FastStorage
+storage.save_bytes(iter([("parent/a", b"from the parent")]), overwrite=True)
+with storage.load_bytes(["parent/a"]) as got:
+    assert [open(p, "rb").read() for _, p, _ in got] == [b"from the parent"]
+client = ext.shared_client(str(storage.datastore_root), storage.s3_client)
+dirs = client.tmpdirs
+assert dirs
+
+
+def child(queue):
+    storage.save_bytes(iter([("child/b", (b"from the child", {"k": 1}))]), overwrite=True)
+    with storage.load_bytes(["child/b", "parent/a"]) as got:
+        queue.put(sorted((k, open(p, "rb").read(), m) for k, p, m in got))
+    mine = ext.shared_client(str(storage.datastore_root), storage.s3_client)
+    queue.put((mine is not client, mine.tmpdirs, os.listdir(mine.tmpdirs[0])))
+
+
+queue = multiprocessing.get_context("fork").Queue()
+proc = multiprocessing.get_context("fork").Process(target=child, args=(queue,))
+proc.start()
+read, (fresh, child_dirs, child_files) = queue.get(timeout=240), queue.get(timeout=240)
+proc.join(240)
+assert proc.exitcode == 0
+assert read == [("child/b", b"from the child", {"k": 1}), ("parent/a", b"from the parent", None)], read
+assert fresh and child_dirs != dirs and child_files == []  # its own client; files deleted
+assert all(os.path.isdir(d) for d in dirs)  # the parent's temp dir is still there
+assert storage.is_file(["child/b", "parent/a", "missing"]) == [True, True, False]
+print("fork ok")
+"""
+
+
+def test_forked_child_uses_its_own_client(flows: Flows) -> None:
+    """A process that forks after using the datastore (multiprocessing, Metaflow's
+    parallel_map): the child makes its own s3fast client, the parent keeps working."""
+    workdir = flows.tmp / "fork"
+    workdir.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", FORK, f"s3://{flows.bucket}/fork"],
+        env=flows.env(True, "fork"),
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "fork ok" in done.stdout

@@ -9,7 +9,8 @@ what core writes, and runs written by either are read by the other.
 What differs is how the calls are made:
 
 - One ``s3fast.S3`` per process and datastore root serves every call (core makes a metaflow.S3
-  per call); its connections stay open between calls. A forked child makes its own.
+  per call); its connections stay open between calls. A forked child makes its own and
+  leaves its parent's alone.
 - Every batch goes out as one concurrent ``*_many`` call (core uploads and downloads ten
   objects or fewer one at a time), and an upload batch is cut into slices of about
   :data:`PUT_SLICE_BYTES` so that a step's artifacts are not all held in memory at once.
@@ -51,8 +52,8 @@ _announced = False
 _announce_lock = threading.Lock()
 
 _clients: dict[tuple[str, ...], S3] = {}
-_clients_pid = os.getpid()
 _clients_lock = threading.Lock()
+_inherited: list[S3] = []  # a forked child's copies of its parent's clients: never used
 
 
 def announce() -> None:
@@ -96,7 +97,6 @@ def client_kwargs(external_client: Any = None) -> dict[str, Any]:
 def shared_client(s3root: str, external_client: Any = None) -> S3:
     """This process's ``s3fast.S3`` for ``s3root`` and Metaflow's client settings, made on
     first use and closed at exit."""
-    global _clients_pid
     key = (
         s3root,
         str(ARTIFACT_LOCALROOT),
@@ -107,11 +107,6 @@ def shared_client(s3root: str, external_client: Any = None) -> S3:
         ),
     )
     with _clients_lock:
-        if _clients_pid != os.getpid():
-            # A forked child: the parent's clients (threads, sockets, temp dir) stay the
-            # parent's; this process makes its own.
-            _clients.clear()
-            _clients_pid = os.getpid()
         client = _clients.get(key)
         if client is None:
             client = S3(s3root=s3root, tmproot=ARTIFACT_LOCALROOT, **client_kwargs(external_client))
@@ -126,11 +121,28 @@ _CLIENT_SETTINGS = ("_s3_role", "_s3_session_vars", "_s3_client_params")
 @atexit.register
 def _close_clients() -> None:
     with _clients_lock:
-        clients = list(_clients.values()) if _clients_pid == os.getpid() else []
+        clients = list(_clients.values())
         _clients.clear()
     for client in clients:
         with contextlib.suppress(Exception):
             client.close()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child makes its own clients: the parent's (loop thread, sockets, temp dir)
+    stay the parent's, kept referenced here and never closed, nor their temp dirs removed
+    when the child exits."""
+    global _clients_lock
+    _clients_lock = threading.Lock()
+    for client in _clients.values():
+        finalizer = getattr(client, "_finalizer", None)
+        if finalizer is not None:
+            finalizer.detach()
+        _inherited.append(client)
+    _clients.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _RemoveFiles:
