@@ -259,6 +259,7 @@ def test_flow_with_extension_on(flows: Flows) -> None:
     done = flows.on
     assert done.returncode == 0, done.output
     assert announced_by(done.output) == {"start", "fan", "join", "end"}
+    assert re.search(r"Metaflow \S+\+s3fast\([^)]+\) executing ArtifactsFlow", done.output)
     read = flows.read_cached(done.run_id, True, "on")
     check_artifacts(read, flows, BIG_MIB["on"])
     join = read["join"]
@@ -278,6 +279,7 @@ def test_run_written_off_read_with_extension_on(flows: Flows) -> None:
     done = flows.off
     assert done.returncode == 0, done.output
     assert announced_by(done.output) == set()
+    assert "executing ArtifactsFlow" in done.output and "+s3fast(" not in done.output
     off = flows.read_cached(done.run_id, False, "off")
     on = flows.read_cached(done.run_id, True, "off")
     check_artifacts(on, flows, BIG_MIB["off"])
