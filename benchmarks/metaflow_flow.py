@@ -9,7 +9,9 @@ against an embedded SeaweedFS (or ``--endpoint``/``--bucket``):
   at a time in-process), and one ``--big-mib`` MiB bytes artifact;
 - a ``--width``-way foreach run of ``tests/flows/artifacts_flow.py`` on the local runtime
   (``--datastore=s3``), wall time from launch to done;
-- the Client API reading every artifact of every task of that run (a fresh client cache).
+- the Client API reading every artifact of every task of that run (a fresh client cache),
+  and the ``--small`` distinct artifacts of one task of another run (a notebook reading a
+  task's data).
 
 Prints a table (seconds, best of ``--rounds``; ratio = off / on) and writes it as JSON to
 ``--out`` when given. Wall times on a shared machine are noisy; rounds interleave the modes.
@@ -132,6 +134,21 @@ def one_round(
     )
     got = json.loads(read.splitlines()[-1])
     results[f"Client API: {len(got['artifacts'])} artifacts of a run"] = got["seconds"]
+
+    # A task with many distinct artifacts (a notebook reading one task's data).
+    cmd = [sys.executable, str(FLOW), "--no-pylint", "--datastore=s3", "run", "--big-mib", "0"]
+    cmd += ["--width", "1", "--small", "10", "--many", str(args.small)]
+    stdout, stderr = _run(cmd, env, work, args.timeout)
+    found = re.search(r"Workflow starting \(run-id (\w+)\)", stdout + stderr)
+    assert found, stdout + stderr
+    read, _ = _run(
+        [sys.executable, str(READER), f"ArtifactsFlow/{found.group(1)}", "start"],
+        {**env, "METAFLOW_CLIENT_CACHE_PATH": str(tmp / f"client-cache-{tag}-many")},
+        work,
+        args.timeout,
+    )
+    got = json.loads(read.splitlines()[-1])
+    results[f"Client API: {len(got['artifacts'])} artifacts of one task"] = got["seconds"]
     return results
 
 

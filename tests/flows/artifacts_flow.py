@@ -32,6 +32,7 @@ class ArtifactsFlow(FlowSpec):
     big_mib = Parameter("big-mib", type=int, default=200, help="size of the large artifact")
     width = Parameter("width", type=int, default=8, help="foreach width")
     small = Parameter("small", type=int, default=1000, help="values in the dict artifact")
+    many = Parameter("many", type=int, default=0, help="extra small artifacts stored by start")
     local_file = IncludeFile("local-file", is_text=False, required=False)
     s3_file = IncludeFile("s3-file", is_text=False, required=False)
 
@@ -44,6 +45,8 @@ class ArtifactsFlow(FlowSpec):
         self.big = big_bytes(self.big_mib)
         self.mapping = {f"key-{i:04d}": i * i for i in range(self.small)}
         self.items = list(range(self.width))
+        for i in range(self.many):  # distinct in every run: nothing is already stored
+            setattr(self, f"m{i:05d}", (i, current.run_id))
         with S3(run=self) as s3:  # whichever class metaflow.S3 is, addressed the same way
             self.note_url = s3.put("note.txt", "written with metaflow.S3 in start")
         self.next(self.fan, foreach="items")

@@ -1,6 +1,7 @@
 """Reads every artifact of every task of a run through the Client API and prints, as JSON,
 a digest of each, the join step's values, the seconds it took and which classes Metaflow
-used, so two processes can compare what they read: ``python read_run.py FlowName/run_id``."""
+used, so two processes can compare what they read: ``python read_run.py FlowName/run_id [step]``
+(only that step's tasks when a step is named)."""
 
 import hashlib
 import json
@@ -15,7 +16,7 @@ def digest(value):
     return "pickle:" + hashlib.sha256(pickle.dumps(value, protocol=4)).hexdigest()
 
 
-def main(pathspec):
+def main(pathspec, only_step=None):
     import metaflow
     from metaflow import Run, namespace
     from metaflow.plugins import DATASTORES
@@ -26,6 +27,8 @@ def main(pathspec):
     artifacts = {}
     values = {}
     for step in run:
+        if only_step and step.id != only_step:
+            continue
         for task in step:
             for artifact in task:
                 index = "-" if task.index is None else task.index
@@ -50,4 +53,4 @@ def main(pathspec):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])
