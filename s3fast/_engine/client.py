@@ -19,11 +19,9 @@ per ``CUT_INTERVAL``, and grown back by one per window of successes.
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import os
 import random
-import ssl
 import sys
 import threading
 import time
@@ -41,6 +39,7 @@ from aiobotocore.session import AioSession, get_session
 from ..config import TransferConfig
 from ..errors import error_code
 from .http import HttpGetter, TransientHTTPError
+from .transport import Transport
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -73,23 +72,6 @@ def _shared_session() -> AioSession:
 
 
 ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "METAFLOW_S3_ENDPOINT_URL")
-
-
-def ssl_context(cfg: TransferConfig) -> ssl.SSLContext:
-    """Certificates verified by default: against ``ca_bundle``, else ``AWS_CA_BUNDLE``, else
-    the system store. Turning verification off is explicit (``verify_ssl=False``)."""
-    return _ssl_context(cfg.ca_bundle or os.environ.get("AWS_CA_BUNDLE"), cfg.verify_ssl)
-
-
-@functools.lru_cache(maxsize=8)
-def _ssl_context(cafile: str | None, verify: bool) -> ssl.SSLContext:
-    """One context per CA bundle (loading one costs ~20 ms), shared by the engines of this
-    process (contexts are safe to share between threads)."""
-    ctx = ssl.create_default_context(cafile=cafile)
-    if not verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 def resolve_endpoint(endpoint_url: str | None) -> str | None:
@@ -446,7 +428,7 @@ class Engine:
         self.retries = 0  # requests retried (the engine's, and botocore's)
         self.gave_up = 0  # requests that ran out of attempts or time
         self._start_lock: asyncio.Lock | None = None
-        self._http: HttpGetter | None = None
+        self.transport = Transport()  # which requests take the lean path
         self.conditional_put = True  # cleared if the server rejects If-None-Match
         # The share of whole objects seen lately that were bigger than two ranges (a moving
         # average, from the first size seen): how a checked download of unknown size starts
@@ -539,10 +521,9 @@ class Engine:
                 _SESSION_LOCK.release()
         self._client_cm = cm
         self._client.meta.events.register_first("needs-retry.s3", self._botocore_retry)
-        if cfg.transport == "http":
-            self._http = HttpGetter(
-                self._client, ssl_context(cfg), (cfg.connect_timeout, cfg.read_timeout)
-            )
+        await self.transport.start(
+            self._client, cfg.transport == "http", (cfg.connect_timeout, cfg.read_timeout)
+        )
 
     async def frozen_credentials(self) -> tuple[str, str, str | None] | None:
         """The client's credentials as they are now ``(access key, secret, token)``, resolved
@@ -561,10 +542,21 @@ class Engine:
         """The region the started client signs for."""
         return self._client.meta.region_name if self._client is not None else self._region
 
-    async def http(self) -> HttpGetter | None:
-        """The lean GET transport, or None when GETs go through botocore."""
+    async def lean(self, bucket: str, operation: str) -> HttpGetter | None:
+        """The lean HTTP path when it takes ``operation`` on ``bucket``, else None (botocore
+        takes it). A failure of the lean path goes to ``self.transport.hand_over``."""
         await self.client()
-        return self._http
+        return await self.transport.lean(bucket, operation)
+
+    async def transport_for(self, bucket: str) -> str:
+        """``"lean"`` or ``"botocore"``: the path requests for ``bucket`` take (decided now if
+        not yet)."""
+        await self.client()
+        path = self.transport.path_for(bucket)
+        if path is None:
+            await self.transport.lean(bucket, "GetObject")
+            path = self.transport.path_for(bucket) or "botocore"
+        return path
 
     def admitted(self, running: int) -> bool:
         """May a batch start one more object, with ``running`` in progress? Up to the
@@ -634,9 +626,7 @@ class Engine:
                 await asyncio.sleep(delay)
 
     async def close(self) -> None:
-        if self._http is not None:
-            self._http.close()
-            self._http = None
+        self.transport.close()
         cm, self._client_cm, self._client = self._client_cm, None, None
         if cm is not None:
             await cm.__aexit__(None, None, None)
