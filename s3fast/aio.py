@@ -152,7 +152,7 @@ class AsyncS3:
         if bucket is None:
             if not self._s3root:
                 raise ValueError("transport_for() needs a bucket: this client has no s3root")
-            bucket = parse(self._s3root).bucket
+            bucket = parse(self._s3root, need_key=False).bucket
         return await self._engine.transport_for(bucket)
 
     def _check_open(self) -> None:
