@@ -482,7 +482,9 @@ class HttpGetter:
         query = "&".join(
             f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(params.items())
         )
-        where, request = await self._request("GET", bucket, "", {}, query, operation="ListObjectsV2")
+        where, request = await self._request(
+            "GET", bucket, "", {}, query, operation="ListObjectsV2"
+        )
         async with self._borrow(where) as conn:
             status, headers = await conn.head(request)
             length = int(headers.get("content-length", "-1"))
