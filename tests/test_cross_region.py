@@ -4,7 +4,8 @@ moto serves any region's bucket whatever region a request is signed for, so a sm
 front of it answers as S3 does to a request signed for the wrong region: a HEAD gets a
 bodiless ``400`` (with ``x-amz-bucket-region``), anything else ``400
 AuthorizationHeaderMalformed`` naming the bucket's region. botocore follows both (it learns
-the region and signs again); s3fast must hand such a bucket to botocore, not fail.
+the region and signs again); s3fast must hand such a bucket to botocore, not fail, and take
+it back on the lean path once botocore knows the bucket's region.
 """
 
 from __future__ import annotations
@@ -192,12 +193,15 @@ def test_cross_region_info_as_the_first_call(
         assert info.exists and info.size == len(body)
         # the lean HEAD met the 400, then botocore's (which learned the region from it)
         assert region_proxy.refused == {"HEAD us-east-1 lean": 1, "HEAD us-east-1 botocore": 1}
-        assert s3.transport_for() == "botocore"
+        # botocore knows the region now: the lean path signs for it
+        assert s3.transport_for() == "lean"
         assert s3.get("k").blob == body
         assert s3.info("missing", return_missing=True).exists is False
         assert [o.key for o in s3.list_paths()] == ["k"]
         s3.put("new", b"x" * 1000)
         assert s3.get("new", in_memory=True).blob == b"x" * 1000
+        assert s3.transport_for() == "lean"
+    assert len(region_proxy.refused) == 2  # and none after the first call
 
 
 @pytest.mark.parametrize("first", ["get", "list", "put"])
@@ -213,7 +217,8 @@ def test_cross_region_first_call_of_each_kind(
         else:
             s3.put("p", b"payload")
             assert s3.get("p", in_memory=True).blob == b"payload"
-        assert s3.transport_for() == "botocore"
+        assert s3.transport_for() == "lean"
+        assert s3.get("k", in_memory=True).blob == body
     lean = {k: n for k, n in region_proxy.refused.items() if k.endswith(" lean")}
     assert sum(lean.values()) == 1, region_proxy.refused  # one lean request, then botocore
 
@@ -225,4 +230,4 @@ async def test_cross_region_info_async_first_call(
     bucket, body = eu_bucket
     async with AsyncS3(s3root=f"s3://{bucket}", endpoint_url=region_proxy.url) as s3:
         assert (await s3.info("k")).size == len(body)
-        assert await s3.transport_for() == "botocore"
+        assert await s3.transport_for() == "lean"

@@ -552,11 +552,8 @@ class Engine:
         """``"lean"`` or ``"botocore"``: the path requests for ``bucket`` take (decided now if
         not yet)."""
         await self.client()
-        path = self.transport.path_for(bucket)
-        if path is None:
-            await self.transport.lean(bucket, "GetObject")
-            path = self.transport.path_for(bucket) or "botocore"
-        return path
+        await self.transport.lean(bucket, "GetObject")  # decides, if not yet
+        return self.transport.path_for(bucket) or "botocore"
 
     def admitted(self, running: int) -> bool:
         """May a batch start one more object, with ``running`` in progress? Up to the

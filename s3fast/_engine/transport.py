@@ -12,15 +12,20 @@ that do not sign with SigV4, and every other operation.
 
 The choice is made per bucket and operation at first use and logged once at debug level. A
 protocol surprise on the lean path (a redirect or region error of any form, a bodiless 400 to
-a HEAD, a status S3 does not answer with) sends the bucket to botocore for good, and the
-request that met it is sent again through botocore, which follows redirects and learns
-regions. :meth:`Transport.path_for` says which path a bucket takes
-(``AsyncS3.transport_for`` / ``S3.transport_for``).
+a HEAD, a status S3 does not answer with) sends the bucket to botocore, and the request that
+met it is sent again through botocore, which follows redirects and learns the bucket's
+region. After a redirect the bucket comes back to the lean path once botocore's endpoint
+resolution names a different endpoint or signing region for it (botocore has learned where
+the bucket is); a second surprise, or any other kind, leaves it with botocore for good.
+:meth:`Transport.path_for` says which path a bucket takes (``AsyncS3.transport_for`` /
+``S3.transport_for``).
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import botocore.exceptions
@@ -28,7 +33,7 @@ import botocore.exceptions
 from .endpoint import Endpoint, Proxy, proxy_for, resolve, tls_context
 from .http import HttpGetter
 
-__all__ = ["BOTOCORE", "LEAN", "Transport", "surprise"]
+__all__ = ["BOTOCORE", "LEAN", "Surprise", "Transport", "surprise"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +59,16 @@ REDIRECT_CODES = frozenset(
 S3_ERROR_STATUS = frozenset({400, 403, 404, 405, 409, 411, 412, 416, 501})
 # The operations the lean path can send.
 OPERATIONS = frozenset({"GetObject", "HeadObject", "PutObject", "UploadPart", "ListObjectsV2"})
+RELEARN_INTERVAL = 1.0  # seconds between asking botocore whether it learned a bucket's region
 
 
-def surprise(exc: BaseException, operation: str) -> str | None:
+@dataclass(frozen=True)
+class Surprise:
+    reason: str
+    redirect: bool  # "the bucket is elsewhere": botocore finds out where
+
+
+def surprise(exc: BaseException, operation: str) -> Surprise | None:
     """What is surprising about ``exc`` (a failure of the lean path), or None when it is an
     ordinary answer that botocore would give the caller too."""
     if not isinstance(exc, botocore.exceptions.ClientError):
@@ -65,14 +77,14 @@ def surprise(exc: BaseException, operation: str) -> str | None:
     code = str(error.get("Code", ""))
     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
     if code in REDIRECT_CODES:
-        return f"a redirect ({code})"
+        return Surprise(f"a redirect ({code})", True)
     if 300 <= status < 400:
-        return f"a redirect (HTTP {status})"
+        return Surprise(f"a redirect (HTTP {status})", True)
     if status == 400 and operation == "HeadObject" and code in ("", "400", "BadRequest"):
         # S3's answer to a HEAD signed for the wrong region: no body, so no code
-        return "a bodiless 400 to a HEAD (a region error)"
+        return Surprise("a bodiless 400 to a HEAD (a region error)", True)
     if status and status not in S3_ERROR_STATUS:
-        return f"an unexpected status (HTTP {status})"
+        return Surprise(f"an unexpected status (HTTP {status})", False)
     return None
 
 
@@ -118,6 +130,9 @@ class Transport:
         self._off: str | None = None  # why nothing takes the lean path
         self._chosen: dict[tuple[str, str], str] = {}  # (bucket, operation) -> LEAN/BOTOCORE
         self._handed_over: dict[str, str] = {}  # bucket -> the surprise that sent it away
+        # bucket -> (the endpoint and signing region that met a redirect, when to look again)
+        self._relearn: dict[str, tuple[tuple[str, str], float]] = {}
+        self._relearned: set[str] = set()  # buckets back on the lean path after a redirect
         self._logged: set[tuple[str, str]] = set()
 
     async def start(self, client: Any, lean: bool, timeouts: tuple[float, float]) -> None:
@@ -136,6 +151,8 @@ class Transport:
     async def lean(self, bucket: str, operation: str) -> HttpGetter | None:
         """The lean path when it takes ``operation`` on ``bucket``, else None (botocore)."""
         if self._http is None or bucket in self._handed_over:
+            return None
+        if bucket in self._relearn and not await self._relearnt(bucket):
             return None
         chosen = self._chosen.get((bucket, operation))
         if chosen is None:
@@ -174,16 +191,59 @@ class Transport:
         self._chosen[(bucket, operation)] = chosen
         return chosen
 
+    async def _relearnt(self, bucket: str) -> bool:
+        """Has botocore learned where ``bucket`` is, since a redirect sent it there? Then its
+        operations are decided again."""
+        failed, next_look = self._relearn[bucket]
+        now = time.monotonic()
+        if now < next_look:
+            return False
+        try:
+            endpoint = await resolve(self._client, bucket, "HeadObject")
+        except Exception:
+            endpoint = None
+        if endpoint is None or (endpoint.url, endpoint.signing_region) == failed:
+            self._relearn[bucket] = (failed, now + RELEARN_INTERVAL)
+            return False
+        del self._relearn[bucket]
+        self._relearned.add(bucket)
+        for key in [key for key in self._chosen if key[0] == bucket]:
+            del self._chosen[key]
+        logger.debug(
+            "s3://%s: botocore learned its endpoint (%s, %s): the lean path again",
+            bucket,
+            endpoint.url,
+            endpoint.signing_region,
+        )
+        return True
+
     def hand_over(self, exc: BaseException, bucket: str, operation: str) -> bool:
         """Called with a failure of the lean path: True when it is a protocol surprise, and
-        then ``bucket`` goes to botocore from now on (the caller sends the request again
-        through botocore); False when ``exc`` is an answer to pass on."""
-        reason = surprise(exc, operation)
-        if reason is None:
+        then ``bucket`` goes to botocore (the caller sends the request again through
+        botocore); False when ``exc`` is an answer to pass on."""
+        found = surprise(exc, operation)
+        if found is None:
             return False
-        if bucket not in self._handed_over:
-            self._handed_over[bucket] = reason
-            logger.debug("s3://%s: handed to botocore after %s to %s", bucket, reason, operation)
+        if bucket in self._handed_over or bucket in self._relearn:
+            return True
+        route = self._http.routes.get((bucket, operation)) if self._http is not None else None
+        if found.redirect and route is not None and bucket not in self._relearned:
+            # botocore follows the redirect and learns the region; then the lean path again
+            self._relearn[bucket] = ((route[0].url, route[0].signing_region), 0.0)
+            logger.debug(
+                "s3://%s: handed to botocore after %s to %s, until botocore learns where it is",
+                bucket,
+                found.reason,
+                operation,
+            )
+        else:
+            self._handed_over[bucket] = found.reason
+            logger.debug(
+                "s3://%s: handed to botocore for good after %s to %s",
+                bucket,
+                found.reason,
+                operation,
+            )
         return True
 
     def path_for(self, bucket: str, operation: str = "GetObject") -> str | None:
@@ -191,7 +251,7 @@ class Transport:
         when not decided yet (before its first use)."""
         if self._off is not None:
             return BOTOCORE
-        if bucket in self._handed_over:
+        if bucket in self._handed_over or bucket in self._relearn:
             return BOTOCORE
         return self._chosen.get((bucket, operation))
 
