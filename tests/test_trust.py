@@ -38,4 +38,3 @@ def test_profile_ca_bundle_is_trusted(
                 "certificate" in repr(err.value.__cause__).lower()
                 or "certificate" in str(err.value).lower()
             )
-        config.write_text(f"[default]\nca_bundle = {seaweed_https.ca_bundle}\n")
