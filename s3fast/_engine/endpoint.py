@@ -14,6 +14,7 @@ or the environment (``HTTPS_PROXY``, ``NO_PROXY``, ...), and from ``verify`` (ex
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import ssl
 import threading
@@ -152,10 +153,9 @@ def proxy_for(client: Any, url: str) -> Proxy | str | None:
         return "a proxy URL with a bad port"
     authorization = None
     if parts.username and parts.password:
-        # as botocore's ProxyConfiguration builds it
-        authorization = config._construct_basic_auth(
-            unquote(parts.username), unquote(parts.password)
-        )
+        # as botocore's ProxyConfiguration (and aiohttp) build it
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password)}"
+        authorization = "Basic " + base64.b64encode(credentials.encode("latin-1")).decode()
     return Proxy(parts.hostname or "", port, authorization)
 
 

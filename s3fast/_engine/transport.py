@@ -167,10 +167,10 @@ class Transport:
         else:
             try:
                 endpoint = await resolve(self._client, bucket, operation)
-            except Exception as exc:  # botocore refuses the bucket: it will say why
-                reason = f"botocore's endpoint resolution raised {type(exc).__name__}"
-            else:
                 proxy = proxy_for(self._client, endpoint.url)
+            except Exception as exc:  # botocore refuses the bucket: it will say why
+                reason = f"botocore's endpoint resolution raised {type(exc).__name__}: {exc}"
+            else:
                 reason = cannot_send(endpoint, proxy)
                 if reason is None:
                     assert not isinstance(proxy, str)
