@@ -265,3 +265,53 @@ def test_regional_endpoints_not_the_global_one(creds: None) -> None:
         sent = asyncio.run(run())
         assert sent.host == f"mybucket.s3.{region}.amazonaws.com"
         assert sent.scope == (region, "s3")
+
+
+@pytest.mark.parametrize(
+    "proxies, proxies_config, path",
+    [
+        ({"https": "http://user:p%40ss@proxy.example:3128"}, None, LEAN),
+        ({"https": "proxy.example:3128"}, None, LEAN),  # botocore adds http://
+        ({"https": "https://proxy.example:3129"}, None, BOTOCORE),  # TLS to the proxy
+        ({"https": "http://proxy.example:3128"}, {"proxy_ca_bundle": "/ca.pem"}, BOTOCORE),
+        (
+            {"https": "http://proxy.example:3128"},
+            {"proxy_client_cert": ("/c.pem", "/k.pem")},
+            BOTOCORE,
+        ),
+        (
+            {"https": "http://proxy.example:3128"},
+            {"proxy_use_forwarding_for_https": True},
+            BOTOCORE,
+        ),
+    ],
+    ids=["basic-auth", "no-scheme", "https-proxy", "proxy-ca", "proxy-cert", "forwarding"],
+)
+def test_proxy_settings_the_lean_path_follows_or_leaves(
+    creds: None, proxies: dict[str, str], proxies_config: dict[str, Any] | None, path: str
+) -> None:
+    """``Config(proxies=..., proxies_config=...)``: the lean path uses the proxy botocore's
+    HTTP session picks for the URL, or leaves the client's requests to botocore."""
+
+    async def run() -> tuple[str | None, Any]:
+        config = AioConfig(proxies=proxies, proxies_config=proxies_config)
+        async with get_session().create_client(
+            "s3", region_name="us-west-2", config=config
+        ) as client:
+            transport = Transport()
+            await transport.start(client, True, (5.0, 5.0))
+            try:
+                http = await transport.lean("mybucket", "GetObject")
+                route = http.routes[("mybucket", "GetObject")] if http is not None else None
+                return transport.path_for("mybucket"), route
+            finally:
+                transport.close()
+
+    got, route = asyncio.run(run())
+    assert got == path
+    if path == LEAN:
+        endpoint, proxy = route
+        assert endpoint.url == "https://mybucket.s3.us-west-2.amazonaws.com"
+        assert (proxy.host, proxy.port) == ("proxy.example", 3128)
+        if "user" in proxies["https"]:
+            assert proxy.authorization == "Basic dXNlcjpwQHNz"  # user:p@ss
