@@ -59,6 +59,7 @@ def _params(fn: Any) -> list[tuple[str, Any]]:
     ]
 
 
+@pytest.mark.unit
 def test_method_signatures_match_metaflow() -> None:
     from metaflow import S3 as MetaflowS3
 
@@ -70,6 +71,7 @@ def test_method_signatures_match_metaflow() -> None:
         assert inspect.signature(getattr(S3, name)).parameters["in_memory"].default is False
 
 
+@pytest.mark.unit
 def test_records_and_exceptions_match_metaflow() -> None:
     from metaflow.plugins.datatools import s3 as mfs3
 
