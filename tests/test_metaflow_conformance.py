@@ -1,7 +1,7 @@
 """s3fast.S3 against metaflow.S3 itself, on the same SeaweedFS: same signatures, same results
-for the same calls (apart from the deliberate differences the README lists, tested in test_listing.py,
-test_put_semantics.py and test_errors.py), and objects written by
-one read back identically by the other."""
+for the same calls (apart from the deliberate differences the README lists, tested in
+test_listing.py, test_put_semantics.py and test_errors.py), and objects written by one read
+back identically by the other."""
 
 from __future__ import annotations
 
