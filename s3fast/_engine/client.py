@@ -174,7 +174,14 @@ class AdaptiveLimiter:
       one probe step per window (not below the start) until latency is back in range.
     """
 
-    def __init__(self, start: int, maximum: int | None = None) -> None:
+    def __init__(
+        self,
+        start: int,
+        maximum: int | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock  # seconds; injectable so tests can drive time
         self.start = start
         self.maximum = max(start, maximum or start)
         self.target = start  # where the limit recovers to after a cut; probes move it
@@ -190,7 +197,7 @@ class AdaptiveLimiter:
         self._last_cut = -CUT_INTERVAL
         self._waiters: deque[asyncio.Future[None]] = deque()
         # the current measurement window
-        self._since = self._tick = time.monotonic()
+        self._since = self._tick = self._clock()
         self._work = 0
         self._done = 0
         self._held = 0.0  # slot-seconds held in this window (requests in flight x time)
@@ -207,7 +214,7 @@ class AdaptiveLimiter:
 
     def _count(self, change: int) -> None:
         """``in_flight`` changes by ``change`` now: account the slot-time held so far."""
-        now = time.monotonic()
+        now = self._clock()
         self._held += self.in_flight * (now - self._tick)
         self._tick = now
         self.in_flight += change
@@ -261,7 +268,7 @@ class AdaptiveLimiter:
     def _restart(self) -> None:
         """Idle until now: the window starts afresh, and the first one (a batch warming up)
         is not measured."""
-        self._since = self._tick = time.monotonic()
+        self._since = self._tick = self._clock()
         self._work, self._done, self._held = 0, 0, 0.0
         self._queued, self._clean = False, True
         if self._phase != "settle":
@@ -335,7 +342,7 @@ class AdaptiveLimiter:
         self._clean = False
         if self._next == "probe":  # a probe in progress
             self._revert()
-        now = time.monotonic()
+        now = self._clock()
         if now - self._last_cut >= CUT_INTERVAL and self.limit > 1:
             self._last_cut = now
             self.cuts += 1
