@@ -79,8 +79,12 @@ EXAMPLES = {
 @pytest.mark.parametrize("example", list(EXAMPLES))
 async def test_signature_matches_aws_example(example: str, may_24: None) -> None:
     method, path, query, extra, payload, signed, signature = EXAMPLES[example]
-    signer = http._Signer(Credentials(ACCESS_KEY, SECRET_KEY), "us-east-1")
-    head = (await signer.sign(method, HOST, path, extra, query, payload)).decode()
+    signer = http._Signer(Credentials(ACCESS_KEY, SECRET_KEY))
+    head = (
+        await signer.sign(
+            method, HOST, path, extra, query, payload, region="us-east-1", service="s3"
+        )
+    ).decode()
 
     lines = head.split("\r\n")
     target = f"{path}?{query}" if query else path
@@ -105,8 +109,12 @@ async def test_session_token_is_signed(may_24: None) -> None:
     """Temporary credentials: the token is sent and signed, so the signature differs from the
     same request without it."""
     method, path, query, extra, payload, _, signature = EXAMPLES["GET Object"]
-    signer = http._Signer(Credentials(ACCESS_KEY, SECRET_KEY, "the-session-token"), "us-east-1")
-    head = (await signer.sign(method, HOST, path, extra, query, payload)).decode()
+    signer = http._Signer(Credentials(ACCESS_KEY, SECRET_KEY, "the-session-token"))
+    head = (
+        await signer.sign(
+            method, HOST, path, extra, query, payload, region="us-east-1", service="s3"
+        )
+    ).decode()
     assert "\r\nx-amz-security-token: the-session-token\r\n" in head
     assert "SignedHeaders=host;range;x-amz-content-sha256;x-amz-date;x-amz-security-token" in head
     assert f"Signature={signature}" not in head
