@@ -20,6 +20,8 @@ from s3fast._engine.client import Engine
 from s3fast._engine.http import EMPTY_SHA256, UNSIGNED_PAYLOAD
 from s3fast._engine.transport import BOTOCORE, LEAN, Transport
 
+pytestmark = pytest.mark.unit
+
 KEY = "dir/a b+c~d%.bin"
 UPLOAD_ID = "up/load=1"
 _SCOPE = re.compile(r"Credential=[^/]+/\d{8}/([^/]+)/([^/]+)/aws4_request")
