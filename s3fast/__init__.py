@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from ._bridge import BlockingCallWarning
 from .aio import AsyncS3
 from .config import TransferConfig
 from .errors import (
@@ -26,6 +27,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncS3",
+    "BlockingCallWarning",
     "MetaflowS3AccessDenied",
     "MetaflowS3Exception",
     "MetaflowS3InsufficientDiskSpace",

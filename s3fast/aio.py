@@ -11,6 +11,7 @@ import sys
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
+from . import _fork
 from ._engine.client import Engine, TransferStats, bounded_map
 from ._engine.copy import copy_object
 from ._engine.delete import Failed, delete_object, delete_objects
@@ -100,10 +101,12 @@ class AsyncS3:
         self._encryption = encryption or _env_encryption()
         self._config = config if config is not None else TransferConfig.from_env()
         self._engine = Engine(self._config, endpoint_url)
+        self._tmproot = tmproot
         self._targets = Targets(tmproot)
         self._procs = Pool(processes_for(self._engine), self._config, self._engine)
         self._loops = Loops(processes_for(self._engine), self._config, self._engine)
         self._closed = False
+        self._owner = _fork.Owner()
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -115,6 +118,7 @@ class AsyncS3:
 
     async def close(self) -> None:
         """Close connections and delete every file downloaded through this client."""
+        self._fork_check()
         self._closed = True
         try:
             try:
@@ -128,6 +132,7 @@ class AsyncS3:
     @property
     def tmpdirs(self) -> list[str]:
         """The private temp dirs this client has made (removed by ``close``)."""
+        self._fork_check()
         return self._targets.dirs
 
     @property
@@ -138,11 +143,26 @@ class AsyncS3:
     def stats(self) -> TransferStats:
         """A snapshot of this client's counters: the adaptive concurrency limit (now, lowest,
         maximum), throttled answers, limit cuts, retries and requests given up."""
+        self._fork_check()
         return self._engine.stats()
 
     def _check_open(self) -> None:
+        self._fork_check()
         if self._closed:
             raise RuntimeError("this S3 client is closed")
+
+    def _fork_check(self) -> None:
+        """Used for the first time in a forked child: make this process's own engine
+        (client, connections, limiter), loop threads, worker processes and temp dirs, leaving
+        the parent's untouched (see :mod:`s3fast._fork`). Files downloaded before the fork stay
+        in the parent's temp dirs, which the parent removes."""
+        self._owner.claim(self._after_fork)
+
+    def _after_fork(self) -> None:
+        self._engine.after_fork()
+        self._procs.after_fork()
+        self._loops.after_fork()
+        self._targets = Targets(self._tmproot)
 
     # --- addressing --------------------------------------------------------------------
 

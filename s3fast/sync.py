@@ -72,8 +72,9 @@ class S3:
             endpoint_url=endpoint_url,
             config=config,
         )
-        # Temp files go even if close() is never called.
-        self._finalizer = weakref.finalize(self, self._aio._targets.close)
+        # Temp files go even if close() is never called (those of this process only: after a
+        # fork, the child's and the parent's each go with their own process).
+        self._finalizer = weakref.finalize(self, _remove_temp_dirs, self._aio)
 
     def __enter__(self) -> S3:
         return self
@@ -266,6 +267,10 @@ class S3:
 
 async def _anext(agen: AsyncGenerator[S3Object, None]) -> S3Object:
     return await agen.__anext__()
+
+
+def _remove_temp_dirs(aio: AsyncS3) -> None:
+    aio._targets.close()
 
 
 def _remove_files(objs: list[S3Object]) -> None:

@@ -13,6 +13,7 @@ from a key in a way that can leave the directory.
 from __future__ import annotations
 
 import itertools
+import multiprocessing.util
 import os
 import re
 import shutil
@@ -107,6 +108,8 @@ class Targets:
         self._lock = threading.Lock()
         self._counter = itertools.count()
         self._closed = False
+        self._pid = os.getpid()  # the dirs belong to this process, not to a forked child
+        self._at_exit: multiprocessing.util.Finalize | None = None
 
     @property
     def dirs(self) -> list[str]:
@@ -117,6 +120,13 @@ class Targets:
         if root.dir is None:
             # mode 0700; the pid in the name tells which process a leftover belongs to
             root.dir = tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}.", dir=root.base)
+            if self._at_exit is None:
+                # Removed at exit if not closed before, also in a child of multiprocessing's
+                # fork start method, which ends with os._exit() (no atexit, no weakref.finalize)
+                # but runs multiprocessing's own finalizers.
+                self._at_exit = multiprocessing.util.Finalize(
+                    None, _remove_dirs, args=(self._roots, self._pid), exitpriority=0
+                )
         return root.dir
 
     def reserve(self, size: int, url: str) -> tuple[str, int]:
@@ -165,10 +175,23 @@ class Targets:
             return next(self._counter)
 
     def close(self) -> None:
-        """Remove every private dir; safe to call twice."""
+        """Remove every private dir; safe to call twice. In a forked child it removes nothing:
+        the dirs are the parent's, which removes them when it closes."""
+        if self._pid != os.getpid():
+            self._closed = True
+            return
         with self._lock:
             self._closed = True
-            for root in self._roots:
-                if root.dir is not None:
-                    shutil.rmtree(root.dir, ignore_errors=True)
-                    root.dir = None
+            _remove_dirs(self._roots, self._pid)
+            if self._at_exit is not None:
+                self._at_exit.cancel()
+                self._at_exit = None
+
+
+def _remove_dirs(roots: list[_Root], pid: int) -> None:
+    if pid != os.getpid():
+        return  # the dirs of the process that made them (this is a forked child)
+    for root in roots:
+        if root.dir is not None:
+            shutil.rmtree(root.dir, ignore_errors=True)
+            root.dir = None

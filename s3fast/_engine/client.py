@@ -38,6 +38,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.httpsession import AIOHTTPSession
 from aiobotocore.session import AioSession, get_session
 
+from .. import _fork
 from ..config import TransferConfig
 from ..errors import error_code
 from .http import HttpGetter, TransientHTTPError
@@ -640,6 +641,16 @@ class Engine:
         cm, self._client_cm, self._client = self._client_cm, None, None
         if cm is not None:
             await cm.__aexit__(None, None, None)
+
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's client, connections and limiter (bound to
+        its event loop; never closed here, see :mod:`s3fast._fork`), keeping the plan and
+        what was learned about the server. The next request starts a client of our own."""
+        _fork.orphan(self._client_cm, self._client, self._http, self.limiter, self._scouted)
+        self._client = self._client_cm = self._http = None
+        self._start_lock = None
+        self._scouted = None
+        self.limiter = AdaptiveLimiter(self.config.max_concurrency, self.concurrency)
 
 
 # Failures that a (ranged) re-request can resume: broken bodies, 5xx answers, timeouts.
