@@ -10,6 +10,9 @@ import dataclasses
 import multiprocessing
 import os
 import pathlib
+import subprocess
+import sys
+import textwrap
 import time
 import traceback
 from collections.abc import Callable
@@ -17,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from s3fast import S3, AsyncS3, TransferConfig
+from s3fast import S3, AsyncS3
 from s3fast._engine.procs import MIN_BATCH
 
 from .test_api import SMALL_PARTS
@@ -223,7 +226,7 @@ def test_async_client_in_forked_child(seaweed_bucket: str) -> None:
             many = await s3.get_many(["a", "b"], in_memory=True)
             listed = sorted(o.key for o in await s3.list_recursive())
             dirs = s3.tmpdirs
-            data = pathlib.Path(got.path).read_bytes()
+            data = await asyncio.to_thread(pathlib.Path(got.path).read_bytes)
             await s3.close()
             return {"data": data, "many": [o.blob for o in many], "listed": listed, "dirs": dirs}
 
@@ -235,3 +238,44 @@ def test_async_client_in_forked_child(seaweed_bucket: str) -> None:
     finally:
         loop.run_until_complete(s3.close())
         loop.close()
+
+
+_RAW_FORK_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    from s3fast import S3
+    s3 = S3(s3root=sys.argv[1])
+    s3.put("a", b"parent")
+    assert s3.get("a", in_memory=True).blob == b"parent"  # its connection stays pooled
+    pid = os.fork()
+    if pid == 0:
+        assert s3.get("a", in_memory=True).blob == b"parent"
+        s3.put("child", b"child")
+        sys.exit(0)  # a normal exit: atexit, finalizers, the modules torn down
+    _, status = os.waitpid(pid, 0)
+    print("child", os.waitstatus_to_exitcode(status), flush=True)
+    for _ in range(3):  # on the connections the parent had before the fork
+        assert s3.get("child", in_memory=True).blob == b"child"
+    print("retries", s3.stats.retries, flush=True)  # none: no connection was broken
+    s3.close()
+    print("parent", flush=True)
+    """
+)
+
+
+def test_os_fork_child_that_exits_normally(bucket: str) -> None:
+    """A child of a bare ``os.fork()`` that ends through the interpreter's normal exit (module
+    teardown collects what it holds): nothing of the parent's is closed or sent on from the
+    child (a TLS close_notify, a socket taken out of the parent's epoll set), so the parent's
+    pooled connections still work, and the child prints no warning."""
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", "-c", _RAW_FORK_SCRIPT, f"s3://{bucket}/raw"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert (proc.returncode, proc.stdout.split(), proc.stderr) == (
+        0,
+        ["child", "0", "retries", "0", "parent"],
+        "",
+    )
