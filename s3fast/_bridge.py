@@ -98,7 +98,11 @@ def run(coro: Coroutine[Any, Any, T], discard: Callable[[T], None] | None = None
             "(from a progress callback?), where it would wait forever; use s3fast.AsyncS3 there"
         )
     if not _warned and _caller_loop_running():
-        _warn_blocking()
+        try:
+            _warn_blocking()
+        except BaseException:  # the warning made an error by the caller's filters
+            coro.close()
+            raise
     loop = get_loop()
     done = threading.Event()
     finished: list[T] = []
