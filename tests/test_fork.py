@@ -25,10 +25,9 @@ from s3fast._engine.procs import MIN_BATCH
 
 from .test_api import SMALL_PARTS
 
-pytestmark = pytest.mark.filterwarnings(
-    # Python 3.12+ warns on every fork of a process with threads (s3fast's loop thread is one)
-    "ignore:This process .* is multi-threaded:DeprecationWarning"
-)
+# Python 3.12+ warns on every fork of a process with threads (s3fast's loop thread is one)
+_FORK_WARNING = "ignore:This process:DeprecationWarning"
+pytestmark = pytest.mark.filterwarnings(_FORK_WARNING)
 
 FORK = multiprocessing.get_context("fork")
 TIMEOUT = 120.0
@@ -269,7 +268,16 @@ def test_os_fork_child_that_exits_normally(bucket: str) -> None:
     child (a TLS close_notify, a socket taken out of the parent's epoll set), so the parent's
     pooled connections still work, and the child prints no warning."""
     proc = subprocess.run(
-        [sys.executable, "-W", "error", "-c", _RAW_FORK_SCRIPT, f"s3://{bucket}/raw"],
+        [
+            sys.executable,
+            "-W",
+            "error",
+            "-W",
+            _FORK_WARNING,
+            "-c",
+            _RAW_FORK_SCRIPT,
+            f"s3://{bucket}/raw",
+        ],
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
