@@ -30,6 +30,11 @@ class S3:
     ``with S3(s3root="s3://bucket/prefix") as s3: s3.get_many([...])`` — downloads live in a
     private temp dir until the ``with`` block ends (or ``close()``).
 
+    Each call blocks the calling thread while the work runs on s3fast's own event loop thread,
+    from any thread, also one whose event loop is running (a Jupyter cell; in other async code
+    prefer :class:`~s3fast.AsyncS3`). A client made before ``fork()`` works in the child, which
+    makes its own connections, workers and temp dirs and leaves the parent's alone.
+
     Parameters
     ----------
     tmproot : str, optional
