@@ -73,6 +73,18 @@ def _shared_session() -> AioSession:
         return _SESSION
 
 
+def _session_after_fork() -> None:
+    # A loop thread of the parent may have held the lock (or been half-way through making a
+    # client) at the fork: a forked child starts a session of its own.
+    global _SESSION, _SESSION_LOCK
+    _fork.orphan(_SESSION)
+    _SESSION, _SESSION_LOCK = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_session_after_fork)
+
+
 ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "METAFLOW_S3_ENDPOINT_URL")
 
 
