@@ -23,6 +23,22 @@ _orphans: list[Any] = []
 _lock = threading.RLock()
 
 
+def _keep_forever(obj: Any) -> None:
+    """One reference to ``obj`` that is never dropped, not even when the interpreter clears
+    the modules at exit: a child of a bare ``fork()`` that exits normally must not collect
+    the parent's state either (uvloop's handles, collected, take their sockets out of the
+    epoll set that the child shares with the parent)."""
+    try:
+        import ctypes
+
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
+    except Exception:  # not CPython: the module's own reference is all there is
+        pass
+
+
+_keep_forever(_orphans)
+
+
 def orphan(*objs: Any) -> None:
     """Keep ``objs`` (a parent's state, seen in a forked child) alive and untouched."""
     _orphans.extend(obj for obj in objs if obj is not None)
