@@ -23,6 +23,8 @@ import warnings
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from . import _fork
+
 T = TypeVar("T")
 
 CLEANUP_TIMEOUT = 30.0
@@ -71,8 +73,6 @@ def _reset_after_fork() -> None:
     # The loop thread does not exist in a forked child; start a fresh one on next use. The
     # parent's loop is kept, never closed or collected (see s3fast._fork).
     global _loop, _thread, _lock
-    from . import _fork
-
     _fork.orphan(_loop, _thread)
     _loop, _thread, _lock = None, None, threading.Lock()
 
