@@ -101,7 +101,6 @@ class AsyncS3:
         self._encryption = encryption or _env_encryption()
         self._config = config if config is not None else TransferConfig.from_env()
         self._engine = Engine(self._config, endpoint_url)
-        self._tmproot = tmproot
         self._targets = Targets(tmproot)
         self._procs = Pool(processes_for(self._engine), self._config, self._engine)
         self._loops = Loops(processes_for(self._engine), self._config, self._engine)
@@ -162,7 +161,7 @@ class AsyncS3:
         self._engine.after_fork()
         self._procs.after_fork()
         self._loops.after_fork()
-        self._targets = Targets(self._tmproot)
+        self._targets = self._targets.for_child()
 
     # --- addressing --------------------------------------------------------------------
 

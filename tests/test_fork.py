@@ -239,6 +239,34 @@ def test_async_client_in_forked_child(seaweed_bucket: str) -> None:
         loop.close()
 
 
+def test_metaflow_parallel_map(seaweed_bucket: str) -> None:
+    """Metaflow's ``parallel_map`` forks children that end with ``os._exit()`` (no cleanup of
+    their own runs): their downloads land inside the parent's dir (made for it, as it had none
+    yet), which the parent's close removes with everything in it."""
+    from metaflow.multicore_utils import parallel_map
+
+    s3 = S3(s3root=f"s3://{seaweed_bucket}/pmap")
+    try:
+        s3.put_many([(f"k{i}", b"%d" % i) for i in range(4)])
+
+        def work(i: int) -> tuple[bytes, list[str]]:
+            obj = s3.get(f"k{i}")
+            assert obj.path is not None
+            return pathlib.Path(obj.path).read_bytes(), s3.tmpdirs
+
+        results = parallel_map(work, range(4), max_parallel=2)
+        assert [data for data, _ in results] == [b"0", b"1", b"2", b"3"]
+        left = [d for _, dirs in results for d in dirs]
+        assert len(set(left)) == 4 and all(map(os.path.isdir, left))  # the children's, left
+        containers = {os.path.dirname(d) for d in left}
+        assert len(containers) == 1 and s3.tmpdirs == []  # the parent's, made by a child
+        assert s3.get("k0").path  # the parent uses it too
+        assert s3.tmpdirs == list(containers)
+    finally:
+        s3.close()
+    assert not any(map(os.path.exists, [*left, *containers]))
+
+
 _RAW_FORK_SCRIPT = textwrap.dedent(
     """
     import os, sys
