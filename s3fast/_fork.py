@@ -6,10 +6,11 @@ A child made by ``os.fork()`` (multiprocessing's ``fork`` start method, Metaflow
 ran there never run again, and sockets, worker processes and temp dirs are the parent's. An
 object holding such state records its owner (:class:`Owner`); the first use in another process
 rebuilds that state afresh (``Owner.claim``). What it drops is handed to :func:`orphan`, which
-keeps it alive for the life of the process and never closes it: closing would shut the
-parent's connections or send on them, terminate its workers, or delete its temp dirs, and
-letting it be collected would run finalizers that do the same (or warn). The child keeps its
-inherited copies of the parent's descriptors open until it exits; nothing is sent on them.
+keeps it alive for the life of the process, through interpreter exit, and never closes it:
+closing would shut the parent's connections or send on them, terminate its workers, or delete
+its temp dirs, and letting it be collected would run finalizers that do the same (or warn).
+The child keeps its inherited copies of the parent's descriptors open until it exits; nothing
+is sent on them. (Temp dirs: see :mod:`s3fast.targets`.)
 """
 
 from __future__ import annotations
