@@ -36,6 +36,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.httpsession import AIOHTTPSession
 from aiobotocore.session import AioSession, get_session
 
+from .. import _fork
 from ..config import TransferConfig
 from ..errors import error_code
 from .http import HttpGetter, TransientHTTPError
@@ -69,6 +70,18 @@ def _shared_session() -> AioSession:
         if _SESSION is None:
             _SESSION = get_session()
         return _SESSION
+
+
+def _session_after_fork() -> None:
+    # A loop thread of the parent may have held the lock (or been half-way through making a
+    # client) at the fork: a forked child starts a session of its own.
+    global _SESSION, _SESSION_LOCK
+    _fork.orphan(_SESSION)
+    _SESSION, _SESSION_LOCK = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_session_after_fork)
 
 
 ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "METAFLOW_S3_ENDPOINT_URL")
@@ -634,6 +647,16 @@ class Engine:
         cm, self._client_cm, self._client = self._client_cm, None, None
         if cm is not None:
             await cm.__aexit__(None, None, None)
+
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's client, connections and limiter (bound to
+        its event loop; never closed here, see :mod:`s3fast._fork`), keeping the plan and
+        what was learned about the server. The next request starts a client of our own."""
+        _fork.orphan(self._client_cm, self._client, self._http, self.limiter, self._scouted)
+        self._client = self._client_cm = self._http = None
+        self._start_lock = None
+        self._scouted = None
+        self.limiter = AdaptiveLimiter(self.config.max_concurrency, self.concurrency)
 
 
 # Failures that a (ranged) re-request can resume: broken bodies, 5xx answers, timeouts.

@@ -30,6 +30,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from .. import _fork
 from ..config import TransferConfig
 from ..errors import MetaflowS3NotFound
 from ..urls import ByteRange, parse
@@ -186,6 +187,13 @@ class Loops:
             await asyncio.shield(asyncio.wait(waits))  # every share has stopped
             raise
         return results
+
+    def after_fork(self) -> None:
+        """In a forked child: the loop threads did not come along (their loops, engines and
+        connections are the parent's; see :mod:`s3fast._fork`). The next big batch starts
+        loops of our own."""
+        _fork.orphan(self._loops, self._lock)
+        self._loops, self._lock = [], None
 
     async def close(self) -> None:
         loops, self._loops = self._loops, []

@@ -58,6 +58,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
+from .. import _fork
 from ..config import TransferConfig
 from ..errors import (
     MetaflowS3AccessDenied,
@@ -611,6 +612,16 @@ class Pool:
         if self._finalizer is not None:
             self._finalizer.detach()
             self._finalizer = None
+
+    def after_fork(self) -> None:
+        """In a forked child: the workers are the parent's. Forget them without a word to them
+        (no exit message, no signal: see :mod:`s3fast._fork`), and never kill them at exit;
+        the next big batch starts workers of our own."""
+        finalizer, self._finalizer = self._finalizer, None
+        _fork.orphan(
+            self._procs, self._batches, self._lock, finalizer.detach() if finalizer else None
+        )
+        self._procs, self._batches, self._lock, self._broken = [], {}, None, False
 
     async def _batch(
         self,
