@@ -652,8 +652,9 @@ class Engine:
         """In a forked child: forget the parent's client, connections and limiter (bound to
         its event loop; never closed here, see :mod:`s3fast._fork`), keeping the plan and
         what was learned about the server. The next request starts a client of our own."""
-        _fork.orphan(self._client_cm, self._client, self._http, self.limiter, self._scouted)
-        self._client = self._client_cm = self._http = None
+        _fork.orphan(self._client_cm, self._client, self.transport, self.limiter, self._scouted)
+        self._client = self._client_cm = None
+        self.transport = Transport()
         self._start_lock = None
         self._scouted = None
         self.limiter = AdaptiveLimiter(self.config.max_concurrency, self.concurrency)
