@@ -127,9 +127,11 @@ def test_a_stalled_body_times_out_and_resumes(
     assert proxy.counts["pause"] == 1
 
 
-def test_retry_time_outlasts_one_timed_out_attempt() -> None:
+def test_retry_time_outlasts_timed_out_attempts() -> None:
+    """By default a request that times out is retried: the retry budget holds every attempt
+    timing out once."""
     cfg = TransferConfig()
-    assert cfg.max_retry_time >= 3 * cfg.read_timeout
+    assert cfg.max_retry_time >= cfg.max_attempts * cfg.read_timeout
 
 
 def test_an_early_refusal_stops_a_big_upload(
@@ -264,7 +266,8 @@ async def test_parser_a_chunked_body_of_the_wrong_length_is_an_error(size: int) 
             await conn.head(REQUEST)
             with pytest.raises(ConnectionError):
                 await conn.body_into(memoryview(bytearray(10000)))
-            assert not conn.finished
+            if size > 10000:
+                assert not conn.finished  # the rest was not read: not reusable
         finally:
             conn.close()
 
@@ -355,7 +358,7 @@ def weed6() -> Iterator[SeaweedFS]:
 
 
 @pytest.mark.asyncio
-async def test_ipv6_host_header() -> None:
+async def test_ipv6_host_header(monkeypatch: pytest.MonkeyPatch) -> None:
     if not _has_ipv6_loopback():
         pytest.skip("no IPv6 loopback on this machine")
     seen: list[bytes] = []
@@ -369,10 +372,11 @@ async def test_ipv6_host_header() -> None:
 
     server = await asyncio.start_server(serve, "::1", 0)
     port = server.sockets[0].getsockname()[1]
-    os.environ.update(READER.env())  # any credentials: the server does not check them
+    for name, value in READER.env().items():  # any credentials: the server checks none
+        monkeypatch.setenv(name, value)
     try:
         async with AsyncS3(
-            s3root="s3://b",
+            s3root="s3://bucket6",
             endpoint_url=f"http://[::1]:{port}",
             config=TransferConfig(transport="http"),
         ) as s3:

@@ -396,9 +396,10 @@ class _Conn(asyncio.BufferedProtocol):
                 digest(dest[:take])
         self.received = take
         self.overflow = len(early) > take
-        if take < len(dest) and not self.complete and not self.lost:
+        # A whole body read so far fills dest: its end (the last chunk, EOF) is still awaited.
+        if not (self.complete or self.overflow or self.lost) and (take < len(dest) or whole):
             self.dest, self.digest = dest, digest
-            self.direct = self.framing == "length"
+            self.direct = self.framing == "length" and take < len(dest)
             if self.direct:
                 self.parser = None  # its bytes now bypass it
             try:
