@@ -199,6 +199,7 @@ class FaultProxy:
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.faults = Faults()
+        self.also: list[tuple[Faults, list[int]]] = []
         self.chaos: Chaos | None = None
         self.connections = 0
         self._writers: set[asyncio.StreamWriter] = set()  # every socket, closed on stop()
@@ -231,10 +232,15 @@ class FaultProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def set(self, faults: Faults, chaos: Chaos | None = None) -> None:
-        """Inject ``faults`` (and random ``chaos``) from now on; counters start again."""
+    def set(
+        self, faults: Faults, chaos: Chaos | None = None, also: tuple[Faults, ...] = ()
+    ) -> None:
+        """Inject ``faults`` (and random ``chaos``) from now on; counters start again.
+        ``also``: more explicit faults (by ``match`` and ``times``), for requests that
+        ``faults`` does not take."""
         self.faults = faults
         self.chaos = chaos
+        self.also = [(f, [0]) for f in also]
         self.connections = self.requests = self.injected = self._taken = 0
         self.request_body_bytes = self.botocore_requests = 0
         self.peak = self.in_flight
@@ -271,6 +277,13 @@ class FaultProxy:
             return True
         return False
 
+    def _also(self, target: str) -> Faults | None:
+        for f, taken in self.also:
+            if f.match in target and taken[0] < f.times:
+                taken[0] += 1
+                return f
+        return None
+
     def _refuse(self) -> bool:
         if self.faults.refuse and self._explicit(None):
             self._count("refuse")
@@ -286,6 +299,8 @@ class FaultProxy:
         checksum covers (a flipped listing or range is corruption nothing can catch)."""
         if not self.faults.refuse and self._explicit(target):
             fault = self.faults
+        elif (more := self._also(target)) is not None:
+            fault = more
         elif time.monotonic() < self._burst_until:
             fault = Faults(answer=SLOWDOWN)
             self.counts["burst 503"] += 1

@@ -23,7 +23,7 @@ from s3fast.limits import KiB, MiB
 from s3fast.testing import READER, SeaweedFS
 
 from .conftest import Server, _bucket_on, self_signed
-from .proxy import FaultProxy, Faults, canned
+from .proxy import INTERNAL, FaultProxy, Faults, canned
 
 TRANSPORTS = ["http", "botocore"]
 TRANSFORMS = ["chunked", "close", "http10", "continue", "fold"]
@@ -479,3 +479,33 @@ async def test_a_big_body_is_not_buffered_whole(tls: bool, tmp_path: pathlib.Pat
         conn.close()
         server.close()
         await server.wait_closed()
+
+
+# --- the retry clock --------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_retry_time_starts_when_a_request_is_sent(
+    seaweed_bucket: str, objs: dict[str, bytes], proxy: FaultProxy, transport: str
+) -> None:
+    """One slot: a request that waited for it longer than ``max_retry_time`` (behind a slow
+    one) still gets its retry when its first try fails."""
+    config = TransferConfig(transport=transport, max_concurrency=1, max_retry_time=1.0)
+    async with AsyncS3(
+        s3root=f"s3://{seaweed_bucket}", endpoint_url=proxy.url, config=config
+    ) as s3:
+        await s3.get("dir/b")  # sizes seen: no scout first
+        proxy.set(
+            Faults(stall=2.0, times=1, match="dir/a"),
+            also=(Faults(answer=INTERNAL, times=1, match="small"),),
+        )
+        slow = asyncio.ensure_future(s3.get("dir/a", in_memory=True))
+        for _ in range(1000):  # until it holds the one slot
+            if proxy.requests:
+                break
+            await asyncio.sleep(0.01)
+        small = await s3.get("small", in_memory=True)  # queued ~2 s, then a 500, then again
+        assert small.blob == objs["small"] and (await slow).blob == objs["dir/a"]
+        assert s3.stats.retries == 1 and s3.stats.gave_up == 0
+    assert proxy.counts["stall"] == 1 and proxy.counts["answer 500"] == 1
