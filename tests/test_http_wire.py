@@ -66,7 +66,7 @@ def test_downloads_are_exact_through_each_framing(
 ) -> None:
     proxy.set(Faults(transform=transform, seconds=3600))
     with _s3(seaweed_bucket, proxy, transport) as s3:
-        for key in ("small", "large", "dir/a"):
+        for key in ("small", "large", "dir/a", "dir/b"):
             assert s3.get(key, in_memory=True).blob == objs[key], key
             assert _read(s3.get(key).path) == objs[key], key
         got = s3.get_many(["small", "large", "dir/a"], in_memory=True)

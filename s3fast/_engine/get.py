@@ -640,6 +640,12 @@ async def fetch(
                         and error_code(exc) in ("InvalidRange", "416")
                     ):
                         range_header, ranged = None, False
+                        if asked_ranges:  # and unranged, it came without a length: a HEAD's
+                            empty = await head_object(engine, path, url)
+                            if empty.total:
+                                raise
+                            (await prepare(empty))[0].release()
+                            break
                         continue
                     raise
                 except _LengthUnknown:

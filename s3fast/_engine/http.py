@@ -2,9 +2,17 @@
 requests that move bytes or are made by the thousand: GET, HEAD, PutObject, UploadPart and
 ListObjectsV2.
 
-The kernel copies response bodies straight into the destination (``get_buffer`` hands out a
-slice of the caller's preallocated buffer or memory-mapped temp file), so each byte is copied
-once. Requests are signed with SigV4 here (the derived key cached per day and region; the
+Responses are framed by llhttp (``httptools``): status line and headers, chunked and
+close-delimited bodies, interim 1xx answers, HTTP/1.0 and the keep-alive rules. A body with a
+Content-Length (what S3 sends) is received by the kernel straight into the destination
+(``get_buffer`` hands out a slice of the caller's preallocated buffer or memory-mapped temp
+file), so each byte is copied once; other bodies are copied in from the parser. Request
+bodies are written a slice at a time under the transport's flow control; big ones are sent
+with ``Expect: 100-continue``. ``read_timeout`` is the longest silence from the server, not a
+deadline. A response the lean path does not take raises :class:`ProtocolSurprise`, and the
+bucket goes to botocore.
+
+Requests are signed with SigV4 here (the derived key cached per day and region; the
 empty-payload hash for GET and HEAD; ``UNSIGNED-PAYLOAD`` plus a signed CRC32 header, which
 the server checks, for uploads). The first GET of a whole object asks for the object's
 checksums (``x-amz-checksum-mode``), which :mod:`.get` checks. Credentials, region and addressing
