@@ -347,10 +347,18 @@ async def test_parser_read_timeout_is_between_bytes() -> None:
 
 
 @pytest.mark.asyncio
-async def test_parser_malformed_is_a_protocol_surprise() -> None:
-    async with _Canned(
-        [[b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"]]
-    ) as port:
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"SSH-2.0-OpenSSH_9.6\r\n\r\n",
+    ],
+    ids=["two-lengths", "101", "gzip-coding", "not-http"],
+)
+async def test_parser_surprises(answer: bytes) -> None:
+    async with _Canned([[answer]]) as port:
         conn = await _conn(port)
         try:
             with pytest.raises(ProtocolSurprise):

@@ -182,8 +182,10 @@ class _Conn(asyncio.BufferedProtocol):
             self.parser.feed_data(memoryview(self.buf)[:nbytes])
         except Exception as exc:
             self.parser = None
-            if isinstance(exc, ConnectionError):
-                self._fail(exc)
+            # an exception raised by a callback here comes back wrapped
+            inner = exc.__context__ if isinstance(exc, httptools.HttpParserCallbackError) else exc
+            if isinstance(inner, ConnectionError):
+                self._fail(inner)
             else:
                 self._fail(ProtocolSurprise(f"malformed HTTP response ({exc})"))
             return
