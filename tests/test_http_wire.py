@@ -12,11 +12,19 @@ import os
 import pathlib
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 
 import pytest
 
-from s3fast import S3, AsyncS3, MetaflowS3AccessDenied, S3GetObject, TransferConfig
+from s3fast import (
+    S3,
+    AsyncS3,
+    MetaflowS3AccessDenied,
+    MetaflowS3Exception,
+    S3GetObject,
+    TransferConfig,
+)
 from s3fast._engine import http
 from s3fast._engine.http import ProtocolSurprise, _Conn
 from s3fast.limits import KiB, MiB
@@ -517,3 +525,27 @@ async def test_retry_time_starts_when_a_request_is_sent(
         assert small.blob == objs["small"] and (await slow).blob == objs["dir/a"]
         assert s3.stats.retries == 1 and s3.stats.gave_up == 0
     assert proxy.counts["stall"] == 1 and proxy.counts["answer 500"] == 1
+
+
+@pytest.mark.asyncio
+async def test_connect_timeout_covers_the_tls_handshake(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that takes the connection but never answers the TLS handshake: the request
+    fails after ``connect_timeout``, not ``read_timeout``."""
+    canned = _Canned([])  # reads until the client goes, never writes
+    port = await canned.__aenter__()
+    for name, value in READER.env().items():  # any credentials: nothing gets that far
+        monkeypatch.setenv(name, value)
+    config = TransferConfig(
+        transport="http", connect_timeout=0.5, read_timeout=60, max_attempts=1, verify_ssl=False
+    )
+    try:
+        async with AsyncS3(
+            s3root="s3://bucket6", endpoint_url=f"https://127.0.0.1:{port}", config=config
+        ) as s3:
+            started = time.monotonic()
+            with pytest.raises(MetaflowS3Exception) as caught:
+                await s3.info("k")
+            assert time.monotonic() - started < 10
+    finally:
+        await canned.__aexit__()
+    assert "Timeout" in repr(caught.value) or "timed out" in str(caught.value).lower()
