@@ -92,11 +92,13 @@ def _kill_group(proc: subprocess.Popen[bytes], grace: float = 3.0) -> None:
 
 @dataclass
 class SeaweedFS:
-    """``weed server`` with S3 (and optionally HTTPS) on loopback, SigV4 auth on."""
+    """``weed server`` with S3 (and optionally HTTPS) on loopback, SigV4 auth on. ``host``:
+    the loopback address it binds and is reached at (``"::1"`` for IPv6)."""
 
     https_cert: str | None = None
     https_key: str | None = None
     workdir: str | None = None
+    host: str = HOST
     endpoint_url: str = ""
     https_url: str = ""
     log_path: str = ""
@@ -135,8 +137,8 @@ class SeaweedFS:
             weed_binary(),
             "server",
             f"-dir={data}",
-            f"-ip={HOST}",
-            f"-ip.bind={HOST}",
+            f"-ip={self.host}",
+            f"-ip.bind={self.host}",
             "-master.telemetry=false",
             f"-master.port={master}",
             f"-master.port.grpc={master_grpc}",
@@ -163,7 +165,8 @@ class SeaweedFS:
                 f"-s3.key.file={self.https_key}",
             ]
             self.https_url = f"https://localhost:{https}"
-        self.endpoint_url = f"http://{HOST}:{s3}"
+        netloc = f"[{self.host}]" if ":" in self.host else self.host
+        self.endpoint_url = f"http://{netloc}:{s3}"
         self.log_path = os.path.join(self.workdir, "weed.log")
         log = open(self.log_path, "wb")
         self._proc = subprocess.Popen(

@@ -6,8 +6,9 @@ signing, request retries for transient errors (``standard`` mode) and XML error 
 Retries: every request is retried by exactly one layer. botocore retries the calls it makes;
 :func:`backoff` paces the engine's own (the lean transport, and bodies that broke off), with
 exponential backoff and full jitter, bounded by ``max_attempts`` and by ``max_retry_time``
-seconds since the request's first try (a hook on botocore's ``needs-retry`` event applies the
-same time bound to botocore's retries). No one sleeps after the last try.
+seconds since the request was first sent (:class:`RetryClock`: the time it queued for a
+slot does not count; hooks on botocore's ``request-created`` and ``needs-retry`` events apply
+the same bound to botocore's retries). No one sleeps after the last try.
 
 Concurrency: :class:`AdaptiveLimiter` is the one limiter. Every request holds a slot. The
 number of slots starts at the plan's ``max_concurrency``, is raised step by step while that
@@ -19,6 +20,7 @@ per ``CUT_INTERVAL``, and grown back by one per window of successes.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import os
 import random
@@ -39,7 +41,7 @@ from aiobotocore.session import AioSession, get_session
 from .. import _fork
 from ..config import TransferConfig
 from ..errors import error_code
-from .http import HttpGetter, TransientHTTPError
+from .http import HttpGetter, ProtocolSurprise, TransientHTTPError
 from .transport import Transport
 
 T = TypeVar("T")
@@ -386,6 +388,9 @@ class _Slot:
     async def __aenter__(self) -> Any:
         client = await self._engine.client()
         await self._engine.limiter.acquire()
+        sent = _FIRST_SENT.get()
+        if sent is not None and not sent:  # the retried request's first send
+            sent.append(now())
         return client
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
@@ -541,6 +546,7 @@ class Engine:
                 _SESSION_LOCK.release()
         self._client_cm = cm
         self._client.meta.events.register_first("needs-retry.s3", self._botocore_retry)
+        self._client.meta.events.register_first("request-created.s3", _botocore_sent)
         await self.transport.start(
             self._client, cfg.transport == "http", (cfg.connect_timeout, cfg.read_timeout)
         )
@@ -600,7 +606,7 @@ class Engine:
         ``max_attempts`` or ``max_retry_time`` is spent, else lets botocore decide."""
         context = request_dict.get("context", {}) if isinstance(request_dict, dict) else {}
         now = time.monotonic()
-        started = context.setdefault("s3fast_started", now)
+        started = context.setdefault("s3fast_started", now)  # set when first sent
         failed = caught_exception is not None
         if response is not None:
             http_response, parsed = response
@@ -686,6 +692,41 @@ def now() -> float:
     return time.monotonic()
 
 
+def _botocore_sent(request: Any = None, **_: Any) -> None:
+    """botocore's ``request-created`` hook (each attempt, after its slot is taken): the
+    request's retry clock starts at its first attempt (see ``Engine._botocore_retry``)."""
+    context = getattr(request, "context", None)
+    if isinstance(context, dict):
+        context.setdefault("s3fast_started", now())
+
+
+# The retried request's first send, once it happened: a list that a :class:`RetryClock` sets
+# for its task and the first slot taken under it fills.
+_FIRST_SENT: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar(
+    "s3fast_first_sent", default=None
+)
+
+
+class RetryClock:
+    """``max_retry_time``'s clock for one request and its retries: ``with RetryClock() as
+    clock:`` around the retry loop; :attr:`started` is when the request first took a slot
+    (was sent), so waiting in the limiter's queue (long while the server throttles) or for
+    bandwidth does not use up the time to retry."""
+
+    def __enter__(self) -> RetryClock:
+        self._sent: list[float] = []
+        self._entered = now()  # the start if no slot is taken under the clock (one held)
+        self._token = _FIRST_SENT.set(self._sent)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _FIRST_SENT.reset(self._token)
+
+    @property
+    def started(self) -> float:
+        return self._sent[0] if self._sent else self._entered
+
+
 async def backoff(attempt: int, engine: Engine | None = None, started: float | None = None) -> bool:
     """After failed try number ``attempt`` (1-based) of a request first tried at ``started``
     (:func:`now`): if another try may start, sleep (full jitter) and return True; if the
@@ -707,17 +748,20 @@ async def backoff(attempt: int, engine: Engine | None = None, started: float | N
 
 async def retrying(engine: Engine, call: Callable[[], Awaitable[R]]) -> R:
     """``await call()``, retried with :func:`backoff` on transient failures. For the lean
-    transport only: botocore retries its own requests."""
+    transport only: botocore retries its own requests. A :class:`ProtocolSurprise` is not
+    retried: the request belongs to botocore."""
     attempt = 0
-    started = now()
-    while True:
-        try:
-            return await call()
-        except RESUMABLE as exc:
-            engine.limiter.observe(exc)  # a retry inside a held slot (UploadPart)
-            attempt += 1
-            if not await backoff(attempt, engine, started):
+    with RetryClock() as clock:
+        while True:
+            try:
+                return await call()
+            except ProtocolSurprise:
                 raise
+            except RESUMABLE as exc:
+                engine.limiter.observe(exc)  # a retry inside a held slot (UploadPart)
+                attempt += 1
+                if not await backoff(attempt, engine, clock.started):
+                    raise
 
 
 async def bounded_map(

@@ -42,14 +42,20 @@ from ..limits import MiB, split
 from ..targets import Targets
 from ..urls import ByteRange, S3Path, parse_content_range
 from .checksums import CRC32, Checksum, combined, full_object
-from .client import RESUMABLE, SCOUT_WAIT, Engine, backoff, bounded_map, now, retrying
-from .http import Digest
+from .client import RESUMABLE, SCOUT_WAIT, Engine, RetryClock, backoff, bounded_map, retrying
+from .http import Digest, ProtocolSurprise
 
 READ_CHUNK = 1 * MiB
 
 
 class _ShortBody(ConnectionError):
     pass
+
+
+class _LengthUnknown(MetaflowS3TransferError):
+    """A response that says neither its length (Content-Length) nor its span (Content-Range):
+    a chunked or close-delimited answer to an unranged GET, whose size is known only at its
+    end. :func:`fetch` then asks for ranges, which carry Content-Range."""
 
 
 @dataclass
@@ -73,17 +79,21 @@ class Head:
 
     @classmethod
     def from_response(cls, resp: dict[str, Any], url: str) -> Head:
-        length = int(resp.get("ContentLength", 0))
+        length = resp.get("ContentLength")  # None: a chunked or close-delimited body
         if resp.get("ContentRange"):
             start, end, total = parse_content_range(resp["ContentRange"], url)
-            if end - start + 1 != length:
+            if length is not None and end - start + 1 != int(length):
                 raise MetaflowS3TransferError(
                     f"{url}: Content-Length {length} does not match "
                     f"Content-Range {resp['ContentRange']}",
                     url,
                 )
+        elif length is None:
+            raise _LengthUnknown(
+                f"{url}: the server sent neither Content-Length nor Content-Range", url
+            )
         else:
-            start, end, total = 0, length - 1, length
+            start, end, total = 0, int(length) - 1, int(length)
         modified = resp.get("LastModified")
         return cls(
             total=total,
@@ -319,9 +329,13 @@ def final_end(brange: ByteRange | None, total: int) -> int:
     return total - 1
 
 
-async def _drain(body: Any, dest: memoryview, progress: list[int], digest: Digest | None) -> None:
+async def _drain(
+    body: Any, dest: memoryview, progress: list[int], digest: Digest | None, whole: bool = True
+) -> None:
     """Copy a botocore response body into ``dest``, advancing ``progress[0]`` and feeding
-    ``digest`` each chunk."""
+    ``digest`` each chunk: exactly ``len(dest)`` bytes, or (not ``whole``) its first
+    ``len(dest)`` bytes. The end of a body with no Content-Length (chunked, or ended by the
+    server closing) is known only when it comes, so a whole body is read to its end."""
     filled = 0
     while filled < len(dest):
         chunk = await body.read(min(READ_CHUNK, len(dest) - filled))
@@ -334,6 +348,8 @@ async def _drain(body: Any, dest: memoryview, progress: list[int], digest: Diges
         progress[0] += len(chunk)
     if filled != len(dest):
         raise _ShortBody(f"body ended after {filled} of {len(dest)} bytes")
+    if whole and await body.read(1):
+        raise ConnectionError(f"the server sent more than the {len(dest)} bytes expected")
 
 
 # Given a response's head: the buffer for its body, and maybe a digest to feed the body.
@@ -366,7 +382,7 @@ async def _exchange(
                     path.bucket, path.key, range_header, etag, prepare_fields, progress, checksum
                 )
             return
-        except botocore.exceptions.ClientError as exc:
+        except (botocore.exceptions.ClientError, ProtocolSurprise) as exc:
             if not engine.transport.hand_over(exc, path.bucket, "GetObject"):
                 raise
     kwargs: dict[str, Any] = {}
@@ -380,9 +396,10 @@ async def _exchange(
         resp = await client.get_object(Bucket=path.bucket, Key=path.key, **kwargs)
         body = resp["Body"]
         try:
-            dest, digest = await prepare(Head.from_response(resp, url))
+            head = Head.from_response(resp, url)
+            dest, digest = await prepare(head)
             try:
-                await _drain(body, dest, progress, digest)
+                await _drain(body, dest, progress, digest, len(dest) == head.end + 1 - head.start)
             finally:
                 dest.release()
         finally:
@@ -420,32 +437,32 @@ async def _span(
         return sink.view(progress[0] - base, end + 1 - progress[0]), digest
 
     await engine.throttle(end + 1 - start)  # max_bandwidth
-    started = now()
-    while True:
-        piece = None
-        try:
-            await _exchange(
-                engine, path, url, f"bytes={progress[0]}-{end}", etag, prepare, progress
-            )
-            return
-        except RESUMABLE as exc:
-            attempt += 1
-            if not await backoff(attempt, engine, started):
-                raise MetaflowS3TransferError(
-                    f"{url}: gave up after {attempt} attempts at byte {progress[0]} "
-                    f"({type(exc).__name__}: {exc})",
-                    url,
-                ) from exc
-        except botocore.exceptions.ClientError as exc:
-            if error_code(exc) in ("PreconditionFailed", "412"):
-                raise MetaflowS3TransferError(
-                    f"{url}: the object changed during the download (ETag no longer {etag})",
-                    url,
-                ) from exc
-            raise_translated(exc, url)
-        finally:
-            if verifier is not None and piece is not None:
-                verifier.took(piece)
+    with RetryClock() as clock:
+        while True:
+            piece = None
+            try:
+                await _exchange(
+                    engine, path, url, f"bytes={progress[0]}-{end}", etag, prepare, progress
+                )
+                return
+            except RESUMABLE as exc:
+                attempt += 1
+                if not await backoff(attempt, engine, clock.started):
+                    raise MetaflowS3TransferError(
+                        f"{url}: gave up after {attempt} attempts at byte {progress[0]} "
+                        f"({type(exc).__name__}: {exc})",
+                        url,
+                    ) from exc
+            except botocore.exceptions.ClientError as exc:
+                if error_code(exc) in ("PreconditionFailed", "412"):
+                    raise MetaflowS3TransferError(
+                        f"{url}: the object changed during the download (ETag no longer {etag})",
+                        url,
+                    ) from exc
+                raise_translated(exc, url)
+            finally:
+                if verifier is not None and piece is not None:
+                    verifier.took(piece)
 
 
 class _Piece:
@@ -599,31 +616,58 @@ async def fetch(
 
     try:
         range_header = None if verify and not ranged else first_range(brange, range_size)
-        attempt, started = 0, now()
-        while True:
-            try:
-                await _exchange(
-                    engine, path, url, range_header, None, prepare, progress, verify and not ranged
-                )
-                break
-            except botocore.exceptions.ClientError as exc:
-                # A whole-object read of an empty object: S3 refuses "bytes=0-N" with 416.
-                if brange is None and range_header and error_code(exc) in ("InvalidRange", "416"):
-                    range_header, ranged = None, False
-                    continue
-                raise
-            except RESUMABLE:
-                if first:  # the body broke off: resume below from the last byte received
+        asked_ranges = False
+        attempt = 0
+        with RetryClock() as clock:
+            while True:
+                try:
+                    await _exchange(
+                        engine,
+                        path,
+                        url,
+                        range_header,
+                        None,
+                        prepare,
+                        progress,
+                        verify and not ranged,
+                    )
                     break
-                if scout is not None:  # its first try failed: the others need not wait more
-                    engine.scouted(scout)
-                attempt += 1
-                if not await backoff(attempt, engine, started):
+                except botocore.exceptions.ClientError as exc:
+                    # A whole-object read of an empty object: S3 refuses "bytes=0-N" with 416.
+                    if (
+                        brange is None
+                        and range_header
+                        and error_code(exc) in ("InvalidRange", "416")
+                    ):
+                        range_header, ranged = None, False
+                        if asked_ranges:  # and unranged, it came without a length: a HEAD's
+                            empty = await head_object(engine, path, url)
+                            if empty.total:
+                                raise
+                            (await prepare(empty))[0].release()
+                            break
+                        continue
                     raise
-            finally:
-                if verifier is not None and piece is not None:
-                    verifier.took(piece)
-                    piece = None
+                except _LengthUnknown:
+                    # An unranged answer of unknown length (chunked or close-delimited): ask for
+                    # ranges instead, whose Content-Range tells the size (the checksum, if any,
+                    # then comes from a HEAD). Once: a server that ignores Range fails here.
+                    if range_header is not None or asked_ranges:
+                        raise
+                    asked_ranges, ranged = True, verify
+                    range_header = first_range(brange, range_size)
+                except RESUMABLE:
+                    if first:  # the body broke off: resume below from the last byte received
+                        break
+                    if scout is not None:  # its first try failed: the others need not wait more
+                        engine.scouted(scout)
+                    attempt += 1
+                    if not await backoff(attempt, engine, clock.started):
+                        raise
+                finally:
+                    if verifier is not None and piece is not None:
+                        verifier.took(piece)
+                        piece = None
         head = first[0]
         await engine.throttle(progress[0] - head.start)  # max_bandwidth: the first range
         if progress[0] <= head.end:
@@ -689,7 +733,7 @@ async def head_object(
 
             try:
                 return Head.from_response(await retrying(engine, one), url)
-            except botocore.exceptions.ClientError as exc:
+            except (botocore.exceptions.ClientError, ProtocolSurprise) as exc:
                 if not engine.transport.hand_over(exc, path.bucket, "HeadObject"):
                     raise
         kwargs: dict[str, Any] = {"ChecksumMode": "ENABLED"} if checksum else {}

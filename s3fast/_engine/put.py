@@ -30,6 +30,7 @@ from ..limits import MAX_PUT_OBJECT_SIZE, part_size_for
 from ..urls import S3Path
 from .checksums import CRC32, combined
 from .client import Engine, bounded_map, retrying
+from .http import ProtocolSurprise
 
 ABORT_TIMEOUT = 15.0
 _PRECONDITION = ("PreconditionFailed", "412", "ConditionalRequestConflict")
@@ -215,7 +216,7 @@ async def _put_single(
             try:
                 await retrying(engine, one)
                 return True
-            except botocore.exceptions.ClientError as exc:
+            except (botocore.exceptions.ClientError, ProtocolSurprise) as exc:
                 if not engine.transport.hand_over(exc, path.bucket, "PutObject"):
                     raise
         async with engine.slot(len(body)) as client:
@@ -286,7 +287,7 @@ async def _put_multipart(
                         engine,
                         lambda: http.upload_part(path.bucket, path.key, upload_id, number, data),
                     )
-                except botocore.exceptions.ClientError as exc:
+                except (botocore.exceptions.ClientError, ProtocolSurprise) as exc:
                     if not engine.transport.hand_over(exc, path.bucket, "UploadPart"):
                         raise
             resp: dict[str, Any] = await client.upload_part(
