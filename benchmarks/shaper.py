@@ -11,9 +11,10 @@ connection to ``--upstream`` until killed. Per connection:
   keep-alive connection's next request starts the clock again, so every request of a
   sequence pays it once (an ``Expect: 100-continue`` upload pays it twice: for the interim
   response, then after its body). A server slower than ``latency`` adds nothing more.
-- **Bandwidth.** A token bucket per direction (``rate`` bytes/s, ``burst`` bytes of credit),
-  enforced by pausing the socket it reads from: the kernel's buffers and TCP's own flow
-  control carry the back-pressure to the sender.
+- **Bandwidth.** A token bucket per direction (``rate`` bytes/s, ``burst`` bytes of credit,
+  full when the connection opens): what exceeds the credit waits, and the socket it came from
+  is not read meanwhile, so the kernel's buffers and TCP's flow control carry the
+  back-pressure to the sender.
 
 It knows nothing of HTTP beyond "the client spoke, then the server answered", so it works
 for any request/response protocol without pipelining (HTTP/1.1 clients do not pipeline). It
@@ -35,18 +36,25 @@ CHUNK_LIMIT = 256 * 1024  # write-buffer high-water mark before the reader is pa
 
 
 class _Bucket:
-    """Token bucket: ``delay(n)`` is how long to stop reading after forwarding ``n`` bytes."""
+    """Token bucket: ``rate`` bytes/s, at most ``burst`` bytes of credit (full at the start)."""
 
     def __init__(self, rate: float, burst: float) -> None:
         self.rate = rate
-        self.burst_s = burst / rate if rate else 0.0
-        self.t = 0.0  # when the bytes sent so far are paid for
+        self.burst = max(burst, 1.0)
+        self.tokens = self.burst
+        self.at = time.monotonic()
 
-    def delay(self, n: int, now: float) -> float:
-        if not self.rate:
-            return 0.0
-        self.t = max(self.t, now - self.burst_s) + n / self.rate
-        return self.t - now
+    def take(self, want: int, now: float) -> int:
+        """How many of ``want`` bytes may go now (and spend them)."""
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        n = min(want, int(self.tokens))
+        self.tokens -= n
+        return n
+
+    def wait(self, want: int) -> float:
+        """Seconds until ``want`` bytes (at most a burst) may go."""
+        return max(0.0, (min(want, self.burst) - self.tokens) / self.rate)
 
 
 class _Side(asyncio.Protocol):
@@ -62,6 +70,7 @@ class _Side(asyncio.Protocol):
         self._held: list[bytes] = []  # an answer's first bytes, held for the latency
         self._eof = False  # the other end sent EOF; forward it after what is held
         self._early: list[bytes] = []  # the client's bytes from before upstream connected
+        self._shaped: memoryview | None = None  # bytes waiting for the bucket's tokens
         self.closed = False
 
     # -- pausing reads for several reasons at once -------------------------------------------
@@ -120,19 +129,48 @@ class _Side(asyncio.Protocol):
         held, self._held = self._held, []
         for data in held:
             self._forward(data, time.monotonic())
-        if self._eof:
+        if self._eof and self._shaped is None:
             self._send_eof()
         self.resume("latency")
 
-    def _forward(self, data: bytes, now: float) -> None:
+    def _forward(self, data: bytes | memoryview, now: float) -> None:
         peer = self.peer
         if peer is None or peer.transport is None or peer.closed:
             return
-        peer.transport.write(data)
-        wait = self.bucket.delay(len(data), now)
-        if wait > 0.0005:
+        if not self.bucket.rate:
+            peer.transport.write(data)
+            return
+        if self._shaped is not None:  # (reading is paused meanwhile; keep the order anyway)
+            self._shaped = memoryview(bytes(self._shaped) + bytes(data))
+            return
+        n = self.bucket.take(len(data), now)
+        if n:
+            peer.transport.write(data if n == len(data) else memoryview(data)[:n])
+        if n < len(data):  # the rest waits for tokens; reading stops meanwhile
+            self._shaped = memoryview(data)[n:]
             self.pause("shape")
-            asyncio.get_running_loop().call_later(wait, self.resume, "shape")
+            self._schedule_shaped()
+
+    def _schedule_shaped(self) -> None:
+        assert self._shaped is not None
+        wait = max(self.bucket.wait(len(self._shaped)), 0.0005)
+        asyncio.get_running_loop().call_later(wait, self._send_shaped)
+
+    def _send_shaped(self) -> None:
+        rest, self._shaped = self._shaped, None
+        peer = self.peer
+        if rest is None or peer is None or peer.transport is None or peer.closed:
+            return
+        n = self.bucket.take(len(rest), time.monotonic())
+        if n:
+            peer.transport.write(rest[:n])
+        if n < len(rest):
+            self._shaped = rest[n:]
+            self._schedule_shaped()
+            return
+        if self._eof and not self._held:
+            self._send_eof()
+        self.resume("shape")
 
     def connected(self) -> None:
         """The upstream connection is up: forward what came before, read on."""
@@ -150,7 +188,7 @@ class _Side(asyncio.Protocol):
         self._eof = True
         if "connect" in self._pauses:
             return True  # (sent on connect)
-        if not self._held:
+        if not self._held and self._shaped is None:
             self._send_eof()
         return True  # keep the socket: the other direction may still be flowing
 
@@ -181,7 +219,10 @@ class _Side(asyncio.Protocol):
         peer = self.peer
         if peer is not None and peer.transport is not None and not peer.closed:
             held, self._held = self._held, []
-            for data in held:  # an answer still waiting out its latency: deliver it now
+            if self._shaped is not None:
+                held.insert(0, bytes(self._shaped))
+                self._shaped = None
+            for data in held:  # what still waits for latency or tokens: deliver it now
                 peer.transport.write(data)
             peer.transport.close()  # flushes what is buffered, then closes
         self.link.sides_open -= 1
