@@ -392,7 +392,14 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 client,
             ):
                 value = r.get(field) if r["status"] == "OK" else None
-                return float(value) if value is not None else None
+                if value is None:
+                    return None
+                out = _Measured(value)
+                if field == "rate" and r.get("rate_lo"):
+                    out.range = (r["rate_lo"], r["rate_hi"])
+                elif field == "ms_per_op":
+                    out.range = (r["wall_p25_s"] * 1000, r["wall_p75_s"] * 1000)
+                return out
         return None
 
     out = []
@@ -495,6 +502,7 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "client": client,
                         "target": name,
                         "value": value,
+                        "range": getattr(value, "range", None),
                         "relation": relation,
                         "bar": bar,
                         "basis": basis,
@@ -504,20 +512,30 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+class _Measured(float):
+    """A median, with its interquartile range where the row has one."""
+
+    range: tuple[float, float] | None = None
+
+
 def _times(factor: float, value: float | None) -> float | None:
     return factor * value if value is not None else None
 
 
 def target_table(entries: list[dict[str, Any]]) -> str:
     lines = [
-        "| network | profile | client | target | measured | bar (same run) | met |",
+        "| network | profile | client | target | measured (IQR) | bar (same run) | met |",
         "|---|---|---|---|---|---|---|",
     ]
     for e in entries:
         fmt = "{:,.3f}" if e["value"] < 10 else "{:,.2f}" if e["value"] < 1000 else "{:,.0f}"
+        measured = fmt.format(e["value"])
+        if e.get("range"):
+            lo, hi = e["range"]
+            measured += f" ({fmt.format(lo)}-{fmt.format(hi)})"
         lines.append(
-            f"| {e.get('network', 'loopback')} | {e['profile']} | {e['client']} | {e['target']} | {fmt.format(e['value'])} | "
-            f"{e['relation']} {fmt.format(e['bar'])} ({e['basis']}) | "
+            f"| {e.get('network', 'loopback')} | {e['profile']} | {e['client']} | {e['target']} "
+            f"| {measured} | {e['relation']} {fmt.format(e['bar'])} ({e['basis']}) | "
             f"{'yes' if e['met'] else '**no**'} |"
         )
     return "\n".join(lines)
