@@ -54,7 +54,7 @@ def run_s3fast_async(ctx: Ctx) -> None:
             urls = [ctx.url(k) for k in ctx.keys] if w != "put_files" else []
             if w in ("get_mem", "small"):
                 for _ in ctx.repeat():
-                    objs = None  # the last iteration's result is freed before the clock starts
+                    objs: Any = None  # the last iteration's result is freed before the clock starts
                     with ctx.timed():
                         objs = await s3.get_many(urls, in_memory=True)
                 ctx.check({ctx.key_of(o.url): o.blob for o in objs})
@@ -67,7 +67,7 @@ def run_s3fast_async(ctx: Ctx) -> None:
                 ctx.check({ctx.key_of(o.url): Path(str(o.path)) for o in objs})
             elif w == "get_big":
                 for _ in ctx.repeat():
-                    obj = None
+                    obj: Any = None
                     with ctx.timed():
                         obj = await s3.get(urls[0], in_memory=True)
                 ctx.check({ctx.key_of(obj.url): obj.blob})
@@ -156,7 +156,7 @@ def run_aiobotocore(ctx: Ctx) -> None:
             if w in ("get_mem", "small"):
                 keys = ctx.keys
                 for _ in ctx.repeat():
-                    blobs = None
+                    blobs: Any = None
                     with ctx.timed():
                         blobs = await bounded(n, read, keys)
                 ctx.check(dict(zip(keys, blobs, strict=True)))
@@ -251,7 +251,7 @@ def run_obstore(ctx: Ctx) -> None:
         if w in ("get_mem", "small"):
             keys = ctx.keys
             for _ in ctx.repeat():
-                blobs = None
+                blobs: Any = None
                 with ctx.timed():
                     blobs = await bounded(n, read, keys)
             ctx.check(dict(zip(keys, blobs, strict=True)))

@@ -20,7 +20,7 @@ def _metaflow_shaped(ctx: Ctx, s3: Any, urls: list[str]) -> None:
     """The workloads that s3fast.S3 and metaflow.S3 run with the very same calls."""
     w = ctx.workload
     if w == "get_files":
-        objs: list[Any] = []
+        objs: Any = []
         for _ in ctx.repeat():
             ctx.drop_files(o.path for o in objs)  # the last iteration's files, untimed
             with ctx.timed():
@@ -64,13 +64,13 @@ def run_s3fast_sync(ctx: Ctx) -> None:
         urls = [ctx.url(k) for k in ctx.keys] if w != "put_files" else []
         if w in ("get_mem", "small"):
             for _ in ctx.repeat():
-                objs = None  # the last iteration's result is freed before the clock starts
+                objs: Any = None  # the last iteration's result is freed before the clock starts
                 with ctx.timed():
                     objs = s3.get_many(urls, in_memory=True)
             ctx.check({ctx.key_of(o.url): o.blob for o in objs})
         elif w == "get_big":
             for _ in ctx.repeat():
-                obj = None
+                obj: Any = None
                 with ctx.timed():
                     obj = s3.get(urls[0], in_memory=True)
             ctx.check({ctx.key_of(obj.url): obj.blob})
@@ -101,7 +101,7 @@ def run_boto3(ctx: Ctx) -> None:
     if w in ("get_mem", "small"):
         keys = ctx.keys
         for _ in ctx.repeat():
-            blobs = None
+            blobs: Any = None
             with ctx.timed():
                 blobs = threads(
                     lambda k: s3.get_object(Bucket=ctx.bucket, Key=k)["Body"].read(), keys
@@ -127,7 +127,7 @@ def run_boto3(ctx: Ctx) -> None:
 
         key = ctx.keys[0]
         for _ in ctx.repeat():
-            buf = None
+            buf: Any = None
             with ctx.timed():
                 buf = io.BytesIO()
                 s3.download_fileobj(ctx.bucket, key, buf, Config=config)
@@ -176,7 +176,7 @@ def run_s3fs(ctx: Ctx) -> None:
     if w in ("get_mem", "small"):
         paths = [f"{b}/{k}" for k in ctx.keys]
         for _ in ctx.repeat():
-            got = None
+            got: Any = None
             with ctx.timed():
                 got = fs.cat(paths)
         ctx.check({p.removeprefix(f"{b}/"): v for p, v in got.items()})
@@ -236,14 +236,14 @@ def run_metaflow(ctx: Ctx) -> None:
             objs: list[Any] = []
             for _ in ctx.repeat():
                 ctx.drop_files(o.path for o in objs)
-                got = None
+                got: Any = None
                 with ctx.timed():
                     objs = s3.get_many(urls)
                     got = {ctx.key_of(o.url): o.blob for o in objs}
             ctx.check(got)
         elif w == "get_big":
             ctx.note = "one GET into a temp file, read inside the timing"
-            obj = None
+            obj: Any = None
             for _ in ctx.repeat():
                 if obj is not None:
                     ctx.drop_files([obj.path])

@@ -30,7 +30,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Any
+from typing import Any, cast
 
 CHUNK_LIMIT = 256 * 1024  # write-buffer high-water mark before the reader is paused
 
@@ -90,7 +90,8 @@ class _Side(asyncio.Protocol):
     # -- asyncio.Protocol -----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # (uvloop's is no subclass)
+        self.transport = cast(asyncio.Transport, transport)  # (uvloop's is no subclass)
+        transport = self.transport
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
