@@ -152,6 +152,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.min_time = args.min_time if args.min_time is not None else (0.0 if args.quick else 2.0)
     endpoint_given = bool(args.endpoint or args.bucket)
     explicit = network.parse(args.network, endpoint_given)
+    if explicit is not None and (args.sweep or args.scaling):
+        p.error("--network applies to the main run, not to --sweep or --scaling")
     args.networks_explicit = explicit is not None and not (args.sweep or args.scaling)
     if args.sweep or args.scaling:
         args.networks = [network.DIRECT if endpoint_given else "loopback"]
