@@ -19,6 +19,7 @@ per ``CUT_INTERVAL``, and grown back by one per window of successes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import os
@@ -28,7 +29,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -393,6 +394,69 @@ class _Slot:
         self._engine.limiter.release(exc, moved)
 
 
+# An upload body over TLS is held up to three times at once: the plain bytes, OpenSSL's
+# buffer of them encrypted, and the encrypted bytes read out of it for the socket (a body
+# written whole, as aiohttp and a connection without write flow control write it).
+TLS_COPIES = 3
+
+
+class ByteBudget:
+    """At most ``capacity`` bytes held at once (the upload buffers of one engine), granted
+    first come, first served. A request larger than the whole capacity is granted once
+    nothing else is held, so it proceeds alone and nothing deadlocks. Lives on one event
+    loop. ``async with budget.hold(n)``."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(1, capacity)
+        self.held = 0
+        self.peak = 0  # the most bytes held at once (for tests and monitoring)
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    def _fits(self, nbytes: int) -> bool:
+        return self.held == 0 or self.held + nbytes <= self.capacity
+
+    def _grant(self, nbytes: int) -> None:
+        self.held += nbytes
+        self.peak = max(self.peak, self.held)
+
+    async def acquire(self, nbytes: int) -> None:
+        if not self._waiters and self._fits(nbytes):
+            self._grant(nbytes)
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        entry = (nbytes, waiter)
+        self._waiters.append(entry)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release(nbytes)  # granted as we were cancelled: hand the bytes on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(entry)
+                self._wake()  # a big request that left the head may unblock smaller ones
+            raise
+
+    def release(self, nbytes: int) -> None:
+        self.held -= nbytes
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self._fits(self._waiters[0][0]):
+            nbytes, waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._grant(nbytes)
+                waiter.set_result(None)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, nbytes: int) -> AsyncIterator[None]:
+        await self.acquire(nbytes)
+        try:
+            yield
+        finally:
+            self.release(nbytes)
+
+
 class Bandwidth:
     """A token bucket for ``max_bandwidth``: each transfer reserves its bytes and waits until
     the reservations before it have been paid for at ``rate`` bytes/s (first come, first
@@ -440,6 +504,9 @@ class Engine:
         )
         rate = self.config.max_bandwidth
         self._bandwidth = Bandwidth(rate) if rate is not None else None
+        # Upload buffers in flight (parts read from files, TLS copies): within the memory
+        # budget whatever the part size, so big parts mean fewer of them at once.
+        self.upload_budget = ByteBudget(self.config.memory_budget)
         self._client: Any = None
         self._client_cm: Any = None
         self.limiter = AdaptiveLimiter(self.config.max_concurrency, self.concurrency)
@@ -555,6 +622,14 @@ class Engine:
         if inspect.isawaitable(frozen):
             frozen = await frozen
         return (frozen.access_key, frozen.secret_key, frozen.token)
+
+    def upload_cost(self, nbytes: int) -> int:
+        """Memory one upload body of ``nbytes`` takes while in flight, charged to
+        :attr:`upload_budget`: the bytes themselves, and over TLS their encrypted copy too (a
+        connection may encrypt a whole body into its write buffer at once)."""
+        client = self._client
+        tls = client is None or str(client.meta.endpoint_url).startswith("https:")
+        return nbytes * (TLS_COPIES if tls else 1)
 
     @property
     def region(self) -> str | None:

@@ -155,7 +155,9 @@ class _Conn(asyncio.BufferedProtocol):
         finally:
             self.waiter = None
 
-    async def head(self, request: bytes, body: bytes = b"") -> tuple[int, dict[str, str]]:
+    async def head(
+        self, request: bytes, body: bytes | memoryview = b""
+    ) -> tuple[int, dict[str, str]]:
         self.used, self.head_end, self.dest, self.received, self.want = 0, -1, None, 0, 0
         self.active = True
         assert self.transport is not None
@@ -479,7 +481,7 @@ class HttpGetter:
         self,
         bucket: str,
         key: str,
-        data: bytes,
+        data: bytes | memoryview,
         headers: dict[str, str],
         query: str = "",
         operation: str = "PutObject",
@@ -506,7 +508,7 @@ class HttpGetter:
             }
 
     async def upload_part(
-        self, bucket: str, key: str, upload_id: str, number: int, data: bytes
+        self, bucket: str, key: str, upload_id: str, number: int, data: bytes | memoryview
     ) -> dict[str, Any]:
         query = f"partNumber={number}&uploadId={quote(upload_id, safe='-_.~')}"
         return await self.put(bucket, key, data, {}, query, "UploadPart")
