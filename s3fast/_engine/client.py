@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import inspect
 import os
 import random
 import ssl
@@ -41,6 +40,7 @@ from aiobotocore.session import AioSession, get_session
 
 from ..config import TransferConfig
 from ..errors import error_code
+from .creds import Ask, Handed, current, handed_on
 from .http import HttpGetter, TransientHTTPError
 
 T = TypeVar("T")
@@ -485,17 +485,20 @@ class Engine:
         config: TransferConfig,
         endpoint_url: str | None,
         *,
-        credentials: tuple[str, str, str | None] | None = None,
+        credentials: Handed | None = None,
         region: str | None = None,
         ceiling: int | None = None,
+        ask: Ask | None = None,
     ) -> None:
         from .. import tuning  # lazily: ``python -m s3fast.tuning`` stays a clean entry point
 
         self.plan = tuning.plan(config)
         self.config = self.plan.config
         self.endpoint_url = resolve_endpoint(endpoint_url)
-        # Given by a parent process (worker processes): used as is, no credential chain.
+        # Handed on by the caller (worker processes, loop threads): no credential chain here;
+        # ``ask`` fetches the caller's current set when these come due (see creds.py).
         self._credentials = credentials
+        self._ask = ask
         self._region = region
         # Requests in flight start at the plan's number and may grow to its ceiling (a worker
         # process is given its share of its parent's).
@@ -579,7 +582,7 @@ class Engine:
         verify: bool | str | None = cfg.ca_bundle or (None if cfg.verify_ssl else False)
         keys: dict[str, Any] = {}
         if self._credentials is not None:
-            access, secret, token = self._credentials
+            access, secret, token, _ = self._credentials
             keys = {
                 "aws_access_key_id": access,
                 "aws_secret_access_key": secret,
@@ -605,23 +608,21 @@ class Engine:
             if shared:
                 _SESSION_LOCK.release()
         self._client_cm = cm
+        if self._credentials is not None and self._credentials[3] is not None:
+            # Expiring credentials: refreshed through the caller before they expire. Both
+            # transports sign with the signer's credentials object.
+            self._client._request_signer._credentials = handed_on(self._credentials, self._ask)
         self._client.meta.events.register_first("needs-retry.s3", self._botocore_retry)
         if cfg.transport == "http":
             self._http = HttpGetter(
                 self._client, ssl_context(cfg), (cfg.connect_timeout, cfg.read_timeout)
             )
 
-    async def frozen_credentials(self) -> tuple[str, str, str | None] | None:
-        """The client's credentials as they are now ``(access key, secret, token)``, resolved
-        through the chain once; None when there are none. Never logged."""
-        client = await self.client()
-        creds = client._request_signer._credentials
-        if creds is None:
-            return None
-        frozen = creds.get_frozen_credentials()
-        if inspect.isawaitable(frozen):
-            frozen = await frozen
-        return (frozen.access_key, frozen.secret_key, frozen.token)
+    async def frozen_credentials(self) -> Handed | None:
+        """The client's credentials as they are now ``(access key, secret, token, expiry)``,
+        refreshed first when they are due, to hand on to worker processes and loop threads;
+        None when there are none. Never logged."""
+        return await current(await self.client())
 
     def upload_cost(self, nbytes: int) -> int:
         """Memory one upload body of ``nbytes`` takes while in flight, charged to
