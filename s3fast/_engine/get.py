@@ -24,8 +24,10 @@ import contextlib
 import ctypes
 import dataclasses
 import errno
+import functools
 import mmap
 import os
+import re
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -173,10 +175,54 @@ class MemorySink:
         self.buf, self.blob = bytearray(), None
 
 
+# Filesystems where a successful ``posix_fallocate`` allocates every block for good, so that
+# writing through a memory map of the file can never find the disk full (which would be
+# SIGBUS, not an error): tmpfs reserves its pages, ext4/xfs allocate real (unwritten)
+# extents, ext2/ext3 get glibc's emulation, which writes every block. Elsewhere (copy-on-write
+# filesystems such as btrfs or ZFS, where an overwrite needs new blocks; network and FUSE
+# filesystems; overlay, whose upper layer is unknown) a download is written with ``pwrite``,
+# which reports a full disk as ENOSPC.
+MMAP_FILESYSTEMS = frozenset({"tmpfs", "ext2", "ext3", "ext4", "xfs"})
+
+
+@functools.lru_cache(maxsize=64)
+def filesystem_of(directory: str) -> str | None:
+    """The type of the filesystem ``directory`` is on (from ``/proc/self/mountinfo``), or
+    None where that cannot be told."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            mounts = f.read().splitlines()
+    except OSError:
+        return None
+    real = os.path.realpath(directory)
+    best, kind = "", None
+    for line in mounts:
+        fields, _, rest = line.partition(" - ")
+        parts = fields.split()
+        if len(parts) < 5 or not rest:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[4])
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):  # the last of equal mounts is on top
+            best, kind = point, rest.split()[0]
+    return kind
+
+
+def _can_map(directory: str) -> bool:
+    return hasattr(os, "posix_fallocate") and filesystem_of(directory) in MMAP_FILESYSTEMS
+
+
 class FileSink:
-    """A private temp file (``.part`` until complete, then renamed), its blocks allocated
-    up front (so a full disk fails before any byte is written, never half-way) and mapped
-    into memory, so bodies land in the page cache with one copy. Removed unless committed."""
+    """A private temp file (``.part`` until complete, then renamed). Removed unless
+    committed. A download that cannot get its space fails with ENOSPC (an
+    ``MetaflowS3InsufficientDiskSpace``), never with SIGBUS:
+
+    - where the filesystem really allocates what ``posix_fallocate`` asks for
+      (:data:`MMAP_FILESYSTEMS`), the file's blocks are allocated up front (a full disk fails
+      before any byte is written) and the file is mapped into memory, so bodies land in the
+      page cache with one copy;
+    - elsewhere, each range is received into a buffer of its own and written with ``pwrite``
+      when complete (one more copy; a full disk fails that write)."""
 
     def __init__(self, targets: Targets, url: str, tag: str = "") -> None:
         self.targets = targets
@@ -187,6 +233,7 @@ class FileSink:
         self.path: str | None = None
         self.token: int | None = None
         self.size = 0
+        self.buffers: dict[int, bytearray] = {}  # unmapped: offset -> a range in flight
 
     async def open(self, size: int) -> None:
         directory, self.token = self.targets.reserve(size, self.url)
@@ -194,7 +241,7 @@ class FileSink:
         self.path = self.targets.new_path(directory, self.url, self.tag)
         loop = asyncio.get_running_loop()
         part = self.path + ".part"
-        making = loop.run_in_executor(None, self._create, part, size)
+        making = loop.run_in_executor(None, self._create, part, size, _can_map(directory))
         try:
             self.fd, self.map = await asyncio.shield(making)
         except asyncio.CancelledError:
@@ -211,17 +258,17 @@ class FileSink:
             raise
 
     @staticmethod
-    def _create(part: str, size: int) -> tuple[int, mmap.mmap | None]:
+    def _create(part: str, size: int, mappable: bool) -> tuple[int, mmap.mmap | None]:
         fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            if not size:
+            if not size or not mappable:
                 return fd, None
             try:
                 os.posix_fallocate(fd, 0, size)
             except OSError as exc:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                    raise
-                os.ftruncate(fd, size)
+                    raise  # ENOSPC, EDQUOT: no room, nothing written
+                return fd, None  # not supported after all: written with pwrite
             return fd, mmap.mmap(fd, size)
         except BaseException:
             os.close(fd)
@@ -231,14 +278,28 @@ class FileSink:
     def view(self, offset: int, length: int) -> memoryview:
         if not length:
             return memoryview(bytearray())
-        assert self.map is not None
-        return memoryview(self.map)[offset : offset + length]
+        if self.map is not None:
+            return memoryview(self.map)[offset : offset + length]
+        for start, buf in self.buffers.items():  # a resumed range: the rest of its buffer
+            if start <= offset and offset + length <= start + len(buf):
+                return memoryview(buf)[offset - start : offset - start + length]
+        buf = self.buffers[offset] = bytearray(length)
+        return memoryview(buf)
 
     def settled(self, offset: int, length: int) -> None:
-        """Bytes ``offset..offset+length`` are complete: drop them from this process's
-        mapping (they stay in the file), so resident memory is bounded by what is in flight,
-        not by what was downloaded."""
-        if self.map is None or not length:
+        """Bytes ``offset..offset+length`` are complete. Mapped: drop them from this
+        process's mapping (they stay in the file), so resident memory is bounded by what is
+        in flight, not by what was downloaded. Unmapped: write them to the file (ENOSPC
+        raises here)."""
+        if not length:
+            return
+        if self.map is None:
+            buf = self.buffers.pop(offset)
+            assert len(buf) == length and self.fd is not None
+            with memoryview(buf) as view:
+                done = 0
+                while done < length:
+                    done += os.pwrite(self.fd, view[done:], offset + done)
             return
         page = mmap.PAGESIZE
         start = -(-offset // page) * page
@@ -249,6 +310,7 @@ class FileSink:
             self.map.madvise(mmap.MADV_DONTNEED, start, min(end, self.size) - start)
 
     def _close(self) -> None:
+        self.buffers.clear()
         mapped, self.map = self.map, None
         if mapped is not None:
             try:
@@ -261,6 +323,10 @@ class FileSink:
 
     async def commit(self) -> tuple[str | None, bytes | None]:
         assert self.path is not None
+        if self.map is None and self.fd is not None and self.size:
+            # Unmapped: every range was written; a short file means one was not.
+            if os.fstat(self.fd).st_size != self.size:
+                raise MetaflowS3TransferError(f"{self.url}: incomplete local file", self.url)
         self._close()
         await asyncio.get_running_loop().run_in_executor(
             None, os.rename, self.path + ".part", self.path
