@@ -241,7 +241,7 @@ class FileSink:
         self.path = self.targets.new_path(directory, self.url, self.tag)
         loop = asyncio.get_running_loop()
         part = self.path + ".part"
-        making = loop.run_in_executor(None, self._create, part, size, _can_map(directory))
+        making = loop.run_in_executor(None, self._create, part, size)
         try:
             self.fd, self.map = await asyncio.shield(making)
         except asyncio.CancelledError:
@@ -258,10 +258,10 @@ class FileSink:
             raise
 
     @staticmethod
-    def _create(part: str, size: int, mappable: bool) -> tuple[int, mmap.mmap | None]:
+    def _create(part: str, size: int) -> tuple[int, mmap.mmap | None]:
         fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            if not size or not mappable:
+            if not size or not _can_map(os.path.dirname(part)):
                 return fd, None
             try:
                 os.posix_fallocate(fd, 0, size)
