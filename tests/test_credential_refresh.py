@@ -169,11 +169,14 @@ def _calls(counter: str) -> int:
         return int(f.read())
 
 
-# A batch slowed by max_bandwidth to last several seconds past the first refresh: the whole
-# batch runs in the workers (or loop threads), none of it in the calling process.
+# A batch slowed by max_bandwidth to last several seconds past the first refresh, one
+# request at a time per worker (a download pays for its bandwidth after its body, so with
+# more in flight every GET would be signed at the start): the whole batch runs in the
+# workers (or loop threads), none of it in the calling process.
 COUNT = 24
 SIZE = 320 * KiB
 RATE = 1 * MiB  # bytes/s for the client as a whole: about 7.5 s for the batch
+SLOW = TransferConfig(processes=2, max_bandwidth=RATE, max_concurrency=2)
 
 
 def test_worker_processes_sign_with_refreshed_credentials(
@@ -186,8 +189,7 @@ def test_worker_processes_sign_with_refreshed_credentials(
         with open(path, "wb") as f:
             f.write(blob)
         paths.append((key, path))
-    config = TransferConfig(processes=2, max_bandwidth=RATE)
-    with S3(s3root=f"s3://{seaweed_bucket}/up", config=config) as s3:
+    with S3(s3root=f"s3://{seaweed_bucket}/up", config=SLOW) as s3:
         s3.list_paths()  # the calling process's credentials resolved (call 1)
         assert _calls(rotating) == 1
         tap.signed.clear()
@@ -213,8 +215,7 @@ def test_loop_threads_sign_with_refreshed_credentials(
     rotating: str, tap: KeyTap, seaweed: Server, seaweed_bucket: str
 ) -> None:
     blobs = seaweed.seed(seaweed_bucket, {f"down/g{i:02d}": os.urandom(SIZE) for i in range(COUNT)})
-    config = TransferConfig(processes=2, max_bandwidth=RATE)
-    with S3(s3root=f"s3://{seaweed_bucket}/down", config=config) as s3:
+    with S3(s3root=f"s3://{seaweed_bucket}/down", config=SLOW) as s3:
         s3.list_paths()
         assert _calls(rotating) == 1
         tap.signed.clear()
