@@ -218,3 +218,75 @@ def test_a_1gib_put_with_128mib_parts_stays_within_the_memory_budget(
         client.delete_object(Bucket=bucket, Key=f"big-{mode}")  # type: ignore[attr-defined]
     finally:
         client.close()  # type: ignore[attr-defined]
+
+
+_BATCH = textwrap.dedent(
+    """
+    import os, sys
+    from s3fast import S3, TransferConfig
+
+    folder, s3root, budget = sys.argv[1:4]
+
+    def rss(field):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+        raise AssertionError(field)
+
+    config = TransferConfig(
+        memory_budget=int(budget), multipart_threshold=1 << 30, max_concurrency=8
+    )
+    with S3(s3root=s3root, config=config) as s3:
+        s3.put("warm", b"warm")
+        baseline = rss("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        done = s3.put_files([(name, os.path.join(folder, name)) for name in sorted(os.listdir(folder))])
+        peak = rss("VmHWM")
+        print(len(done), baseline, peak)
+    """
+)
+
+FILES, FILE_SIZE, BATCH_BUDGET = 8, 64 * MiB, 128 * MiB
+
+
+@pytest.mark.parametrize("server", ["seaweedfs", "seaweedfs-https"], indirect=True)
+def test_a_batch_of_single_puts_shares_one_budget(
+    server: Server, bucket: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Eight 64 MiB files, each one PutObject (below a 1 GiB multipart threshold), eight
+    requests allowed in flight: the budget (128 MiB) lets two bodies be read at a time, not
+    eight (512 MiB)."""
+    folder = tmp_path_factory.mktemp("batch")
+    block = os.urandom(1 * MiB)
+    for n in range(FILES):
+        with open(folder / f"f{n}", "wb") as f:
+            for _ in range(FILE_SIZE // MiB):
+                f.write(block)
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", _BATCH, str(folder), f"s3://{bucket}/b", str(BATCH_BUDGET)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=os.environ,
+        )
+    finally:
+        for n in range(FILES):
+            os.unlink(folder / f"f{n}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    count, baseline, peak = map(int, out.stdout.split())
+    assert count == FILES
+    limit = BATCH_BUDGET + OVERHEAD
+    if server.ca_bundle and "pause_writing" not in vars(_Conn):
+        limit = max(limit, FILE_SIZE * TLS_COPIES + OVERHEAD)  # one body at a time
+    assert peak - baseline <= limit, f"grew {(peak - baseline) // MiB} MiB, limit {limit // MiB}"
+    client = server.client()
+    try:
+        listed = client.list_objects_v2(Bucket=bucket, Prefix="b/f")  # type: ignore[attr-defined]
+        assert [o["Size"] for o in listed["Contents"]] == [FILE_SIZE] * FILES
+        for n in range(FILES):
+            client.delete_object(Bucket=bucket, Key=f"b/f{n}")  # type: ignore[attr-defined]
+    finally:
+        client.close()  # type: ignore[attr-defined]
