@@ -29,6 +29,7 @@ import mmap
 import os
 import re
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -164,7 +165,7 @@ class MemorySink:
         return memoryview(self.buf)[offset : offset + length]
 
     def settled(self, offset: int, length: int) -> None:
-        pass
+        return None
 
     async def commit(self) -> tuple[str | None, bytes | None]:
         blob = self.blob if self.blob is not None else bytes(self.buf)
@@ -178,11 +179,15 @@ class MemorySink:
 # Filesystems where a successful ``posix_fallocate`` allocates every block for good, so that
 # writing through a memory map of the file can never find the disk full (which would be
 # SIGBUS, not an error): tmpfs reserves its pages, ext4/xfs allocate real (unwritten)
-# extents, ext2/ext3 get glibc's emulation, which writes every block. Elsewhere (copy-on-write
+# extents, ext2/ext3 get glibc's emulation, which writes every block; overlay (containers'
+# file systems) passes it to its upper layer, which Docker and containerd keep on ext4 or xfs.
+# The blocks are checked after the call too (``st_blocks``). Elsewhere (copy-on-write
 # filesystems such as btrfs or ZFS, where an overwrite needs new blocks; network and FUSE
-# filesystems; overlay, whose upper layer is unknown) a download is written with ``pwrite``,
-# which reports a full disk as ENOSPC.
-MMAP_FILESYSTEMS = frozenset({"tmpfs", "ext2", "ext3", "ext4", "xfs"})
+# filesystems) a download is written with ``pwrite``, which reports a full disk as ENOSPC.
+MMAP_FILESYSTEMS = frozenset({"tmpfs", "ext2", "ext3", "ext4", "xfs", "overlay"})
+
+
+SPARE_BUFFERS = 4  # unmapped: range buffers a download keeps for reuse
 
 
 @functools.lru_cache(maxsize=64)
@@ -234,6 +239,8 @@ class FileSink:
         self.token: int | None = None
         self.size = 0
         self.buffers: dict[int, bytearray] = {}  # unmapped: offset -> a range in flight
+        self.lock = threading.Lock()  # unmapped: ``fd`` between the loop and the writes
+        self.spare: list[bytearray] = []  # unmapped: written ranges' buffers, for reuse
 
     async def open(self, size: int) -> None:
         directory, self.token = self.targets.reserve(size, self.url)
@@ -269,6 +276,8 @@ class FileSink:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                     raise  # ENOSPC, EDQUOT: no room, nothing written
                 return fd, None  # not supported after all: written with pwrite
+            if os.fstat(fd).st_blocks * 512 < size:
+                return fd, None  # reported, not allocated (compressed zeros, say): pwrite
             return fd, mmap.mmap(fd, size)
         except BaseException:
             os.close(fd)
@@ -283,24 +292,24 @@ class FileSink:
         for start, buf in self.buffers.items():  # a resumed range: the rest of its buffer
             if start <= offset and offset + length <= start + len(buf):
                 return memoryview(buf)[offset - start : offset - start + length]
-        buf = self.buffers[offset] = bytearray(length)
+        spare = next((i for i, b in enumerate(self.spare) if len(b) == length), None)
+        buf = self.spare.pop(spare) if spare is not None else bytearray(length)
+        self.buffers[offset] = buf
         return memoryview(buf)
 
-    def settled(self, offset: int, length: int) -> None:
+    def settled(self, offset: int, length: int) -> asyncio.Future[None] | None:
         """Bytes ``offset..offset+length`` are complete. Mapped: drop them from this
         process's mapping (they stay in the file), so resident memory is bounded by what is
-        in flight, not by what was downloaded. Unmapped: write them to the file (ENOSPC
-        raises here)."""
+        in flight, not by what was downloaded. Unmapped: a future for writing them to the
+        file on a thread (ENOSPC raises there), which the caller awaits."""
         if not length:
-            return
+            return None
         if self.map is None:
             buf = self.buffers.pop(offset)
-            assert len(buf) == length and self.fd is not None
-            with memoryview(buf) as view:
-                done = 0
-                while done < length:
-                    done += os.pwrite(self.fd, view[done:], offset + done)
-            return
+            assert len(buf) == length
+            writing = asyncio.get_running_loop().run_in_executor(None, self._write, buf, offset)
+            writing.add_done_callback(lambda done: self._spare(done, buf))
+            return writing
         page = mmap.PAGESIZE
         start = -(-offset // page) * page
         end = offset + length
@@ -308,16 +317,42 @@ class FileSink:
             end = end // page * page
         if end > start:
             self.map.madvise(mmap.MADV_DONTNEED, start, min(end, self.size) - start)
+        return None
+
+    def _spare(self, written: asyncio.Future[None], buf: bytearray) -> None:
+        """A written range's buffer, kept for the next range (its pages already faulted in);
+        not one whose write was cancelled (its thread may still be reading it)."""
+        if written.cancelled() or written.exception() is not None:
+            return
+        if len(self.spare) < SPARE_BUFFERS and self.fd is not None:
+            self.spare.append(buf)
+
+    def _write(self, buf: bytearray, offset: int) -> None:
+        """On a thread: ``buf`` into the file at ``offset``, through a descriptor of its own
+        (a discard may close the sink's meanwhile; a write it no longer wants is skipped)."""
+        with self.lock:
+            if self.fd is None:
+                return
+            fd = os.dup(self.fd)
+        try:
+            with memoryview(buf) as view:
+                done = 0
+                while done < len(buf):
+                    done += os.pwrite(fd, view[done:], offset + done)
+        finally:
+            os.close(fd)
 
     def _close(self) -> None:
         self.buffers.clear()
+        self.spare.clear()
         mapped, self.map = self.map, None
         if mapped is not None:
             try:
                 mapped.close()
             except BufferError:  # a view is still alive; the map closes when it is collected
                 pass
-        fd, self.fd = self.fd, None
+        with self.lock:
+            fd, self.fd = self.fd, None
         if fd is not None:
             os.close(fd)
 
@@ -348,6 +383,13 @@ class FileSink:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(name)
             self._release()
+
+
+def _pwrite_all(fd: int, buf: bytearray, offset: int) -> None:
+    with memoryview(buf) as view:
+        done = 0
+        while done < len(buf):
+            done += os.pwrite(fd, view[done:], offset + done)
 
 
 def _drop_made(made: asyncio.Future[tuple[int, mmap.mmap | None]], part: str) -> None:
@@ -591,7 +633,9 @@ class _Verifier:
             else:
                 with self.sink.view(start - self.base, length) as view:
                     self.pieces[start] = (self.expected.algorithm.of(view), length)
-        self.sink.settled(start - self.base, length)
+        writing = self.sink.settled(start - self.base, length)
+        if writing is not None:
+            await writing
 
     def mismatch(self, url: str) -> str | None:
         """None if the bytes match (or there is nothing to compare with), else why not."""
@@ -706,7 +750,9 @@ async def fetch(
             if verifier is not None:
                 await verifier.settle(start, end)
             else:
-                sink.settled(start - head.start, end + 1 - start)
+                writing = sink.settled(start - head.start, end + 1 - start)
+                if writing is not None:
+                    await writing
             if counted is not None:
                 counted(end + 1 - start)
 

@@ -226,8 +226,8 @@ class _StagedSink:
     def view(self, offset: int, length: int) -> memoryview:
         return cast(memoryview, self._sink.view(offset, length))
 
-    def settled(self, offset: int, length: int) -> None:
-        self._sink.settled(offset, length)
+    def settled(self, offset: int, length: int) -> asyncio.Future[None] | None:
+        return cast("asyncio.Future[None] | None", self._sink.settled(offset, length))
 
     async def commit(self) -> tuple[str | None, bytes | None]:
         return cast(tuple[str | None, bytes | None], await self._sink.commit())
