@@ -1131,7 +1131,13 @@ def _source(obj: Any, url: str | None, key: Any) -> Source:
     if isinstance(obj, bytes):
         return Source(data=obj)
     if isinstance(obj, bytearray | memoryview):
-        return Source(data=bytes(obj))
+        # Sent from the caller's memory, not copied. A view pins a bytearray's size (resizing
+        # it raises BufferError until the upload ends); bytes changed in place mid-upload no
+        # longer match the checksum sent with them, and the server refuses them.
+        view = memoryview(obj)
+        if not view.c_contiguous:
+            return Source(data=view.tobytes())
+        return Source(data=view.cast("B") if view.format != "B" or view.ndim != 1 else view)
     raise MetaflowS3InvalidObject(
         f"Object corresponding to the key '{getattr(key, 'key', key)}' is not a string or a "
         f"bytes object{where}: got {type(obj).__name__}",

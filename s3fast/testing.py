@@ -49,6 +49,7 @@ class Identity:
 
 ADMIN = Identity("s3fast-admin", "s3fast-admin-secret")
 READER = Identity("s3fast-reader", "s3fast-reader-secret")
+WRITER = Identity("s3fast-writer", "s3fast-writer-secret")  # a second read-write identity
 
 
 def free_ports(n: int) -> list[int]:
@@ -117,6 +118,13 @@ class SeaweedFS:
                     "name": "admin",
                     "credentials": [{"accessKey": ADMIN.access_key, "secretKey": ADMIN.secret_key}],
                     "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                },
+                {
+                    "name": "writer",
+                    "credentials": [
+                        {"accessKey": WRITER.access_key, "secretKey": WRITER.secret_key}
+                    ],
+                    "actions": ["Read", "Write", "List", "Tagging"],
                 },
                 {
                     "name": "reader",

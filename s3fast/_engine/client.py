@@ -20,15 +20,15 @@ per ``CUT_INTERVAL``, and grown back by one per window of successes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
-import inspect
 import os
 import random
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -41,6 +41,7 @@ from aiobotocore.session import AioSession, get_session
 from .. import _fork
 from ..config import TransferConfig
 from ..errors import error_code
+from .creds import Ask, Handed, current, handed_on
 from .http import HttpGetter, ProtocolSurprise, TransientHTTPError
 from .transport import Transport
 
@@ -400,6 +401,69 @@ class _Slot:
         self._engine.limiter.release(exc, moved)
 
 
+# An upload body that botocore sends over TLS is held up to three times at once: the plain
+# bytes, OpenSSL's buffer of them encrypted, and the encrypted bytes read out of it for the
+# socket (aiohttp writes a body whole; the lean path writes slices under flow control).
+TLS_COPIES = 3
+
+
+class ByteBudget:
+    """At most ``capacity`` bytes held at once (the upload buffers of one engine), granted
+    first come, first served. A request larger than the whole capacity is granted once
+    nothing else is held, so it proceeds alone and nothing deadlocks. Lives on one event
+    loop. ``async with budget.hold(n)``."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(1, capacity)
+        self.held = 0
+        self.peak = 0  # the most bytes held at once (for tests and monitoring)
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    def _fits(self, nbytes: int) -> bool:
+        return self.held == 0 or self.held + nbytes <= self.capacity
+
+    def _grant(self, nbytes: int) -> None:
+        self.held += nbytes
+        self.peak = max(self.peak, self.held)
+
+    async def acquire(self, nbytes: int) -> None:
+        if not self._waiters and self._fits(nbytes):
+            self._grant(nbytes)
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        entry = (nbytes, waiter)
+        self._waiters.append(entry)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release(nbytes)  # granted as we were cancelled: hand the bytes on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(entry)
+                self._wake()  # a big request that left the head may unblock smaller ones
+            raise
+
+    def release(self, nbytes: int) -> None:
+        self.held -= nbytes
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self._fits(self._waiters[0][0]):
+            nbytes, waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._grant(nbytes)
+                waiter.set_result(None)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, nbytes: int) -> AsyncIterator[None]:
+        await self.acquire(nbytes)
+        try:
+            yield
+        finally:
+            self.release(nbytes)
+
+
 class Bandwidth:
     """A token bucket for ``max_bandwidth``: each transfer reserves its bytes and waits until
     the reservations before it have been paid for at ``rate`` bytes/s (first come, first
@@ -428,17 +492,20 @@ class Engine:
         config: TransferConfig,
         endpoint_url: str | None,
         *,
-        credentials: tuple[str, str, str | None] | None = None,
+        credentials: Handed | None = None,
         region: str | None = None,
         ceiling: int | None = None,
+        ask: Ask | None = None,
     ) -> None:
         from .. import tuning  # lazily: ``python -m s3fast.tuning`` stays a clean entry point
 
         self.plan = tuning.plan(config)
         self.config = self.plan.config
         self.endpoint_url = resolve_endpoint(endpoint_url)
-        # Given by a parent process (worker processes): used as is, no credential chain.
+        # Handed on by the caller (worker processes, loop threads): no credential chain here;
+        # ``ask`` fetches the caller's current set when these come due (see creds.py).
         self._credentials = credentials
+        self._ask = ask
         self._region = region
         # Requests in flight start at the plan's number and may grow to its ceiling (a worker
         # process is given its share of its parent's).
@@ -447,6 +514,9 @@ class Engine:
         )
         rate = self.config.max_bandwidth
         self._bandwidth = Bandwidth(rate) if rate is not None else None
+        # Upload buffers in flight (parts read from files, TLS copies): within the memory
+        # budget whatever the part size, so big parts mean fewer of them at once.
+        self.upload_budget = ByteBudget(self.config.memory_budget)
         self._client: Any = None
         self._client_cm: Any = None
         self.limiter = AdaptiveLimiter(self.config.max_concurrency, self.concurrency)
@@ -519,7 +589,7 @@ class Engine:
         verify: bool | str | None = cfg.ca_bundle or (None if cfg.verify_ssl else False)
         keys: dict[str, Any] = {}
         if self._credentials is not None:
-            access, secret, token = self._credentials
+            access, secret, token, _ = self._credentials
             keys = {
                 "aws_access_key_id": access,
                 "aws_secret_access_key": secret,
@@ -545,23 +615,32 @@ class Engine:
             if shared:
                 _SESSION_LOCK.release()
         self._client_cm = cm
+        if self._credentials is not None and self._credentials[3] is not None:
+            # Expiring credentials: refreshed through the caller before they expire. Both
+            # transports sign with the signer's credentials object.
+            self._client._request_signer._credentials = handed_on(self._credentials, self._ask)
         self._client.meta.events.register_first("needs-retry.s3", self._botocore_retry)
         self._client.meta.events.register_first("request-created.s3", _botocore_sent)
         await self.transport.start(
             self._client, cfg.transport == "http", (cfg.connect_timeout, cfg.read_timeout)
         )
 
-    async def frozen_credentials(self) -> tuple[str, str, str | None] | None:
-        """The client's credentials as they are now ``(access key, secret, token)``, resolved
-        through the chain once; None when there are none. Never logged."""
+    async def frozen_credentials(self) -> Handed | None:
+        """The client's credentials as they are now ``(access key, secret, token, expiry)``,
+        refreshed first when they are due, to hand on to worker processes and loop threads;
+        None when there are none. Never logged."""
+        return await current(await self.client())
+
+    async def upload_cost(self, nbytes: int, bucket: str, operation: str) -> int:
+        """Memory one upload body of ``nbytes`` takes while in flight, charged to
+        :attr:`upload_budget`: the bytes themselves, and when botocore sends it over TLS their
+        encrypted copies too (aiohttp encrypts a whole body into its write buffer at once; the
+        lean path writes a slice at a time under flow control)."""
         client = await self.client()
-        creds = client._request_signer._credentials
-        if creds is None:
-            return None
-        frozen = creds.get_frozen_credentials()
-        if inspect.isawaitable(frozen):
-            frozen = await frozen
-        return (frozen.access_key, frozen.secret_key, frozen.token)
+        if not str(client.meta.endpoint_url).startswith("https:"):
+            return nbytes
+        lean = await self.lean(bucket, operation) is not None
+        return nbytes if lean else nbytes * TLS_COPIES
 
     @property
     def region(self) -> str | None:

@@ -742,7 +742,7 @@ class HttpGetter:
         self,
         bucket: str,
         key: str,
-        data: bytes,
+        data: bytes | memoryview,
         headers: dict[str, str],
         query: str = "",
         operation: str = "PutObject",
@@ -773,7 +773,7 @@ class HttpGetter:
             }
 
     async def upload_part(
-        self, bucket: str, key: str, upload_id: str, number: int, data: bytes
+        self, bucket: str, key: str, upload_id: str, number: int, data: bytes | memoryview
     ) -> dict[str, Any]:
         query = f"partNumber={number}&uploadId={quote(upload_id, safe='-_.~')}"
         return await self.put(bucket, key, data, {}, query, "UploadPart")
