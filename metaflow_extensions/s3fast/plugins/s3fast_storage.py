@@ -9,8 +9,9 @@ what core writes, and runs written by either are read by the other.
 What differs is how the calls are made:
 
 - One ``s3fast.S3`` per process and datastore root serves every call (core makes a metaflow.S3
-  per call); its connections stay open between calls. A forked child makes its own and
-  leaves its parent's alone.
+  per call); its connections stay open between calls. In a forked child (Metaflow's
+  ``parallel_map``, multiprocessing) the same client works: s3fast gives the child its own
+  loop and connections, and its temp files go inside the parent's temp dir.
 - Every batch goes out as one concurrent ``*_many`` call (core uploads and downloads ten
   objects or fewer one at a time), and an upload batch is cut into slices of about
   :data:`PUT_SLICE_BYTES` so that a step's artifacts are not all held in memory at once.
@@ -53,7 +54,6 @@ _announce_lock = threading.Lock()
 
 _clients: dict[tuple[str, ...], S3] = {}
 _clients_lock = threading.Lock()
-_inherited: list[S3] = []  # a forked child's copies of its parent's clients: never used
 
 
 def announce() -> None:
@@ -126,23 +126,6 @@ def _close_clients() -> None:
     for client in clients:
         with contextlib.suppress(Exception):
             client.close()
-
-
-def _after_fork_in_child() -> None:
-    """A forked child makes its own clients: the parent's (loop thread, sockets, temp dir)
-    stay the parent's, kept referenced here and never closed, nor their temp dirs removed
-    when the child exits."""
-    global _clients_lock
-    _clients_lock = threading.Lock()
-    for client in _clients.values():
-        finalizer = getattr(client, "_finalizer", None)
-        if finalizer is not None:
-            finalizer.detach()
-        _inherited.append(client)
-    _clients.clear()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _RemoveFiles:
