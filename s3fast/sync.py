@@ -44,6 +44,8 @@ class S3:
         If ``run`` is not given, use this as the S3 prefix.
     encryption : str, optional
         Server-side encryption for uploads.
+    role, session_vars, client_params, external_client, inject_failure_rate
+        metaflow.S3's keywords (keyword only); see :class:`~s3fast.AsyncS3`.
     endpoint_url : str, optional
         S3 endpoint (keyword only).
     config : TransferConfig, optional
@@ -59,6 +61,11 @@ class S3:
         s3root: str | None = None,
         encryption: str | None = None,
         *,
+        role: str | None = None,
+        session_vars: dict[str, Any] | None = None,
+        client_params: dict[str, Any] | None = None,
+        external_client: Any = None,
+        inject_failure_rate: int | None = None,
         endpoint_url: str | None = None,
         config: TransferConfig | None = None,
     ) -> None:
@@ -69,6 +76,11 @@ class S3:
             run,
             s3root,
             encryption,
+            role=role,
+            session_vars=session_vars,
+            client_params=client_params,
+            external_client=external_client,
+            inject_failure_rate=inject_failure_rate,
             endpoint_url=endpoint_url,
             config=config,
         )

@@ -25,22 +25,21 @@ import os
 import random
 import ssl
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import aiohttp
 import botocore.exceptions
-from aiobotocore.config import AioConfig
 from aiobotocore.httpsession import AIOHTTPSession
-from aiobotocore.session import AioSession, get_session
 
 from ..config import TransferConfig
 from ..errors import error_code
+from .faults import FaultInjector
 from .http import HttpGetter, TransientHTTPError
+from .session import ClientSpec, client_config, create_client
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -60,25 +59,18 @@ class _Session(AIOHTTPSession):
         super().__init__(*args, connector_args=connector_args, **kw)
 
 
-_SESSION: AioSession | None = None  # for engines given credentials: see Engine._start
-_SESSION_LOCK = threading.Lock()
-
-
-def _shared_session() -> AioSession:
-    global _SESSION
-    with _SESSION_LOCK:
-        if _SESSION is None:
-            _SESSION = get_session()
-        return _SESSION
-
-
 ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "METAFLOW_S3_ENDPOINT_URL")
 
 
-def ssl_context(cfg: TransferConfig) -> ssl.SSLContext:
-    """Certificates verified by default: against ``ca_bundle``, else ``AWS_CA_BUNDLE``, else
-    the system store. Turning verification off is explicit (``verify_ssl=False``)."""
-    return _ssl_context(cfg.ca_bundle or os.environ.get("AWS_CA_BUNDLE"), cfg.verify_ssl)
+def ssl_context(cfg: TransferConfig, verify: bool | str | None = None) -> ssl.SSLContext:
+    """Certificates verified by default: against ``ca_bundle``, else a ``verify`` path
+    (``client_params``, Metaflow's ``S3_VERIFY_CERTIFICATE``), else ``AWS_CA_BUNDLE``, else
+    the system store. Turning verification off is explicit (``verify_ssl=False``, or
+    ``verify=False``)."""
+    cafile = cfg.ca_bundle or (verify if isinstance(verify, str) else None)
+    return _ssl_context(
+        cafile or os.environ.get("AWS_CA_BUNDLE"), cfg.verify_ssl and verify is not False
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -424,15 +416,27 @@ class Engine:
         credentials: tuple[str, str, str | None] | None = None,
         region: str | None = None,
         ceiling: int | None = None,
+        spec: ClientSpec | None = None,
     ) -> None:
         from .. import tuning  # lazily: ``python -m s3fast.tuning`` stays a clean entry point
 
         self.plan = tuning.plan(config)
         self.config = self.plan.config
         self.endpoint_url = resolve_endpoint(endpoint_url)
-        # Given by a parent process (worker processes): used as is, no credential chain.
-        self._credentials = credentials
-        self._region = region
+        # How the client is made (metaflow.S3's keywords); ``credentials`` and ``region``, given
+        # by a parent (worker processes, loop threads), are used as is: no credential chain.
+        spec = spec or ClientSpec()
+        if credentials is not None:
+            spec = replace(spec, keys=credentials, credentials=None, role=None)
+        if region is not None:
+            spec = replace(spec, region=region)
+        self.spec = spec
+        self._region = spec.region
+        self.faults = (
+            FaultInjector(spec.inject_failure_rate, self.config.max_attempts)
+            if spec.inject_failure_rate > 0
+            else None
+        )
         # Requests in flight start at the plan's number and may grow to its ceiling (a worker
         # process is given its share of its parent's).
         self.concurrency = max(
@@ -495,53 +499,40 @@ class Engine:
         return self._client
 
     async def _start(self) -> None:
-        session: AioSession = _shared_session() if self._credentials is not None else get_session()
         cfg = self.config
-        aio_cfg = AioConfig(
-            max_pool_connections=self.concurrency,
-            connect_timeout=cfg.connect_timeout,
-            read_timeout=cfg.read_timeout,
-            retries={"max_attempts": cfg.max_attempts, "mode": "standard"},
-            s3={"addressing_style": "path"} if self.endpoint_url else None,
-            signature_version="s3v4",
-            tcp_keepalive=True,
-            http_session_cls=_Session,
-        )
-        region = self._region or session.get_config_variable("region") or "us-east-1"
+        spec = self.spec
         # None: botocore's own lookup (AWS_CA_BUNDLE, the profile's ca_bundle, certifi)
         verify: bool | str | None = cfg.ca_bundle or (None if cfg.verify_ssl else False)
-        keys: dict[str, Any] = {}
-        if self._credentials is not None:
-            access, secret, token = self._credentials
-            keys = {
-                "aws_access_key_id": access,
-                "aws_secret_access_key": secret,
-                "aws_session_token": token,
-            }
-        # Engines given credentials (worker processes, loop threads) share one session, so
-        # botocore's models are loaded once per process, not once per loop (~40 ms each);
-        # botocore sessions are not thread-safe, so clients are made from it one at a time.
-        shared = session is _SESSION
-        if shared:
-            _SESSION_LOCK.acquire()
-        try:
-            cm = session.create_client(
-                "s3",
-                endpoint_url=self.endpoint_url,
-                region_name=region,
-                config=aio_cfg,
-                verify=verify,
-                **keys,
-            )
-            self._client = await cm.__aenter__()
-        finally:
-            if shared:
-                _SESSION_LOCK.release()
+        if verify is None:
+            verify = spec.verify if spec.verify is not True else None
+        path_style = self.endpoint_url is not None and not spec.custom_addressing
+        aio_cfg = client_config(
+            spec,
+            {
+                "max_pool_connections": self.concurrency,
+                "connect_timeout": cfg.connect_timeout,
+                "read_timeout": cfg.read_timeout,
+                "retries": {"max_attempts": cfg.max_attempts, "mode": "standard"},
+                "s3": {"addressing_style": "path"} if path_style else None,
+                "tcp_keepalive": True,
+                "http_session_cls": _Session,
+            },
+            {"signature_version": "s3v4"},
+        )
+        cm, self._client = await create_client(
+            spec, endpoint_url=self.endpoint_url, verify=verify, config=aio_cfg
+        )
         self._client_cm = cm
         self._client.meta.events.register_first("needs-retry.s3", self._botocore_retry)
-        if cfg.transport == "http":
+        if self.faults is not None:
+            self._client.meta.events.register_first("before-send.s3", self.faults.before_send)
+        # Unsigned requests (a public bucket) go through botocore, which knows how.
+        if cfg.transport == "http" and aio_cfg.signature_version is not botocore.UNSIGNED:
             self._http = HttpGetter(
-                self._client, ssl_context(cfg), (cfg.connect_timeout, cfg.read_timeout)
+                self._client,
+                ssl_context(cfg, verify),
+                (cfg.connect_timeout, cfg.read_timeout),
+                faults=self.faults,
             )
 
     async def frozen_credentials(self) -> tuple[str, str, str | None] | None:

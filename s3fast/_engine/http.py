@@ -378,9 +378,14 @@ class HttpGetter:
     """GETs over pooled keep-alive connections to the endpoints botocore addresses."""
 
     def __init__(
-        self, client: Any, ssl_context: ssl.SSLContext | None, timeouts: tuple[float, float]
+        self,
+        client: Any,
+        ssl_context: ssl.SSLContext | None,
+        timeouts: tuple[float, float],
+        faults: Any = None,
     ) -> None:
         self._client = client
+        self._faults = faults  # a FaultInjector (inject_failure_rate), asked per request
         self._signer = _Signer(
             client._request_signer._credentials, client.meta.region_name or "us-east-1"
         )
@@ -446,6 +451,8 @@ class HttpGetter:
         scheme, host, port, prefix = await self._address(bucket)
         host_header = host if port in (80, 443) else f"{host}:{port}"
         path = prefix + quote(key, safe="/~") if key else prefix.rstrip("/") or "/"
+        if self._faults is not None:
+            self._faults.check(method, f"{host_header}{path}?{query}", extra.get("range", ""))
         request = await self._signer.sign(method, host_header, path, extra, query, payload)
         return (scheme, host, port), request
 

@@ -109,6 +109,7 @@ class Loops:
                 credentials=creds,
                 region=self.engine.region,
                 ceiling=ceiling,
+                spec=self.engine.spec.portable(self.engine.region),
             )
             slot.creds = creds
         return slot.engine
