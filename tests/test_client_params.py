@@ -16,7 +16,7 @@ import pytest
 from botocore import UNSIGNED
 from botocore.config import Config
 
-from s3fast import S3, AsyncS3, MetaflowS3AccessDenied
+from s3fast import S3, AsyncS3, MetaflowS3AccessDenied, MetaflowS3Exception, TransferConfig
 from s3fast.testing import ADMIN, READER
 
 from .conftest import Server
@@ -176,3 +176,26 @@ def test_unknown_keywords_raise_type_error() -> None:
         S3(client_params={"endpoint": "http://x"})
     with pytest.raises(TypeError, match="external_client"):
         S3(external_client=object())
+
+
+def test_verify_from_client_params_and_metaflow(
+    empty_env: pathlib.Path,
+    seaweed_https: Server,
+    weed_bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``verify`` (a CA bundle) from ``client_params``, or Metaflow's
+    ``S3_VERIFY_CERTIFICATE``, checks the server's certificate on every transport."""
+    seaweed_https.seed(weed_bucket, {"tls/k": b"secure"})
+    root = f"s3://{weed_bucket}/tls"
+    with S3(s3root=root, client_params=params(seaweed_https)) as s3:
+        with pytest.raises(MetaflowS3Exception, match=r"(?i)certificate|TLS|SSL"):
+            s3.get("k")  # a self-signed CA that nothing names
+    for transport in ("http", "botocore"):
+        config = TransferConfig(transport=transport)
+        given = {**params(seaweed_https), "verify": seaweed_https.ca_bundle}
+        with S3(s3root=root, client_params=given, config=config) as s3:
+            assert s3.get("k").blob == b"secure"
+    monkeypatch.setenv("METAFLOW_S3_VERIFY_CERTIFICATE", str(seaweed_https.ca_bundle))
+    with S3(s3root=root, client_params=params(seaweed_https)) as s3:
+        assert s3.get("k").blob == b"secure"
