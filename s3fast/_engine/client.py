@@ -35,11 +35,21 @@ import aiohttp
 import botocore.exceptions
 from aiobotocore.httpsession import AIOHTTPSession
 
+from .. import _bridge
 from ..config import TransferConfig
 from ..errors import error_code
 from .faults import FaultInjector
 from .http import HttpGetter, TransientHTTPError
-from .session import ClientSpec, client_config, create_client
+from .session import (
+    CURRENT_ENGINE,
+    ClientSpec,
+    SharedClient,
+    client_config,
+    create_client,
+    lease,
+    release,
+    shared_key,
+)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -446,6 +456,7 @@ class Engine:
         self._bandwidth = Bandwidth(rate) if rate is not None else None
         self._client: Any = None
         self._client_cm: Any = None
+        self._lease: SharedClient | None = None
         self.limiter = AdaptiveLimiter(self.config.max_concurrency, self.concurrency)
         self.retries = 0  # requests retried (the engine's, and botocore's)
         self.gave_up = 0  # requests that ran out of attempts or time
@@ -490,6 +501,9 @@ class Engine:
             self._scouted = None  # the next download scouts again
 
     async def client(self) -> Any:
+        # botocore's hooks on a shared client find the engine of the request here (the
+        # caller's task, which makes the request right after this).
+        CURRENT_ENGINE.set(self)
         if self._client is None:
             if self._start_lock is None:
                 self._start_lock = asyncio.Lock()
@@ -519,21 +533,48 @@ class Engine:
             },
             {"signature_version": "s3v4"},
         )
-        cm, self._client = await create_client(
-            spec, endpoint_url=self.endpoint_url, verify=verify, config=aio_cfg
-        )
-        self._client_cm = cm
+        lean = cfg.transport == "http" and aio_cfg.signature_version is not botocore.UNSIGNED
+        timeouts = (cfg.connect_timeout, cfg.read_timeout)
+
+        async def make() -> tuple[Any, Any, HttpGetter | None]:
+            cm, client = await create_client(
+                spec, endpoint_url=self.endpoint_url, verify=verify, config=aio_cfg
+            )
+            # Unsigned requests (a public bucket) go through botocore, which knows how.
+            http = (
+                HttpGetter(client, ssl_context(cfg, verify), timeouts, faults=self.faults)
+                if lean
+                else None
+            )
+            return cm, client, http
+
+        if self.faults is None and _bridge.in_loop_thread():
+            # On s3fast's own loop (the sync API): the client of the last context with the
+            # same settings, its connections still open.
+            key = shared_key(
+                spec,
+                self.endpoint_url,
+                verify,
+                cfg.transport,
+                timeouts,
+                cfg.max_attempts,
+                cfg.ca_bundle,
+                cfg.verify_ssl,
+                self.concurrency,
+            )
+
+            async def make_shared() -> tuple[Any, Any, HttpGetter | None]:
+                cm, client, http = await make()
+                client.meta.events.register_first("needs-retry.s3", _botocore_retry)
+                return cm, client, http
+
+            self._lease = await lease(key, make_shared)
+            self._client, self._http = self._lease.client, self._lease.http
+            return
+        self._client_cm, self._client, self._http = await make()
         self._client.meta.events.register_first("needs-retry.s3", self._botocore_retry)
         if self.faults is not None:
             self._client.meta.events.register_first("before-send.s3", self.faults.before_send)
-        # Unsigned requests (a public bucket) go through botocore, which knows how.
-        if cfg.transport == "http" and aio_cfg.signature_version is not botocore.UNSIGNED:
-            self._http = HttpGetter(
-                self._client,
-                ssl_context(cfg, verify),
-                (cfg.connect_timeout, cfg.read_timeout),
-                faults=self.faults,
-            )
 
     async def frozen_credentials(self) -> tuple[str, str, str | None] | None:
         """The client's credentials as they are now ``(access key, secret, token)``, resolved
@@ -625,12 +666,22 @@ class Engine:
                 await asyncio.sleep(delay)
 
     async def close(self) -> None:
+        if self._lease is not None:  # the shared client stays open for the next engine
+            release(self._lease)
+            self._lease, self._http, self._client = None, None, None
+            return
         if self._http is not None:
             self._http.close()
             self._http = None
         cm, self._client_cm, self._client = self._client_cm, None, None
         if cm is not None:
             await cm.__aexit__(None, None, None)
+
+
+def _botocore_retry(**kwargs: Any) -> bool | None:
+    """A shared client's ``needs-retry`` hook: the hook of the engine making the request."""
+    engine = CURRENT_ENGINE.get(None)
+    return engine._botocore_retry(**kwargs) if engine is not None else None
 
 
 # Failures that a (ranged) re-request can resume: broken bodies, 5xx answers, timeouts.

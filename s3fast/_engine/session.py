@@ -19,6 +19,8 @@ client's leaks into another's requests.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextvars
 import getpass
 import inspect
 import os
@@ -363,3 +365,110 @@ async def create_client(
     if creds is not None and spec.keys is None:
         client._request_signer._credentials = creds
     return cm, client
+
+
+# --- started clients shared on s3fast's own event loop --------------------------------------
+
+CURRENT_ENGINE: contextvars.ContextVar[Any] = contextvars.ContextVar("s3fast_engine")
+MAX_SHARED_CLIENTS = 8
+
+
+class SharedClient:
+    """A started client (and its lean transport) that engines of the same settings borrow in
+    turn: made once, its keep-alive connections reused by the next ``S3`` context. botocore's
+    hooks find the engine a request belongs to through :data:`CURRENT_ENGINE`."""
+
+    def __init__(self, key: tuple[Any, ...], cm: Any, client: Any, http: Any) -> None:
+        self.key = key
+        self.cm = cm
+        self.client = client
+        self.http = http
+        self.users = 0
+
+    async def close(self) -> None:
+        if self.http is not None:
+            self.http.close()
+        await self.cm.__aexit__(None, None, None)
+
+
+# Only on s3fast's own loop (the sync API's), which lives as long as the process: a client on
+# a caller's loop would outlive that loop. Touched only from that loop's thread.
+_SHARED: OrderedDict[tuple[Any, ...], SharedClient] = OrderedDict()
+_SHARED_LOOP: list[asyncio.AbstractEventLoop] = []
+_ABANDONED: list[Any] = []  # a forked child's copies of its parent's clients: never touched
+
+
+def shared_key(spec: ClientSpec, *settings: Any) -> tuple[Any, ...]:
+    """What a shared client is for: the session, the credentials, the region, the user's
+    Config, and ``settings`` (endpoint, certificate check, the engine's pool and timeouts)."""
+    options = getattr(spec.config, "_user_provided_options", None)
+    return (
+        session_key(spec),
+        spec.keys,
+        spec.role,
+        id(spec.credentials) if spec.credentials is not None else None,
+        spec.region,
+        repr(sorted(options.items())) if options else None,
+        settings,
+    )
+
+
+async def lease(key: tuple[Any, ...], make: Any) -> SharedClient:
+    """The shared client for ``key`` (made by ``await make()`` if there is none), with one
+    more user. Idle clients beyond :data:`MAX_SHARED_CLIENTS` are closed."""
+    shared = _SHARED.get(key)
+    if shared is None:
+        cm, client, http = await make()
+        shared = _SHARED.get(key)  # made meanwhile by another engine of the loop
+        if shared is None:
+            shared = _SHARED[key] = SharedClient(key, cm, client, http)
+            if not _SHARED_LOOP:
+                _SHARED_LOOP.append(asyncio.get_running_loop())
+                atexit.register(_close_at_exit)
+        else:
+            await SharedClient(key, cm, client, http).close()
+    _SHARED.move_to_end(key)
+    shared.users += 1
+    idle = [s for s in _SHARED.values() if s.users == 0]
+    while len(_SHARED) > MAX_SHARED_CLIENTS and idle:
+        old = idle.pop(0)
+        del _SHARED[old.key]
+        await old.close()
+    return shared
+
+
+def release(shared: SharedClient) -> None:
+    shared.users -= 1
+
+
+async def close_shared() -> None:
+    """Close every idle shared client (on s3fast's loop)."""
+    for key, shared in list(_SHARED.items()):
+        if shared.users == 0:
+            del _SHARED[key]
+            await shared.close()
+
+
+def _close_at_exit() -> None:
+    loop = _SHARED_LOOP[0] if _SHARED_LOOP else None
+    if loop is None or loop.is_closed() or not loop.is_running() or not _SHARED:
+        return
+    try:
+        asyncio.run_coroutine_threadsafe(close_shared(), loop).result(5)
+    except Exception:  # the loop is going away with the process anyway
+        pass
+
+
+def _after_fork_in_child() -> None:
+    """The parent's clients and sockets are not this process's: forget them (never closed
+    here: that would close the parent's connections' other end state)."""
+    global _CLIENT_LOCK, _TABLE_LOCK
+    _ABANDONED.append(list(_SHARED.values()))
+    _SHARED.clear()
+    _SHARED_LOOP.clear()
+    _CLIENT_LOCK = threading.Lock()
+    _TABLE_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
