@@ -449,12 +449,18 @@ async def close_shared() -> None:
             await shared.close()
 
 
-def _close_at_exit() -> None:
+def close_idle_clients(timeout: float = 10.0) -> None:
+    """From any thread but s3fast's loop: close the idle shared clients now (their next
+    context starts with new connections)."""
     loop = _SHARED_LOOP[0] if _SHARED_LOOP else None
     if loop is None or loop.is_closed() or not loop.is_running() or not _SHARED:
         return
+    asyncio.run_coroutine_threadsafe(close_shared(), loop).result(timeout)
+
+
+def _close_at_exit() -> None:
     try:
-        asyncio.run_coroutine_threadsafe(close_shared(), loop).result(5)
+        close_idle_clients(5.0)
     except Exception:  # the loop is going away with the process anyway
         pass
 
