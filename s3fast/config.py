@@ -216,26 +216,62 @@ class ResolvedConfig(TransferConfig):
 # --- Metaflow's settings, read the way Metaflow reads them ----------------------------------
 
 _log = logging.getLogger(__name__)
-_METAFLOW: list[Any] = []  # [module or None], once looked up
+_METAFLOW: list[bool] = []  # [is metaflow installed?], once looked up
+_FILES: dict[tuple[str | None, ...], bool] = {}  # does metaflow have settings files, per place
 _METAFLOW_LOCK = threading.Lock()
 _UNSET = object()
 
 
+def _metaflow_files() -> bool:
+    """Is there anything besides the environment that metaflow would read its settings from:
+    a config file (``$METAFLOW_HOME/config.json``, ``config_$METAFLOW_PROFILE.json``), a
+    project's ``.metaflow/config.json`` above the working directory, or Metaflow extensions?"""
+    home = os.environ.get("METAFLOW_HOME", "~/.metaflowconfig")
+    profile = os.environ.get("METAFLOW_PROFILE")
+    if profile or os.path.exists(os.path.expanduser(os.path.join(home, "config.json"))):
+        return True  # (a profile that is not there: metaflow's own error says so)
+    here = os.getcwd()
+    while True:
+        if os.path.exists(os.path.join(here, ".metaflow", "config.json")):
+            return True
+        parent = os.path.dirname(here)
+        if parent == here:
+            break
+        here = parent
+    return importlib.util.find_spec("metaflow_extensions") is not None
+
+
 def _metaflow_config() -> Any:
-    """``metaflow.metaflow_config`` when metaflow is installed (imported on first use, never
-    at s3fast's import: it is slow, and it reads the environment and Metaflow's config file
-    as it is imported), else None."""
+    """``metaflow.metaflow_config`` when metaflow is installed and has settings beyond the
+    environment (see :func:`_metaflow_files`), else None. Imported on first use, never at
+    s3fast's import: it is slow (~0.5 s), and it reads its files as it is imported. Without
+    files, the environment alone gives what metaflow would (so no import is needed)."""
+    module = sys.modules.get("metaflow.metaflow_config")
+    if module is not None:
+        return module
     if not _METAFLOW:
         with _METAFLOW_LOCK:
             if not _METAFLOW:
-                module = None
-                if importlib.util.find_spec("metaflow") is not None:
-                    try:
-                        module = importlib.import_module("metaflow.metaflow_config")
-                    except Exception as exc:  # a broken install or config: use the environment
-                        _log.warning("metaflow's configuration could not be read: %s", exc)
-                _METAFLOW.append(module)
-    return _METAFLOW[0]
+                _METAFLOW.append(importlib.util.find_spec("metaflow") is not None)
+    if not _METAFLOW[0]:
+        return None
+    key = (
+        os.environ.get("METAFLOW_HOME"),
+        os.environ.get("METAFLOW_PROFILE"),
+        os.environ.get("HOME"),
+        os.getcwd(),
+    )
+    found = _FILES.get(key)
+    if found is None:
+        found = _FILES[key] = _metaflow_files()
+    if not found:
+        return None
+    try:
+        return importlib.import_module("metaflow.metaflow_config")
+    except Exception as exc:  # a broken install or config: use the environment
+        _log.warning("metaflow's configuration could not be read: %s", exc)
+        _METAFLOW[0] = False
+        return None
 
 
 def metaflow_setting(name: str, default: Any = None) -> Any:
@@ -322,18 +358,23 @@ def s3_encryption() -> str | None:
 
 def datatools_root() -> str | None:
     """The root of ``run=`` addresses: ``S3FAST_DATATOOLS_S3ROOT``, else Metaflow's
-    ``DATATOOLS_S3ROOT``, which Metaflow derives from ``DATASTORE_SYSROOT_S3`` +
-    ``/`` + ``DATATOOLS_SUFFIX`` (``data``) when unset."""
-    if os.environ.get("S3FAST_DATATOOLS_S3ROOT"):
-        return os.environ["S3FAST_DATATOOLS_S3ROOT"]
-    if os.environ.get("METAFLOW_DATATOOLS_S3ROOT"):
-        return os.environ["METAFLOW_DATATOOLS_S3ROOT"]
+    ``DATATOOLS_S3ROOT``, which Metaflow derives from ``DATASTORE_SYSROOT_S3`` + ``/`` +
+    ``DATATOOLS_SUFFIX`` (``data``) when it is not set itself."""
+    for name in ("S3FAST_DATATOOLS_S3ROOT", "METAFLOW_DATATOOLS_S3ROOT"):
+        if os.environ.get(name):
+            return os.environ[name]
     sysroot = os.environ.get("METAFLOW_DATASTORE_SYSROOT_S3")
-    if sysroot:  # set now: derive as Metaflow does (its import-time value may be older)
+    module = _metaflow_config()
+    if module is not None and (
+        not sysroot or getattr(module, "DATASTORE_SYSROOT_S3", None) == sysroot
+    ):
+        value = getattr(module, "DATATOOLS_S3ROOT", None)  # the config file's, or derived
+        if value:
+            return str(value)
+    if sysroot:  # set since metaflow read its configuration: derive it as Metaflow does
         suffix = metaflow_setting("DATATOOLS_SUFFIX", "data")
         return sysroot.rstrip("/") + "/" + str(suffix)
-    value = metaflow_setting("DATATOOLS_S3ROOT")
-    return str(value) if value else None
+    return None
 
 
 def metaflow_tempdir() -> str | None:

@@ -94,7 +94,8 @@ class S3:
         self.close()
 
     def close(self) -> None:
-        """Delete every file downloaded in this scope and close connections."""
+        """Delete every file downloaded in this scope. Its keep-alive connections stay open
+        for the next ``S3`` with the same settings in this process."""
         if not self._aio._closed:
             try:
                 _bridge.run(self._aio.close())
