@@ -169,3 +169,66 @@ def test_without_metaflow_only_the_environment(
     out = _run(home, weed_bucket, "no-metaflow", METAFLOW_S3_ENDPOINT_URL=seaweed.endpoint_url)
     assert out["blob"] == "via s3root"
     assert "DATATOOLS_S3ROOT" in out["run_error"]
+
+
+PROVIDER_SCRIPT = r"""
+import json, sys
+import boto3
+import metaflow.plugins
+from s3fast import S3
+
+bucket, endpoint, access, secret = sys.argv[1:5]
+asked = []
+
+
+class Provider:
+    name = "s3fast-test-provider"
+
+    @staticmethod
+    def get_client(module, with_error=False, role_arn=None, session_vars=None, client_params=None):
+        asked.append([module, role_arn])
+        client = boto3.client(
+            module, endpoint_url=endpoint, region_name="us-east-1",
+            aws_access_key_id=access, aws_secret_access_key=secret,
+        )
+        return (client, Exception) if with_error else client
+
+
+metaflow.plugins.AWS_CLIENT_PROVIDERS.append(Provider)
+with S3(s3root=f"s3://{bucket}/provided", role="arn:aws:iam::123456789012:role/r") as s3:
+    s3.put("k", b"through the provider")
+    blob = s3.get("k").blob.decode()
+print(json.dumps({"blob": blob, "asked": asked}))
+"""
+
+
+def test_metaflow_aws_client_provider(
+    tmp_path: pathlib.Path, seaweed: Server, weed_bucket: str
+) -> None:
+    """``METAFLOW_DEFAULT_AWS_CLIENT_PROVIDER`` naming another provider: it makes the client
+    (given the role), and s3fast signs with that client's credentials, at its endpoint."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "PYTHONPATH": str(ROOT),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "USERNAME": "s3fast-tests",
+        "METAFLOW_DEFAULT_AWS_CLIENT_PROVIDER": "s3fast-test-provider",
+    }
+    args = [weed_bucket, seaweed.endpoint_url, ADMIN.access_key, ADMIN.secret_key]
+    proc = subprocess.run(
+        [sys.executable, "-c", PROVIDER_SCRIPT, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=str(home),
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {
+        "blob": "through the provider",
+        "asked": [["s3", "arn:aws:iam::123456789012:role/r"]],
+    }
