@@ -199,3 +199,31 @@ def test_verify_from_client_params_and_metaflow(
     monkeypatch.setenv("METAFLOW_S3_VERIFY_CERTIFICATE", str(seaweed_https.ca_bundle))
     with S3(s3root=root, client_params=params(seaweed_https)) as s3:
         assert s3.get("k").blob == b"secure"
+
+
+def test_user_config_merges_under_s3fast_settings() -> None:
+    """From a user's botocore Config, the options s3fast does not own win (proxies,
+    addressing style, signature version); the pool, timeouts and retries are s3fast's."""
+    from s3fast._engine.session import client_config, spec_from
+
+    user = Config(
+        proxies={"https": "http://proxy.example:3128"},
+        s3={"addressing_style": "virtual"},
+        connect_timeout=99,
+        retries={"max_attempts": 1},
+    )
+    spec, endpoint = spec_from(client_params={"config": user, "endpoint_url": "http://x:1"})
+    assert endpoint == "http://x:1"
+    owned = {
+        "connect_timeout": 3.0,
+        "retries": {"max_attempts": 5, "mode": "standard"},
+        "s3": {"addressing_style": "path"},
+    }
+    merged = client_config(spec, owned, {"signature_version": "s3v4"})
+    assert merged.proxies == {"https": "http://proxy.example:3128"}
+    assert merged.s3 == {"addressing_style": "virtual"}
+    assert merged.connect_timeout == 3.0
+    assert merged.retries == {"max_attempts": 5, "mode": "standard"}
+    assert merged.signature_version == "s3v4"
+    unsigned, _ = spec_from(client_params={"config": {"signature_version": UNSIGNED}})
+    assert client_config(unsigned, {}, {"signature_version": "s3v4"}).signature_version is UNSIGNED

@@ -91,6 +91,7 @@ class ClientSpec:
     region: str | None = None
     verify: bool | str | None = None
     config: Any = None
+    client_args: tuple[tuple[str, Any], ...] = ()  # use_ssl, api_version, aws_account_id
     keys: tuple[str, str, str | None] | None = None
     credentials: Any = None
     role: str | None = None
@@ -139,13 +140,13 @@ def spec_from(
     keys: tuple[str, str, str | None] | None = None
     if access is not None and secret is not None:
         keys = (str(access), str(secret), params.get("aws_session_token"))
-    verify = params.get("verify")
-    if params.get("use_ssl") is False:
-        verify = False if verify is None else verify
     spec = ClientSpec(
         region=params.get("region_name"),
-        verify=verify,
+        verify=params.get("verify"),
         config=config,
+        client_args=tuple(
+            (k, params[k]) for k in ("use_ssl", "api_version", "aws_account_id") if k in params
+        ),
         keys=keys,
         role=role,
         session_vars=_frozen_vars(session_vars),
@@ -325,10 +326,9 @@ def client_config(
     user = {**(defaults or {}), **(getattr(spec.config, "_user_provided_options", None) or {})}
     for name in OWNED_OPTIONS:
         user.pop(name, None)
-    if user.get("s3") is not None and owned.get("s3"):
-        user["s3"] = {**owned["s3"], **user["s3"]}  # the user's addressing style wins
-        owned = {k: v for k, v in owned.items() if k != "s3"}
-    return AioConfig(**{**user, **owned})
+    owned = dict(owned)
+    s3 = {**(owned.pop("s3", None) or {}), **(user.pop("s3", None) or {})}  # the user's wins
+    return AioConfig(**user, **owned, s3=s3 or None)
 
 
 async def create_client(
@@ -360,6 +360,7 @@ async def create_client(
             config=config,
             verify=verify,
             **keys,
+            **dict(spec.client_args),
         )
         client = await cm.__aenter__()
     if creds is not None and spec.keys is None:
@@ -408,6 +409,7 @@ def shared_key(spec: ClientSpec, *settings: Any) -> tuple[Any, ...]:
         spec.role,
         id(spec.credentials) if spec.credentials is not None else None,
         spec.region,
+        spec.client_args,
         repr(sorted(options.items())) if options else None,
         settings,
     )
