@@ -127,3 +127,29 @@ def test_failure_injection_gets_its_own_client(seaweed: Server, seaweed_bucket: 
         for _ in range(20):
             assert s3.get("k").blob == b"z"
         assert s3.stats.retries == 0
+
+
+def test_rewritten_credentials_file_is_read_again(
+    seaweed: Server, seaweed_bucket: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """Credentials rewritten in the shared credentials file (a login tool, a rotation) are
+    what the next context signs with, as with a new metaflow.S3."""
+    from s3fast.testing import ADMIN
+
+    creds = tmp_path / "credentials"
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
+    root = f"s3://{seaweed_bucket}"
+    creds.write_text(
+        f"[default]\naws_access_key_id = {READER.access_key}\n"
+        f"aws_secret_access_key = {READER.secret_key}\n"
+    )
+    with S3(s3root=root) as s3, pytest.raises(MetaflowS3AccessDenied):
+        s3.put("k", b"reader")
+    creds.write_text(
+        f"[default]\naws_access_key_id = {ADMIN.access_key}\n"
+        f"aws_secret_access_key = {ADMIN.secret_key}\n# rotated\n"
+    )
+    with S3(s3root=root) as s3:
+        s3.put("k", b"admin")

@@ -6,7 +6,7 @@ round trip:
 
 - one botocore data loader per data path: service models are parsed once, not per client;
 - botocore sessions, keyed by what changes them: the session variables, the ``AWS_*``
-  environment and ``HOME`` (where the config and credentials files are);
+  environment, ``HOME``, and the config and credentials files' modification times;
 - assumed-role credentials, per role, session and event loop, refreshed by botocore before
   they expire (an asyncio lock guards each refresh, so they are not shared across loops).
 
@@ -215,10 +215,24 @@ _ROLES: weakref.WeakKeyDictionary[
 loads = 0  # botocore sessions made (each loads what its loader has not)
 
 
+def _stamp(path: str) -> tuple[float, int] | None:
+    try:
+        st = os.stat(os.path.expanduser(path))
+    except OSError:
+        return None
+    return (st.st_mtime, st.st_size)
+
+
 def _environment_key() -> tuple[Any, ...]:
+    """What a session depends on besides its variables: the ``AWS_*`` environment, ``HOME``,
+    and the config and credentials files as they are now (edited, or rewritten by a login
+    tool: a new session reads them again, as a new metaflow.S3 would)."""
+    env = os.environ
     return (
-        os.environ.get("HOME"),
-        tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_"))),
+        env.get("HOME"),
+        tuple(sorted((k, v) for k, v in env.items() if k.startswith("AWS_"))),
+        _stamp(env.get("AWS_CONFIG_FILE") or "~/.aws/config"),
+        _stamp(env.get("AWS_SHARED_CREDENTIALS_FILE") or "~/.aws/credentials"),
     )
 
 
