@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+# The unit tests: no server, no network; well under a minute.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m unit
+
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from ._engine.client import TransferStats
 from .aio import AsyncS3
 from .config import TransferConfig
 from .errors import (
@@ -22,7 +23,7 @@ from .progress import Progress
 from .sharding import shard
 from .sync import S3
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one version source: pyproject.toml reads it
 
 __all__ = [
     "AsyncS3",
@@ -41,6 +42,7 @@ __all__ = [
     "S3Object",
     "S3PutObject",
     "TransferConfig",
+    "TransferStats",
     "__version__",
     "shard",
 ]

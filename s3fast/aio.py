@@ -207,6 +207,21 @@ class AsyncS3:
         maximum), throttled answers, limit cuts, retries and requests given up."""
         return self._engine.stats()
 
+    async def transport_for(self, bucket: str | None = None) -> str:
+        """The path this client's requests for ``bucket`` (default: the bucket of
+        ``s3root``) take: ``"lean"``, s3fast's own HTTP/1.1 path, or ``"botocore"``.
+
+        The lean path takes GET, HEAD, PUT, UploadPart and ListObjectsV2 requests when it can
+        send exactly the request botocore would send (same endpoint, signing region and name,
+        proxy and certificates); it is decided at a bucket's first use (now, if not yet
+        used), and a redirect or other protocol surprise sends the bucket to botocore."""
+        self._check_open()
+        if bucket is None:
+            if not self._s3root:
+                raise ValueError("transport_for() needs a bucket: this client has no s3root")
+            bucket = parse(self._s3root, need_key=False).bucket
+        return await self._engine.transport_for(bucket)
+
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("this S3 client is closed")

@@ -111,6 +111,11 @@ class S3:
         """Counters of this client's engine. See :attr:`AsyncS3.stats`."""
         return self._aio.stats
 
+    def transport_for(self, bucket: str | None = None) -> str:
+        """``"lean"`` or ``"botocore"``: the path requests for ``bucket`` take. See
+        :meth:`AsyncS3.transport_for`."""
+        return _bridge.run(self._aio.transport_for(bucket))
+
     def get(
         self,
         key: Any = None,

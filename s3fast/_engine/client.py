@@ -19,11 +19,9 @@ per ``CUT_INTERVAL``, and grown back by one per window of successes.
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import os
 import random
-import ssl
 import sys
 import time
 from collections import deque
@@ -50,6 +48,7 @@ from .session import (
     release,
     shared_key,
 )
+from .transport import Transport
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -70,28 +69,6 @@ class _Session(AIOHTTPSession):
 
 
 ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "METAFLOW_S3_ENDPOINT_URL")
-
-
-def ssl_context(cfg: TransferConfig, verify: bool | str | None = None) -> ssl.SSLContext:
-    """Certificates verified by default: against ``ca_bundle``, else a ``verify`` path
-    (``client_params``, Metaflow's ``S3_VERIFY_CERTIFICATE``), else ``AWS_CA_BUNDLE``, else
-    the system store. Turning verification off is explicit (``verify_ssl=False``, or
-    ``verify=False``)."""
-    cafile = cfg.ca_bundle or (verify if isinstance(verify, str) else None)
-    return _ssl_context(
-        cafile or os.environ.get("AWS_CA_BUNDLE"), cfg.verify_ssl and verify is not False
-    )
-
-
-@functools.lru_cache(maxsize=8)
-def _ssl_context(cafile: str | None, verify: bool) -> ssl.SSLContext:
-    """One context per CA bundle (loading one costs ~20 ms), shared by the engines of this
-    process (contexts are safe to share between threads)."""
-    ctx = ssl.create_default_context(cafile=cafile)
-    if not verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 def resolve_endpoint(endpoint_url: str | None) -> str | None:
@@ -194,7 +171,14 @@ class AdaptiveLimiter:
       one probe step per window (not below the start) until latency is back in range.
     """
 
-    def __init__(self, start: int, maximum: int | None = None) -> None:
+    def __init__(
+        self,
+        start: int,
+        maximum: int | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock  # seconds; injectable so tests can drive time
         self.start = start
         self.maximum = max(start, maximum or start)
         self.target = start  # where the limit recovers to after a cut; probes move it
@@ -210,7 +194,7 @@ class AdaptiveLimiter:
         self._last_cut = -CUT_INTERVAL
         self._waiters: deque[asyncio.Future[None]] = deque()
         # the current measurement window
-        self._since = self._tick = time.monotonic()
+        self._since = self._tick = self._clock()
         self._work = 0
         self._done = 0
         self._held = 0.0  # slot-seconds held in this window (requests in flight x time)
@@ -227,7 +211,7 @@ class AdaptiveLimiter:
 
     def _count(self, change: int) -> None:
         """``in_flight`` changes by ``change`` now: account the slot-time held so far."""
-        now = time.monotonic()
+        now = self._clock()
         self._held += self.in_flight * (now - self._tick)
         self._tick = now
         self.in_flight += change
@@ -281,7 +265,7 @@ class AdaptiveLimiter:
     def _restart(self) -> None:
         """Idle until now: the window starts afresh, and the first one (a batch warming up)
         is not measured."""
-        self._since = self._tick = time.monotonic()
+        self._since = self._tick = self._clock()
         self._work, self._done, self._held = 0, 0, 0.0
         self._queued, self._clean = False, True
         if self._phase != "settle":
@@ -355,7 +339,7 @@ class AdaptiveLimiter:
         self._clean = False
         if self._next == "probe":  # a probe in progress
             self._revert()
-        now = time.monotonic()
+        now = self._clock()
         if now - self._last_cut >= CUT_INTERVAL and self.limit > 1:
             self._last_cut = now
             self.cuts += 1
@@ -461,7 +445,7 @@ class Engine:
         self.retries = 0  # requests retried (the engine's, and botocore's)
         self.gave_up = 0  # requests that ran out of attempts or time
         self._start_lock: asyncio.Lock | None = None
-        self._http: HttpGetter | None = None
+        self.transport = Transport()  # which requests take the lean path
         self.conditional_put = True  # cleared if the server rejects If-None-Match
         # The share of whole objects seen lately that were bigger than two ranges (a moving
         # average, from the first size seen): how a checked download of unknown size starts
@@ -533,24 +517,19 @@ class Engine:
             },
             {"signature_version": "s3v4"},
         )
-        lean = cfg.transport == "http" and aio_cfg.signature_version is not botocore.UNSIGNED
         timeouts = (cfg.connect_timeout, cfg.read_timeout)
 
-        async def make() -> tuple[Any, Any, HttpGetter | None]:
+        async def make() -> tuple[Any, Any, Transport]:
             cm, client = await create_client(
                 spec, endpoint_url=self.endpoint_url, verify=verify, config=aio_cfg
             )
-            # Unsigned requests (a public bucket) go through botocore, which knows how.
-            http = (
-                HttpGetter(client, ssl_context(cfg, verify), timeouts, faults=self.faults)
-                if lean
-                else None
-            )
-            return cm, client, http
+            transport = Transport()
+            await transport.start(client, cfg.transport == "http", timeouts, faults=self.faults)
+            return cm, client, transport
 
         if self.faults is None and _bridge.in_loop_thread():
             # On s3fast's own loop (the sync API): the client of the last context with the
-            # same settings, its connections still open.
+            # same settings, its connections (and transport choices) still there.
             key = shared_key(
                 spec,
                 self.endpoint_url,
@@ -563,15 +542,15 @@ class Engine:
                 self.concurrency,
             )
 
-            async def make_shared() -> tuple[Any, Any, HttpGetter | None]:
-                cm, client, http = await make()
+            async def make_shared() -> tuple[Any, Any, Transport]:
+                cm, client, transport = await make()
                 client.meta.events.register_first("needs-retry.s3", _botocore_retry)
-                return cm, client, http
+                return cm, client, transport
 
             self._lease = await lease(key, make_shared)
-            self._client, self._http = self._lease.client, self._lease.http
+            self._client, self.transport = self._lease.client, self._lease.transport
             return
-        self._client_cm, self._client, self._http = await make()
+        self._client_cm, self._client, self.transport = await make()
         self._client.meta.events.register_first("needs-retry.s3", self._botocore_retry)
         if self.faults is not None:
             self._client.meta.events.register_first("before-send.s3", self.faults.before_send)
@@ -593,10 +572,18 @@ class Engine:
         """The region the started client signs for."""
         return self._client.meta.region_name if self._client is not None else self._region
 
-    async def http(self) -> HttpGetter | None:
-        """The lean GET transport, or None when GETs go through botocore."""
+    async def lean(self, bucket: str, operation: str) -> HttpGetter | None:
+        """The lean HTTP path when it takes ``operation`` on ``bucket``, else None (botocore
+        takes it). A failure of the lean path goes to ``self.transport.hand_over``."""
         await self.client()
-        return self._http
+        return await self.transport.lean(bucket, operation)
+
+    async def transport_for(self, bucket: str) -> str:
+        """``"lean"`` or ``"botocore"``: the path requests for ``bucket`` take (decided now if
+        not yet)."""
+        await self.client()
+        await self.transport.lean(bucket, "GetObject")  # decides, if not yet
+        return self.transport.path_for(bucket) or "botocore"
 
     def admitted(self, running: int) -> bool:
         """May a batch start one more object, with ``running`` in progress? Up to the
@@ -668,11 +655,9 @@ class Engine:
     async def close(self) -> None:
         if self._lease is not None:  # the shared client stays open for the next engine
             release(self._lease)
-            self._lease, self._http, self._client = None, None, None
+            self._lease, self._client, self.transport = None, None, Transport()
             return
-        if self._http is not None:
-            self._http.close()
-            self._http = None
+        self.transport.close()
         cm, self._client_cm, self._client = self._client_cm, None, None
         if cm is not None:
             await cm.__aexit__(None, None, None)

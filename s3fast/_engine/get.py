@@ -354,8 +354,8 @@ async def _exchange(
     body (and maybe a digest fed each chunk of it); ``progress[0]`` advances with every body
     byte that arrives, also on failure. ``checksum`` asks for the object's checksums in the
     response."""
-    http = await engine.http()
-    if http is not None and http.handles(path.bucket):
+    http = await engine.lean(path.bucket, "GetObject")
+    if http is not None:
 
         async def prepare_fields(fields: dict[str, Any]) -> tuple[memoryview, Digest | None]:
             return await prepare(Head.from_response(fields, url))
@@ -367,7 +367,7 @@ async def _exchange(
                 )
             return
         except botocore.exceptions.ClientError as exc:
-            if not http.redirected(exc, path.bucket):
+            if not engine.transport.hand_over(exc, path.bucket, "GetObject"):
                 raise
     kwargs: dict[str, Any] = {}
     if range_header:
@@ -679,9 +679,9 @@ async def head_object(
 ) -> Head:
     """HEAD through the engine's transport; ``etag``: only of that version, ``checksum``:
     with the object's checksums."""
-    http = await engine.http()
     try:
-        if http is not None and http.handles(path.bucket):
+        http = await engine.lean(path.bucket, "HeadObject")
+        if http is not None:
 
             async def one() -> dict[str, Any]:
                 async with engine.slot():
@@ -690,7 +690,7 @@ async def head_object(
             try:
                 return Head.from_response(await retrying(engine, one), url)
             except botocore.exceptions.ClientError as exc:
-                if not http.redirected(exc, path.bucket):
+                if not engine.transport.hand_over(exc, path.bucket, "HeadObject"):
                     raise
         kwargs: dict[str, Any] = {"ChecksumMode": "ENABLED"} if checksum else {}
         if etag:

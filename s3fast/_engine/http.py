@@ -7,9 +7,10 @@ slice of the caller's preallocated buffer or memory-mapped temp file), so each b
 once. Requests are signed with SigV4 here (the derived key cached per day and region; the
 empty-payload hash for GET and HEAD; ``UNSIGNED-PAYLOAD`` plus a signed CRC32 header, which
 the server checks, for uploads). The first GET of a whole object asks for the object's
-checksums (``x-amz-checksum-mode``), which :mod:`.get` checks. Credentials, region and addressing
-(virtual-hosted or path-style, as botocore decides for the bucket) still come from
-aiobotocore, which also keeps every other call. A bucket that answers with a region redirect is handed to botocore.
+checksums (``x-amz-checksum-mode``), which :mod:`.get` checks. Credentials come from
+aiobotocore, which also keeps every other call; where each request goes (endpoint, signing
+region and name, proxy, TLS trust) is botocore's own answer (:mod:`.endpoint`), and which
+requests come here at all is decided in one place, :mod:`.transport`.
 
 Errors are returned in botocore's shape (``ClientError`` with the S3 error code), so the one
 translator in :mod:`s3fast.errors` handles both transports. 5xx and throttling answers raise
@@ -30,13 +31,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import quote, unquote_plus, urlsplit
+from urllib.parse import quote, unquote_plus
 from xml.etree import ElementTree
 from xml.sax.saxutils import unescape as xml_unescape
 
 import botocore.exceptions
 
 from .checksums import CRC32, FIELDS
+from .endpoint import Endpoint, Proxy, open_tunnel
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
@@ -45,15 +47,6 @@ Digest = Callable[[memoryview], None]  # fed each chunk of a body as it lands (c
 _CODE = re.compile(rb"<Code>([^<]*)</Code>")
 _MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
 TRANSIENT_STATUS = {429, 500, 502, 503, 504}
-# Answers that mean "this bucket lives elsewhere": botocore follows them (region redirects);
-# the lean path hands such a bucket over to botocore for good.
-REDIRECT_CODES = {
-    "301",
-    "307",
-    "PermanentRedirect",
-    "TemporaryRedirect",
-    "AuthorizationHeaderMalformed",
-}
 
 
 class TransientHTTPError(ConnectionError):
@@ -223,12 +216,11 @@ class _Conn(asyncio.BufferedProtocol):
 
 
 class _Signer:
-    """SigV4 for S3 requests, with the derived key cached per (secret, day, region)."""
+    """SigV4 for S3 requests, with the derived key cached per (secret, day, region, service)."""
 
-    def __init__(self, credentials: Any, region: str) -> None:
+    def __init__(self, credentials: Any) -> None:
         self.credentials = credentials
-        self.region = region
-        self._keys: dict[tuple[str, str], bytes] = {}
+        self._keys: dict[tuple[str, str, str, str], bytes] = {}
 
     async def frozen(self) -> Any:
         if self.credentials is None:
@@ -238,13 +230,15 @@ class _Signer:
             frozen = await frozen
         return frozen
 
-    def _key(self, secret: str, day: str) -> bytes:
-        key = self._keys.get((secret, day))
+    def _key(self, secret: str, day: str, region: str, service: str) -> bytes:
+        key = self._keys.get((secret, day, region, service))
         if key is None:
             k = hmac.new(("AWS4" + secret).encode(), day.encode(), hashlib.sha256).digest()
-            for part in (self.region, "s3", "aws4_request"):
+            for part in (region, service, "aws4_request"):
                 k = hmac.new(k, part.encode(), hashlib.sha256).digest()
-            self._keys = {(secret, day): k}
+            if len(self._keys) >= 64 or any(s != secret or d != day for s, d, *_ in self._keys):
+                self._keys.clear()  # a new day or a new secret: the old keys are done
+            self._keys[(secret, day, region, service)] = k
             key = k
         return key
 
@@ -256,8 +250,16 @@ class _Signer:
         extra: dict[str, str],
         query: str = "",
         payload: str = EMPTY_SHA256,
+        *,
+        region: str = "us-east-1",
+        service: str = "s3",
+        origin: str = "",
+        unsigned: dict[str, str] | None = None,
     ) -> bytes:
-        """The request head, signed. ``query`` must already be canonical (sorted, encoded)."""
+        """The request head, signed for ``service`` in ``region``. ``query`` must already be
+        canonical (sorted, encoded). ``origin`` ("http://host:port") makes the request target
+        absolute (a request through an HTTP proxy); ``unsigned`` headers are sent but not
+        signed (``Proxy-Authorization``)."""
         creds = await self.frozen()
         now = datetime.datetime.now(datetime.UTC)
         amz_date = now.strftime("%Y%m%dT%H%M%SZ")
@@ -278,17 +280,18 @@ class _Signer:
                 payload,
             ]
         )
-        scope = f"{day}/{self.region}/s3/aws4_request"
+        scope = f"{day}/{region}/{service}/aws4_request"
         to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
         signature = hmac.new(
-            self._key(creds.secret_key, day), to_sign.encode(), hashlib.sha256
+            self._key(creds.secret_key, day, region, service), to_sign.encode(), hashlib.sha256
         ).hexdigest()
         headers["authorization"] = (
             f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, "
             f"SignedHeaders={';'.join(names)}, Signature={signature}"
         )
-        target = f"{path}?{query}" if query else path
+        target = origin + (f"{path}?{query}" if query else path)
         lines = [f"{method} {target} HTTP/1.1"] + [f"{n}: {v}" for n, v in headers.items()]
+        lines += [f"{n}: {v}" for n, v in (unsigned or {}).items()]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
 
 
@@ -375,7 +378,11 @@ def response_fields(headers: dict[str, str]) -> dict[str, Any]:
 
 
 class HttpGetter:
-    """GETs over pooled keep-alive connections to the endpoints botocore addresses."""
+    """Requests over pooled keep-alive connections, sent where botocore would send them.
+
+    Only :class:`.transport.Transport` decides which requests come here: it gives each
+    (bucket, operation) its route (``routes``) before the first request, from botocore's own
+    endpoint resolution and proxy configuration (:mod:`.endpoint`)."""
 
     def __init__(
         self,
@@ -386,42 +393,18 @@ class HttpGetter:
     ) -> None:
         self._client = client
         self._faults = faults  # a FaultInjector (inject_failure_rate), asked per request
-        self._signer = _Signer(
-            client._request_signer._credentials, client.meta.region_name or "us-east-1"
-        )
+        self._signer = _Signer(client._request_signer._credentials)
         self._ssl = ssl_context
         self._connect_timeout, self._read_timeout = timeouts
         self._idle: dict[tuple[str, str, int], deque[_Conn]] = {}
-        # bucket -> (scheme, host, port, path prefix), as botocore addresses it
-        self._layout: dict[str, tuple[str, str, int, str]] = {}
-        self._elsewhere: set[str] = set()  # buckets left to botocore (region redirects)
+        # (bucket, operation) -> where botocore sends it, and through which proxy
+        self.routes: dict[tuple[str, str], tuple[Endpoint, Proxy | None]] = {}
 
-    def handles(self, bucket: str) -> bool:
-        return bucket not in self._elsewhere
+    def _address(self, bucket: str, operation: str) -> tuple[Endpoint, Proxy | None]:
+        """Where botocore sends ``operation`` on ``bucket`` (set by the transport)."""
+        return self.routes[(bucket, operation)]
 
-    def redirected(self, exc: BaseException, bucket: str) -> bool:
-        """True (and the bucket is left to botocore from now on) if ``exc`` is a redirect."""
-        if isinstance(exc, botocore.exceptions.ClientError):
-            if exc.response.get("Error", {}).get("Code") in REDIRECT_CODES:
-                self._elsewhere.add(bucket)
-                return True
-        return False
-
-    async def _address(self, bucket: str) -> tuple[str, str, int, str]:
-        """Where botocore sends requests for ``bucket``: learned once from a presigned URL."""
-        layout = self._layout.get(bucket)
-        if layout is None:
-            url = await self._client.generate_presigned_url(
-                "get_object", Params={"Bucket": bucket, "Key": "k"}, ExpiresIn=60
-            )
-            parts = urlsplit(url)
-            prefix = parts.path[: -len("k")]  # "/bucket/" (path-style) or "/" (virtual-hosted)
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-            layout = (parts.scheme, parts.hostname or "", port, prefix)
-            self._layout[bucket] = layout
-        return layout
-
-    async def _connect(self, scheme: str, host: str, port: int) -> _Conn:
+    async def _connect(self, scheme: str, host: str, port: int, proxy: Proxy | None) -> _Conn:
         pool = self._idle.setdefault((scheme, host, port), deque())
         while pool:
             conn = pool.pop()
@@ -429,14 +412,34 @@ class HttpGetter:
                 return conn
             conn.close()
         loop = asyncio.get_running_loop()
+        tls = scheme == "https"
         async with asyncio.timeout(self._connect_timeout):
-            _, conn = await loop.create_connection(
-                lambda: _Conn(self._read_timeout),
-                host,
-                port,
-                ssl=self._ssl if scheme == "https" else None,
-                server_hostname=host if scheme == "https" else None,
-            )
+            if proxy is None:
+                _, conn = await loop.create_connection(
+                    lambda: _Conn(self._read_timeout),
+                    host,
+                    port,
+                    ssl=self._ssl if tls else None,
+                    server_hostname=host if tls else None,
+                )
+            elif not tls:  # plain HTTP through the proxy: absolute-form requests, as aiohttp
+                _, conn = await loop.create_connection(
+                    lambda: _Conn(self._read_timeout), proxy.host, proxy.port
+                )
+            else:  # HTTPS: a CONNECT tunnel, then TLS with the endpoint inside it
+                raw = await open_tunnel(proxy, host, port)
+                conn = _Conn(self._read_timeout)
+                try:
+                    transport = await loop.start_tls(
+                        raw, conn, self._ssl or ssl.create_default_context(), server_hostname=host
+                    )
+                except BaseException:
+                    raw.abort()
+                    raise
+                if transport is None:
+                    raw.abort()
+                    raise ConnectionError(f"no TLS session with {host} through the proxy")
+                conn.connection_made(transport)
         return conn
 
     async def _request(
@@ -447,14 +450,31 @@ class HttpGetter:
         extra: dict[str, str],
         query: str = "",
         payload: str = EMPTY_SHA256,
-    ) -> tuple[tuple[str, str, int], bytes]:
-        scheme, host, port, prefix = await self._address(bucket)
-        host_header = host if port in (80, 443) else f"{host}:{port}"
-        path = prefix + quote(key, safe="/~") if key else prefix.rstrip("/") or "/"
+        operation: str = "GetObject",
+    ) -> tuple[tuple[str, str, int, Proxy | None], bytes]:
+        endpoint, proxy = self._address(bucket, operation)
+        scheme, host, port = endpoint.scheme, endpoint.host, endpoint.port
         if self._faults is not None:
-            self._faults.check(method, f"{host_header}{path}?{query}", extra.get("range", ""))
-        request = await self._signer.sign(method, host_header, path, extra, query, payload)
-        return (scheme, host, port), request
+            where = f"{endpoint.host_header}{endpoint.path(key)}?{query}"
+            self._faults.check(method, where, extra.get("range", ""))
+        plain_proxy = proxy is not None and scheme == "http"
+        request = await self._signer.sign(
+            method,
+            endpoint.host_header,
+            endpoint.path(key),
+            extra,
+            query,
+            payload,
+            region=endpoint.signing_region,
+            service=endpoint.signing_name,
+            origin=f"http://{endpoint.host_header}" if plain_proxy else "",
+            unsigned=(
+                {"proxy-authorization": proxy.authorization}
+                if plain_proxy and proxy is not None and proxy.authorization
+                else None
+            ),
+        )
+        return (scheme, host, port, proxy), request
 
     async def list_page(
         self, bucket: str, prefix: str, delimiter: str, token: str | None, max_keys: int | None
@@ -470,7 +490,9 @@ class HttpGetter:
         query = "&".join(
             f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(params.items())
         )
-        where, request = await self._request("GET", bucket, "", {}, query)
+        where, request = await self._request(
+            "GET", bucket, "", {}, query, operation="ListObjectsV2"
+        )
         async with self._borrow(where) as conn:
             status, headers = await conn.head(request)
             length = int(headers.get("content-length", "-1"))
@@ -496,7 +518,9 @@ class HttpGetter:
         and the server checks it."""
         crc = CRC32.encode(CRC32.of(data))
         extra = {**headers, "content-length": str(len(data)), "x-amz-checksum-crc32": crc}
-        where, request = await self._request("PUT", bucket, key, extra, query, UNSIGNED_PAYLOAD)
+        where, request = await self._request(
+            "PUT", bucket, key, extra, query, UNSIGNED_PAYLOAD, operation
+        )
         async with self._borrow(where) as conn:
             status, answer = await conn.head(request, data)
             length = int(answer.get("content-length", "0"))
@@ -519,7 +543,7 @@ class HttpGetter:
         return await self.put(bucket, key, data, {}, query, "UploadPart")
 
     @asynccontextmanager
-    async def _borrow(self, where: tuple[str, str, int]) -> AsyncIterator[_Conn]:
+    async def _borrow(self, where: tuple[str, str, int, Proxy | None]) -> AsyncIterator[_Conn]:
         """A pooled connection for one exchange. It goes back to the pool only if the
         exchange set ``conn.reusable`` (the response was consumed and keep-alive allowed)."""
         conn = await self._connect(*where)
@@ -529,7 +553,7 @@ class HttpGetter:
         finally:
             if conn.reusable and conn.usable:
                 conn.park()
-                self._idle[where].append(conn)
+                self._idle[where[:3]].append(conn)
             else:
                 conn.close()
 
@@ -541,7 +565,7 @@ class HttpGetter:
         extra = {"x-amz-checksum-mode": "ENABLED"} if checksum else {}
         if etag:
             extra["if-match"] = f'"{etag}"'
-        where, request = await self._request("HEAD", bucket, key, extra)
+        where, request = await self._request("HEAD", bucket, key, extra, operation="HeadObject")
         async with self._borrow(where) as conn:
             status, headers = await conn.head(request)
             conn.reusable = _keep_alive(headers)

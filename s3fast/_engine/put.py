@@ -202,9 +202,9 @@ async def _put_single(
     body = await reader.read(0, size)
     conditional = not overwrite and engine.conditional_put
     try:
-        http = await engine.http()
-        headers = _http_headers(extra)
-        if http is not None and http.handles(path.bucket) and headers is not None:
+        headers = _http_headers(extra)  # None: headers the lean path does not send
+        http = await engine.lean(path.bucket, "PutObject") if headers is not None else None
+        if http is not None and headers is not None:
             if conditional:
                 headers["if-none-match"] = "*"
 
@@ -216,7 +216,7 @@ async def _put_single(
                 await retrying(engine, one)
                 return True
             except botocore.exceptions.ClientError as exc:
-                if not http.redirected(exc, path.bucket):
+                if not engine.transport.hand_over(exc, path.bucket, "PutObject"):
                     raise
         async with engine.slot(len(body)) as client:
             await client.put_object(
@@ -274,20 +274,20 @@ async def _put_multipart(
     except asyncio.CancelledError:  # the server may have made the upload already
         await asyncio.shield(_abort_once_created(engine, path, creating))
         raise
-    http = await engine.http()
     try:
 
         async def send(client: Any, number: int, data: bytes) -> dict[str, Any]:
             """UploadPart over the lean transport (retrying its transient failures; botocore
             retries its own), or through botocore."""
-            if http is not None and http.handles(path.bucket):
+            http = await engine.lean(path.bucket, "UploadPart")
+            if http is not None:
                 try:
                     return await retrying(
                         engine,
                         lambda: http.upload_part(path.bucket, path.key, upload_id, number, data),
                     )
                 except botocore.exceptions.ClientError as exc:
-                    if not http.redirected(exc, path.bucket):
+                    if not engine.transport.hand_over(exc, path.bucket, "UploadPart"):
                         raise
             resp: dict[str, Any] = await client.upload_part(
                 Bucket=path.bucket,

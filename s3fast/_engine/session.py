@@ -389,20 +389,19 @@ MAX_SHARED_CLIENTS = 8
 
 
 class SharedClient:
-    """A started client (and its lean transport) that engines of the same settings borrow in
+    """A started client (and its :class:`~.transport.Transport`) that engines of the same settings borrow in
     turn: made once, its keep-alive connections reused by the next ``S3`` context. botocore's
     hooks find the engine a request belongs to through :data:`CURRENT_ENGINE`."""
 
-    def __init__(self, key: tuple[Any, ...], cm: Any, client: Any, http: Any) -> None:
+    def __init__(self, key: tuple[Any, ...], cm: Any, client: Any, transport: Any) -> None:
         self.key = key
         self.cm = cm
         self.client = client
-        self.http = http
+        self.transport = transport
         self.users = 0
 
     async def close(self) -> None:
-        if self.http is not None:
-            self.http.close()
+        self.transport.close()
         await self.cm.__aexit__(None, None, None)
 
 
@@ -434,15 +433,15 @@ async def lease(key: tuple[Any, ...], make: Any) -> SharedClient:
     more user. Idle clients beyond :data:`MAX_SHARED_CLIENTS` are closed."""
     shared = _SHARED.get(key)
     if shared is None:
-        cm, client, http = await make()
+        cm, client, transport = await make()
         shared = _SHARED.get(key)  # made meanwhile by another engine of the loop
         if shared is None:
-            shared = _SHARED[key] = SharedClient(key, cm, client, http)
+            shared = _SHARED[key] = SharedClient(key, cm, client, transport)
             if not _SHARED_LOOP:
                 _SHARED_LOOP.append(asyncio.get_running_loop())
                 atexit.register(_close_at_exit)
         else:
-            await SharedClient(key, cm, client, http).close()
+            await SharedClient(key, cm, client, transport).close()
     _SHARED.move_to_end(key)
     shared.users += 1
     idle = [s for s in _SHARED.values() if s.users == 0]
