@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from ._bridge import BlockingCallWarning
 from ._engine.client import TransferStats
 from .aio import AsyncS3
 from .config import TransferConfig
@@ -27,6 +28,7 @@ __version__ = "0.1.0"  # the one version source: pyproject.toml reads it
 
 __all__ = [
     "AsyncS3",
+    "BlockingCallWarning",
     "MetaflowS3AccessDenied",
     "MetaflowS3Exception",
     "MetaflowS3InsufficientDiskSpace",

@@ -49,6 +49,7 @@ class Identity:
 
 ADMIN = Identity("s3fast-admin", "s3fast-admin-secret")
 READER = Identity("s3fast-reader", "s3fast-reader-secret")
+WRITER = Identity("s3fast-writer", "s3fast-writer-secret")  # a second read-write identity
 
 
 def free_ports(n: int) -> list[int]:
@@ -92,11 +93,13 @@ def _kill_group(proc: subprocess.Popen[bytes], grace: float = 3.0) -> None:
 
 @dataclass
 class SeaweedFS:
-    """``weed server`` with S3 (and optionally HTTPS) on loopback, SigV4 auth on."""
+    """``weed server`` with S3 (and optionally HTTPS) on loopback, SigV4 auth on. ``host``:
+    the loopback address it binds and is reached at (``"::1"`` for IPv6)."""
 
     https_cert: str | None = None
     https_key: str | None = None
     workdir: str | None = None
+    host: str = HOST
     endpoint_url: str = ""
     https_url: str = ""
     log_path: str = ""
@@ -117,6 +120,13 @@ class SeaweedFS:
                     "actions": ["Admin", "Read", "Write", "List", "Tagging"],
                 },
                 {
+                    "name": "writer",
+                    "credentials": [
+                        {"accessKey": WRITER.access_key, "secretKey": WRITER.secret_key}
+                    ],
+                    "actions": ["Read", "Write", "List", "Tagging"],
+                },
+                {
                     "name": "reader",
                     "credentials": [
                         {"accessKey": READER.access_key, "secretKey": READER.secret_key}
@@ -135,8 +145,8 @@ class SeaweedFS:
             weed_binary(),
             "server",
             f"-dir={data}",
-            f"-ip={HOST}",
-            f"-ip.bind={HOST}",
+            f"-ip={self.host}",
+            f"-ip.bind={self.host}",
             "-master.telemetry=false",
             f"-master.port={master}",
             f"-master.port.grpc={master_grpc}",
@@ -163,7 +173,8 @@ class SeaweedFS:
                 f"-s3.key.file={self.https_key}",
             ]
             self.https_url = f"https://localhost:{https}"
-        self.endpoint_url = f"http://{HOST}:{s3}"
+        netloc = f"[{self.host}]" if ":" in self.host else self.host
+        self.endpoint_url = f"http://{netloc}:{s3}"
         self.log_path = os.path.join(self.workdir, "weed.log")
         log = open(self.log_path, "wb")
         self._proc = subprocess.Popen(

@@ -6,8 +6,9 @@ signing, request retries for transient errors (``standard`` mode) and XML error 
 Retries: every request is retried by exactly one layer. botocore retries the calls it makes;
 :func:`backoff` paces the engine's own (the lean transport, and bodies that broke off), with
 exponential backoff and full jitter, bounded by ``max_attempts`` and by ``max_retry_time``
-seconds since the request's first try (a hook on botocore's ``needs-retry`` event applies the
-same time bound to botocore's retries). No one sleeps after the last try.
+seconds since the request was first sent (:class:`RetryClock`: the time it queued for a
+slot does not count; hooks on botocore's ``request-created`` and ``needs-retry`` events apply
+the same bound to botocore's retries). No one sleeps after the last try.
 
 Concurrency: :class:`AdaptiveLimiter` is the one limiter. Every request holds a slot. The
 number of slots starts at the plan's ``max_concurrency``, is raised step by step while that
@@ -19,13 +20,14 @@ per ``CUT_INTERVAL``, and grown back by one per window of successes.
 from __future__ import annotations
 
 import asyncio
-import inspect
+import contextlib
+import contextvars
 import os
 import random
 import sys
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -33,11 +35,12 @@ import aiohttp
 import botocore.exceptions
 from aiobotocore.httpsession import AIOHTTPSession
 
-from .. import _bridge
+from .. import _bridge, _fork
 from ..config import TransferConfig
 from ..errors import error_code
+from .creds import Ask, Handed, current, handed_on
 from .faults import FaultInjector
-from .http import HttpGetter, TransientHTTPError
+from .http import HttpGetter, ProtocolSurprise, TransientHTTPError
 from .session import (
     CURRENT_ENGINE,
     ClientSpec,
@@ -370,6 +373,9 @@ class _Slot:
     async def __aenter__(self) -> Any:
         client = await self._engine.client()
         await self._engine.limiter.acquire()
+        sent = _FIRST_SENT.get()
+        if sent is not None and not sent:  # the retried request's first send
+            sent.append(now())
         return client
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
@@ -377,6 +383,69 @@ class _Slot:
         if self._progress is not None:
             moved += self._progress[0] - self._start
         self._engine.limiter.release(exc, moved)
+
+
+# An upload body that botocore sends over TLS is held up to three times at once: the plain
+# bytes, OpenSSL's buffer of them encrypted, and the encrypted bytes read out of it for the
+# socket (aiohttp writes a body whole; the lean path writes slices under flow control).
+TLS_COPIES = 3
+
+
+class ByteBudget:
+    """At most ``capacity`` bytes held at once (the upload buffers of one engine), granted
+    first come, first served. A request larger than the whole capacity is granted once
+    nothing else is held, so it proceeds alone and nothing deadlocks. Lives on one event
+    loop. ``async with budget.hold(n)``."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(1, capacity)
+        self.held = 0
+        self.peak = 0  # the most bytes held at once (for tests and monitoring)
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    def _fits(self, nbytes: int) -> bool:
+        return self.held == 0 or self.held + nbytes <= self.capacity
+
+    def _grant(self, nbytes: int) -> None:
+        self.held += nbytes
+        self.peak = max(self.peak, self.held)
+
+    async def acquire(self, nbytes: int) -> None:
+        if not self._waiters and self._fits(nbytes):
+            self._grant(nbytes)
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        entry = (nbytes, waiter)
+        self._waiters.append(entry)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release(nbytes)  # granted as we were cancelled: hand the bytes on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(entry)
+                self._wake()  # a big request that left the head may unblock smaller ones
+            raise
+
+    def release(self, nbytes: int) -> None:
+        self.held -= nbytes
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self._fits(self._waiters[0][0]):
+            nbytes, waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._grant(nbytes)
+                waiter.set_result(None)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, nbytes: int) -> AsyncIterator[None]:
+        await self.acquire(nbytes)
+        try:
+            yield
+        finally:
+            self.release(nbytes)
 
 
 class Bandwidth:
@@ -407,24 +476,30 @@ class Engine:
         config: TransferConfig,
         endpoint_url: str | None,
         *,
-        credentials: tuple[str, str, str | None] | None = None,
+        credentials: Handed | None = None,
         region: str | None = None,
         ceiling: int | None = None,
         spec: ClientSpec | None = None,
+        ask: Ask | None = None,
     ) -> None:
         from .. import tuning  # lazily: ``python -m s3fast.tuning`` stays a clean entry point
 
         self.plan = tuning.plan(config)
         self.config = self.plan.config
         self.endpoint_url = resolve_endpoint(endpoint_url)
-        # How the client is made (metaflow.S3's keywords); ``credentials`` and ``region``, given
-        # by a parent (worker processes, loop threads), are used as is: no credential chain.
+        # How the client is made (metaflow.S3's keywords). ``credentials`` and ``region``,
+        # handed on by the caller (worker processes, loop threads), are used as they are: no
+        # credential chain here; ``ask`` fetches the caller's current set when these come due
+        # (see creds.py).
         spec = spec or ClientSpec()
         if credentials is not None:
-            spec = replace(spec, keys=credentials, credentials=None, role=None)
+            keys = (credentials[0], credentials[1], credentials[2])
+            spec = replace(spec, keys=keys, credentials=None, role=None)
         if region is not None:
             spec = replace(spec, region=region)
         self.spec = spec
+        self._credentials = credentials
+        self._ask = ask
         self._region = spec.region
         self.faults = (
             FaultInjector(spec.inject_failure_rate, self.config.max_attempts)
@@ -438,6 +513,9 @@ class Engine:
         )
         rate = self.config.max_bandwidth
         self._bandwidth = Bandwidth(rate) if rate is not None else None
+        # Upload buffers in flight (parts read from files, TLS copies): within the memory
+        # budget whatever the part size, so big parts mean fewer of them at once.
+        self.upload_budget = ByteBudget(self.config.memory_budget)
         self._client: Any = None
         self._client_cm: Any = None
         self._lease: SharedClient | None = None
@@ -523,6 +601,11 @@ class Engine:
             cm, client = await create_client(
                 spec, endpoint_url=self.endpoint_url, verify=verify, config=aio_cfg
             )
+            if self._credentials is not None and self._credentials[3] is not None:
+                # Expiring credentials: refreshed through the caller before they expire. Both
+                # transports sign with the signer's credentials object.
+                client._request_signer._credentials = handed_on(self._credentials, self._ask)
+            client.meta.events.register_first("request-created.s3", _botocore_sent)
             transport = Transport()
             await transport.start(client, cfg.transport == "http", timeouts, faults=self.faults)
             return cm, client, transport
@@ -555,17 +638,22 @@ class Engine:
         if self.faults is not None:
             self._client.meta.events.register_first("before-send.s3", self.faults.before_send)
 
-    async def frozen_credentials(self) -> tuple[str, str, str | None] | None:
-        """The client's credentials as they are now ``(access key, secret, token)``, resolved
-        through the chain once; None when there are none. Never logged."""
+    async def frozen_credentials(self) -> Handed | None:
+        """The client's credentials as they are now ``(access key, secret, token, expiry)``,
+        refreshed first when they are due, to hand on to worker processes and loop threads;
+        None when there are none. Never logged."""
+        return await current(await self.client())
+
+    async def upload_cost(self, nbytes: int, bucket: str, operation: str) -> int:
+        """Memory one upload body of ``nbytes`` takes while in flight, charged to
+        :attr:`upload_budget`: the bytes themselves, and when botocore sends it over TLS their
+        encrypted copies too (aiohttp encrypts a whole body into its write buffer at once; the
+        lean path writes a slice at a time under flow control)."""
         client = await self.client()
-        creds = client._request_signer._credentials
-        if creds is None:
-            return None
-        frozen = creds.get_frozen_credentials()
-        if inspect.isawaitable(frozen):
-            frozen = await frozen
-        return (frozen.access_key, frozen.secret_key, frozen.token)
+        if not str(client.meta.endpoint_url).startswith("https:"):
+            return nbytes
+        lean = await self.lean(bucket, operation) is not None
+        return nbytes if lean else nbytes * TLS_COPIES
 
     @property
     def region(self) -> str | None:
@@ -610,7 +698,7 @@ class Engine:
         ``max_attempts`` or ``max_retry_time`` is spent, else lets botocore decide."""
         context = request_dict.get("context", {}) if isinstance(request_dict, dict) else {}
         now = time.monotonic()
-        started = context.setdefault("s3fast_started", now)
+        started = context.setdefault("s3fast_started", now)  # set when first sent
         failed = caught_exception is not None
         if response is not None:
             http_response, parsed = response
@@ -662,6 +750,18 @@ class Engine:
         if cm is not None:
             await cm.__aexit__(None, None, None)
 
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's client, connections and limiter (bound to
+        its event loop; never closed here, see :mod:`s3fast._fork`), keeping the plan and
+        what was learned about the server. The next request starts a client of our own."""
+        _fork.orphan(self._client_cm, self._client, self.transport, self.limiter, self._scouted)
+        self._client = self._client_cm = None
+        self._lease = None  # the parent's shared client (see session.py): not released here
+        self.transport = Transport()
+        self._start_lock = None
+        self._scouted = None
+        self.limiter = AdaptiveLimiter(self.config.max_concurrency, self.concurrency)
+
 
 def _botocore_retry(**kwargs: Any) -> bool | None:
     """A shared client's ``needs-retry`` hook: the hook of the engine making the request."""
@@ -695,6 +795,41 @@ def now() -> float:
     return time.monotonic()
 
 
+def _botocore_sent(request: Any = None, **_: Any) -> None:
+    """botocore's ``request-created`` hook (each attempt, after its slot is taken): the
+    request's retry clock starts at its first attempt (see ``Engine._botocore_retry``)."""
+    context = getattr(request, "context", None)
+    if isinstance(context, dict):
+        context.setdefault("s3fast_started", now())
+
+
+# The retried request's first send, once it happened: a list that a :class:`RetryClock` sets
+# for its task and the first slot taken under it fills.
+_FIRST_SENT: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar(
+    "s3fast_first_sent", default=None
+)
+
+
+class RetryClock:
+    """``max_retry_time``'s clock for one request and its retries: ``with RetryClock() as
+    clock:`` around the retry loop; :attr:`started` is when the request first took a slot
+    (was sent), so waiting in the limiter's queue (long while the server throttles) or for
+    bandwidth does not use up the time to retry."""
+
+    def __enter__(self) -> RetryClock:
+        self._sent: list[float] = []
+        self._entered = now()  # the start if no slot is taken under the clock (one held)
+        self._token = _FIRST_SENT.set(self._sent)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _FIRST_SENT.reset(self._token)
+
+    @property
+    def started(self) -> float:
+        return self._sent[0] if self._sent else self._entered
+
+
 async def backoff(attempt: int, engine: Engine | None = None, started: float | None = None) -> bool:
     """After failed try number ``attempt`` (1-based) of a request first tried at ``started``
     (:func:`now`): if another try may start, sleep (full jitter) and return True; if the
@@ -716,17 +851,20 @@ async def backoff(attempt: int, engine: Engine | None = None, started: float | N
 
 async def retrying(engine: Engine, call: Callable[[], Awaitable[R]]) -> R:
     """``await call()``, retried with :func:`backoff` on transient failures. For the lean
-    transport only: botocore retries its own requests."""
+    transport only: botocore retries its own requests. A :class:`ProtocolSurprise` is not
+    retried: the request belongs to botocore."""
     attempt = 0
-    started = now()
-    while True:
-        try:
-            return await call()
-        except RESUMABLE as exc:
-            engine.limiter.observe(exc)  # a retry inside a held slot (UploadPart)
-            attempt += 1
-            if not await backoff(attempt, engine, started):
+    with RetryClock() as clock:
+        while True:
+            try:
+                return await call()
+            except ProtocolSurprise:
                 raise
+            except RESUMABLE as exc:
+                engine.limiter.observe(exc)  # a retry inside a held slot (UploadPart)
+                attempt += 1
+                if not await backoff(attempt, engine, clock.started):
+                    raise
 
 
 async def bounded_map(

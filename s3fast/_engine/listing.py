@@ -10,7 +10,7 @@ import botocore.exceptions
 from ..errors import raise_translated
 from ..urls import S3Path
 from .client import Engine, retrying
-from .http import HttpGetter, parse_listing, peek_token
+from .http import HttpGetter, ProtocolSurprise, parse_listing, peek_token
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ async def list_prefix(
             try:
                 await _list_http(engine, http, path, delimiter, limit, entries)
                 return entries
-            except botocore.exceptions.ClientError as exc:
+            except (botocore.exceptions.ClientError, ProtocolSurprise) as exc:
                 if not engine.transport.hand_over(exc, path.bucket, "ListObjectsV2"):
                     raise
                 entries.clear()

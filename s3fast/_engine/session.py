@@ -43,6 +43,8 @@ from aiobotocore.credentials import (
 from aiobotocore.session import AioSession
 from botocore.loaders import Loader, create_loader
 
+from .. import _fork
+
 # Options of a user's botocore Config that s3fast sets itself from its TransferConfig (the
 # engine's pool, timeouts and retry budget); every other option of the user's Config wins.
 OWNED_OPTIONS = frozenset(
@@ -409,7 +411,6 @@ class SharedClient:
 # a caller's loop would outlive that loop. Touched only from that loop's thread.
 _SHARED: OrderedDict[tuple[Any, ...], SharedClient] = OrderedDict()
 _SHARED_LOOP: list[asyncio.AbstractEventLoop] = []
-_ABANDONED: list[Any] = []  # a forked child's copies of its parent's clients: never touched
 
 
 def shared_key(spec: ClientSpec, *settings: Any) -> tuple[Any, ...]:
@@ -481,12 +482,16 @@ def _close_at_exit() -> None:
 
 
 def _after_fork_in_child() -> None:
-    """The parent's clients and sockets are not this process's: forget them (never closed
-    here: that would close the parent's connections' other end state)."""
+    """The parent's clients, sessions and locks are not this process's (another thread may
+    have held a lock, or been half-way through making a client, at the fork): a child starts
+    its own, and keeps the parent's alive and untouched (:func:`s3fast._fork.orphan`). The
+    parsed models (the loaders) are kept."""
     global _CLIENT_LOCK, _TABLE_LOCK
-    _ABANDONED.append(list(_SHARED.values()))
+    _fork.orphan(list(_SHARED.values()), dict(_SESSIONS), dict(_ROLES))
     _SHARED.clear()
     _SHARED_LOOP.clear()
+    _SESSIONS.clear()
+    _ROLES.clear()
     _CLIENT_LOCK = threading.Lock()
     _TABLE_LOCK = threading.Lock()
 

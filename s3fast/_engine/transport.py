@@ -31,7 +31,7 @@ from typing import Any
 import botocore.exceptions
 
 from .endpoint import Endpoint, Proxy, proxy_for, resolve, tls_context
-from .http import HttpGetter
+from .http import HttpGetter, ProtocolSurprise
 
 __all__ = ["BOTOCORE", "LEAN", "Surprise", "Transport", "surprise"]
 
@@ -71,6 +71,8 @@ class Surprise:
 def surprise(exc: BaseException, operation: str) -> Surprise | None:
     """What is surprising about ``exc`` (a failure of the lean path), or None when it is an
     ordinary answer that botocore would give the caller too."""
+    if isinstance(exc, ProtocolSurprise):  # an answer the lean path cannot read
+        return Surprise(f"a protocol surprise ({exc})", False)
     if not isinstance(exc, botocore.exceptions.ClientError):
         return None
     error = exc.response.get("Error", {})
