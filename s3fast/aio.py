@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -12,7 +13,8 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 from . import _fork
-from ._engine.client import Engine, TransferStats, bounded_map
+from . import config as mfconfig
+from ._engine.client import Engine, TransferStats, bounded_map, resolve_endpoint
 from ._engine.copy import copy_object
 from ._engine.delete import Failed, delete_object, delete_objects
 from ._engine.get import Fetched, FileSink, MemorySink, fetch, head_object
@@ -20,6 +22,7 @@ from ._engine.listing import Entry, ListRequest, list_prefix
 from ._engine.loops import Loops
 from ._engine.procs import INLINE_MAX, Pool, processes_for
 from ._engine.put import Source, put
+from ._engine.session import ClientSpec, spec_from
 from .config import TransferConfig
 from .errors import (
     MetaflowS3Exception,
@@ -53,10 +56,44 @@ def _in_flow() -> bool:
         return False
 
 
-def _env_encryption() -> str | None:
-    return os.environ.get("S3FAST_S3_SERVER_SIDE_ENCRYPTION") or os.environ.get(
-        "METAFLOW_S3_SERVER_SIDE_ENCRYPTION"
+def _client_setup(
+    endpoint_url: str | None,
+    role: str | None,
+    session_vars: dict[str, Any] | None,
+    client_params: dict[str, Any] | None,
+    external_client: Any,
+    inject_failure_rate: int | None,
+) -> tuple[ClientSpec, str | None]:
+    """How this client's S3 client is built, and its endpoint (None: AWS's, from the region),
+    from metaflow.S3's keywords and Metaflow's settings (see docs/configuration.md)."""
+    rate = (
+        inject_failure_rate if inject_failure_rate is not None else mfconfig.inject_failure_rate()
     )
+    if external_client is None:
+        # metaflow.S3: ``session_vars``/``client_params`` if given (and not empty), else
+        # Metaflow's DATATOOLS_SESSION_VARS / DATATOOLS_CLIENT_PARAMS.
+        session_vars = session_vars or mfconfig.metaflow_dict("DATATOOLS_SESSION_VARS")
+        client_params = client_params or mfconfig.metaflow_client_params()
+        provider = mfconfig.metaflow_setting("DEFAULT_AWS_CLIENT_PROVIDER", "boto3")
+        if provider != "boto3":  # a Metaflow extension's AWS client provider makes the client
+            from metaflow.plugins.aws.aws_client import (  # type: ignore[import-not-found]
+                get_aws_client,
+            )
+
+            external_client = get_aws_client(
+                "s3", role_arn=role, session_vars=session_vars, client_params=client_params
+            )
+    spec, given = spec_from(
+        role=role,
+        session_vars=session_vars,
+        client_params=client_params,
+        external_client=external_client,
+        inject_failure_rate=rate,
+    )
+    if spec.verify is None:
+        spec = dataclasses.replace(spec, verify=mfconfig.s3_verify())
+    endpoint = endpoint_url or given or resolve_endpoint(None) or mfconfig.s3_endpoint()
+    return spec, endpoint
 
 
 class AsyncS3:
@@ -78,9 +115,27 @@ class AsyncS3:
     encryption : str, optional
         Server-side encryption for uploads (default from
         ``S3FAST_S3_SERVER_SIDE_ENCRYPTION`` / ``METAFLOW_S3_SERVER_SIDE_ENCRYPTION``).
+    role : str, optional
+        An IAM role ARN to assume (through STS, with the credentials found as usual); the
+        assumed credentials are refreshed before they expire.
+    session_vars : dict, optional
+        botocore session variables (default: Metaflow's ``DATATOOLS_SESSION_VARS``).
+    client_params : dict, optional
+        boto3 client arguments: ``endpoint_url``, ``region_name``, ``aws_access_key_id``,
+        ``aws_secret_access_key``, ``aws_session_token``, ``verify``, ``config`` (a botocore
+        ``Config``: its proxies, addressing style, signature version, ... are used; the
+        connection pool, timeouts and retries come from ``config``). Default: Metaflow's
+        ``DATATOOLS_CLIENT_PARAMS``.
+    external_client : boto3 S3 client, optional
+        Use this client's credentials, region, endpoint and certificate check (``role``,
+        ``session_vars`` and ``client_params`` are then ignored, as in metaflow.S3).
+    inject_failure_rate : int, optional
+        Percentage of requests that fail with a transient error, for testing retry
+        handling (see docs/configuration.md); 100 makes every request run out of retries.
+        Default: ``METAFLOW_S3_TEST_RETRYABLE_FAILURES``, else 0.
     endpoint_url : str, optional
-        S3 endpoint; default from ``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``,
-        ``METAFLOW_S3_ENDPOINT_URL``.
+        S3 endpoint; default from ``client_params``, ``AWS_ENDPOINT_URL_S3``,
+        ``AWS_ENDPOINT_URL``, Metaflow's ``S3_ENDPOINT_URL``.
     config : TransferConfig, optional
         Transfer settings; default ``TransferConfig.from_env()``.
     """
@@ -94,13 +149,25 @@ class AsyncS3:
         s3root: str | None = None,
         encryption: str | None = None,
         *,
+        role: str | None = None,
+        session_vars: dict[str, Any] | None = None,
+        client_params: dict[str, Any] | None = None,
+        external_client: Any = None,
+        inject_failure_rate: int | None = None,
         endpoint_url: str | None = None,
         config: TransferConfig | None = None,
     ) -> None:
         self._s3root = resolve_root(bucket, prefix, run, s3root)
-        self._encryption = encryption or _env_encryption()
-        self._config = config if config is not None else TransferConfig.from_env()
-        self._engine = Engine(self._config, endpoint_url)
+        self._encryption = encryption or mfconfig.s3_encryption()
+        if config is None:
+            attempts = mfconfig.retry_attempts()  # Metaflow's S3_RETRY_COUNT, when set
+            base = TransferConfig(max_attempts=attempts) if attempts is not None else None
+            config = TransferConfig.from_env(base)
+        self._config = config
+        spec, endpoint = _client_setup(
+            endpoint_url, role, session_vars, client_params, external_client, inject_failure_rate
+        )
+        self._engine = Engine(self._config, endpoint, spec=spec)
         self._targets = Targets(tmproot)
         self._procs = Pool(processes_for(self._engine), self._config, self._engine)
         self._loops = Loops(processes_for(self._engine), self._config, self._engine)

@@ -49,6 +49,8 @@ class S3:
         If ``run`` is not given, use this as the S3 prefix.
     encryption : str, optional
         Server-side encryption for uploads.
+    role, session_vars, client_params, external_client, inject_failure_rate
+        metaflow.S3's keywords (keyword only); see :class:`~s3fast.AsyncS3`.
     endpoint_url : str, optional
         S3 endpoint (keyword only).
     config : TransferConfig, optional
@@ -64,6 +66,11 @@ class S3:
         s3root: str | None = None,
         encryption: str | None = None,
         *,
+        role: str | None = None,
+        session_vars: dict[str, Any] | None = None,
+        client_params: dict[str, Any] | None = None,
+        external_client: Any = None,
+        inject_failure_rate: int | None = None,
         endpoint_url: str | None = None,
         config: TransferConfig | None = None,
     ) -> None:
@@ -74,6 +81,11 @@ class S3:
             run,
             s3root,
             encryption,
+            role=role,
+            session_vars=session_vars,
+            client_params=client_params,
+            external_client=external_client,
+            inject_failure_rate=inject_failure_rate,
             endpoint_url=endpoint_url,
             config=config,
         )
@@ -88,7 +100,8 @@ class S3:
         self.close()
 
     def close(self) -> None:
-        """Delete every file downloaded in this scope and close connections."""
+        """Delete every file downloaded in this scope. Its keep-alive connections stay open
+        for the next ``S3`` with the same settings in this process."""
         if not self._aio._closed:
             try:
                 _bridge.run(self._aio.close())

@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 
+from .config import metaflow_tempdir
 from .errors import MetaflowS3InsufficientDiskSpace
 from .limits import MiB
 
@@ -39,9 +40,11 @@ _DIR_PREFIX = "s3fast."
 def _explicit_root(tmproot: str | None) -> str | None:
     if tmproot:
         return tmproot
-    for name in ("S3FAST_TMPDIR", "METAFLOW_TEMPDIR"):
-        if os.environ.get(name):
-            return os.environ[name]
+    if os.environ.get("S3FAST_TMPDIR"):
+        return os.environ["S3FAST_TMPDIR"]
+    configured = metaflow_tempdir()  # METAFLOW_TEMPDIR, or Metaflow's config file
+    if configured:
+        return configured
     if "metaflow" in sys.modules:  # only look inside a flow that is already imported
         try:
             from metaflow import current  # type: ignore[import-not-found]

@@ -231,6 +231,17 @@ def _nic(root: str) -> tuple[float | None, str]:
     return best[0], f"/sys/class/net/{best[1]}/speed"
 
 
+_nic_found: list[tuple[float | None, str]] = []
+
+
+def _machine_nic() -> tuple[float | None, str]:
+    """This machine's NIC speed, looked up once per process (a directory scan that every new
+    client would otherwise repeat; NICs do not change speed under a running process)."""
+    if not _nic_found:
+        _nic_found.append(_nic("/"))
+    return _nic_found[0]
+
+
 def _looks_like_ec2(root: str) -> bool:
     for path in (
         "/sys/devices/virtual/dmi/id/sys_vendor",
@@ -323,7 +334,7 @@ def probe(root: str = "/", *, imds: bool = True) -> Machine:
     ``imds=False`` never asks the metadata service."""
     cpus, cpus_from = _cpus(root)
     memory, memory_from = _memory(root)
-    nic, nic_from = _nic(root)
+    nic, nic_from = _machine_nic() if root == "/" else _nic(root)
     itype, itype_from = _instance_type(root, imds)
     if itype is not None:
         gbps = instance_gbps(itype)

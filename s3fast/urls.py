@@ -79,18 +79,11 @@ def join(root: str | None, key: Any, *, in_flow: bool = False) -> str:
 
 
 def datatools_root() -> str | None:
-    """The root for ``run=`` addressing, from the environment, read now."""
-    for name in ("S3FAST_DATATOOLS_S3ROOT", "METAFLOW_DATATOOLS_S3ROOT"):
-        if os.environ.get(name):
-            return os.environ[name]
-    sysroot = os.environ.get("METAFLOW_DATASTORE_SYSROOT_S3")
-    if sysroot:
-        return sysroot.rstrip("/") + "/data"
-    try:  # a metaflow config file may set it
-        from metaflow.metaflow_config import DATATOOLS_S3ROOT  # type: ignore[import-not-found]
-    except Exception:
-        return None
-    return DATATOOLS_S3ROOT  # type: ignore[no-any-return]
+    """The root for ``run=`` addressing: ``S3FAST_DATATOOLS_S3ROOT``, else Metaflow's
+    ``DATATOOLS_S3ROOT`` (see :func:`s3fast.config.datatools_root`), read now."""
+    from .config import datatools_root as configured
+
+    return configured()
 
 
 def resolve_root(

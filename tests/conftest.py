@@ -180,6 +180,16 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPath
     monkeypatch.setattr(tuning, "MAX_PROCESSES_UNKNOWN_NIC", 1)
 
 
+@pytest.fixture(autouse=True)
+def own_connections() -> Iterator[None]:
+    """Each test's ``S3`` contexts start with connections of their own: the started clients
+    that s3fast shares between contexts of a process are closed after each test."""
+    yield
+    from s3fast._engine.session import close_idle_clients
+
+    close_idle_clients()
+
+
 def _s3fast_dirs() -> set[str]:
     """s3fast temp dirs (``s3fast.<pid>.<random>``) of this process or of processes that have
     exited, not those of other live processes (another test run on the same machine)."""

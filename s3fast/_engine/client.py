@@ -25,24 +25,32 @@ import contextvars
 import os
 import random
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import aiohttp
 import botocore.exceptions
-from aiobotocore.config import AioConfig
 from aiobotocore.httpsession import AIOHTTPSession
-from aiobotocore.session import AioSession, get_session
 
-from .. import _fork
+from .. import _bridge, _fork
 from ..config import TransferConfig
 from ..errors import error_code
 from .creds import Ask, Handed, current, handed_on
+from .faults import FaultInjector
 from .http import HttpGetter, ProtocolSurprise, TransientHTTPError
+from .session import (
+    CURRENT_ENGINE,
+    ClientSpec,
+    SharedClient,
+    client_config,
+    create_client,
+    lease,
+    release,
+    shared_key,
+)
 from .transport import Transport
 
 T = TypeVar("T")
@@ -61,30 +69,6 @@ class _Session(AIOHTTPSession):
         if _NEEDS_CLEANUP_CLOSED:
             connector_args = {**(connector_args or {}), "enable_cleanup_closed": True}
         super().__init__(*args, connector_args=connector_args, **kw)
-
-
-_SESSION: AioSession | None = None  # for engines given credentials: see Engine._start
-_SESSION_LOCK = threading.Lock()
-
-
-def _shared_session() -> AioSession:
-    global _SESSION
-    with _SESSION_LOCK:
-        if _SESSION is None:
-            _SESSION = get_session()
-        return _SESSION
-
-
-def _session_after_fork() -> None:
-    # A loop thread of the parent may have held the lock (or been half-way through making a
-    # client) at the fork: a forked child starts a session of its own.
-    global _SESSION, _SESSION_LOCK
-    _fork.orphan(_SESSION)
-    _SESSION, _SESSION_LOCK = None, threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_session_after_fork)
 
 
 ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "METAFLOW_S3_ENDPOINT_URL")
@@ -495,6 +479,7 @@ class Engine:
         credentials: Handed | None = None,
         region: str | None = None,
         ceiling: int | None = None,
+        spec: ClientSpec | None = None,
         ask: Ask | None = None,
     ) -> None:
         from .. import tuning  # lazily: ``python -m s3fast.tuning`` stays a clean entry point
@@ -502,11 +487,25 @@ class Engine:
         self.plan = tuning.plan(config)
         self.config = self.plan.config
         self.endpoint_url = resolve_endpoint(endpoint_url)
-        # Handed on by the caller (worker processes, loop threads): no credential chain here;
-        # ``ask`` fetches the caller's current set when these come due (see creds.py).
+        # How the client is made (metaflow.S3's keywords). ``credentials`` and ``region``,
+        # handed on by the caller (worker processes, loop threads), are used as they are: no
+        # credential chain here; ``ask`` fetches the caller's current set when these come due
+        # (see creds.py).
+        spec = spec or ClientSpec()
+        if credentials is not None:
+            keys = (credentials[0], credentials[1], credentials[2])
+            spec = replace(spec, keys=keys, credentials=None, role=None)
+        if region is not None:
+            spec = replace(spec, region=region)
+        self.spec = spec
         self._credentials = credentials
         self._ask = ask
-        self._region = region
+        self._region = spec.region
+        self.faults = (
+            FaultInjector(spec.inject_failure_rate, self.config.max_attempts)
+            if spec.inject_failure_rate > 0
+            else None
+        )
         # Requests in flight start at the plan's number and may grow to its ceiling (a worker
         # process is given its share of its parent's).
         self.concurrency = max(
@@ -519,6 +518,7 @@ class Engine:
         self.upload_budget = ByteBudget(self.config.memory_budget)
         self._client: Any = None
         self._client_cm: Any = None
+        self._lease: SharedClient | None = None
         self.limiter = AdaptiveLimiter(self.config.max_concurrency, self.concurrency)
         self.retries = 0  # requests retried (the engine's, and botocore's)
         self.gave_up = 0  # requests that ran out of attempts or time
@@ -563,6 +563,9 @@ class Engine:
             self._scouted = None  # the next download scouts again
 
     async def client(self) -> Any:
+        # botocore's hooks on a shared client find the engine of the request here (the
+        # caller's task, which makes the request right after this).
+        CURRENT_ENGINE.set(self)
         if self._client is None:
             if self._start_lock is None:
                 self._start_lock = asyncio.Lock()
@@ -572,58 +575,68 @@ class Engine:
         return self._client
 
     async def _start(self) -> None:
-        session: AioSession = _shared_session() if self._credentials is not None else get_session()
         cfg = self.config
-        aio_cfg = AioConfig(
-            max_pool_connections=self.concurrency,
-            connect_timeout=cfg.connect_timeout,
-            read_timeout=cfg.read_timeout,
-            retries={"max_attempts": cfg.max_attempts, "mode": "standard"},
-            s3={"addressing_style": "path"} if self.endpoint_url else None,
-            signature_version="s3v4",
-            tcp_keepalive=True,
-            http_session_cls=_Session,
-        )
-        region = self._region or session.get_config_variable("region") or "us-east-1"
+        spec = self.spec
         # None: botocore's own lookup (AWS_CA_BUNDLE, the profile's ca_bundle, certifi)
         verify: bool | str | None = cfg.ca_bundle or (None if cfg.verify_ssl else False)
-        keys: dict[str, Any] = {}
-        if self._credentials is not None:
-            access, secret, token, _ = self._credentials
-            keys = {
-                "aws_access_key_id": access,
-                "aws_secret_access_key": secret,
-                "aws_session_token": token,
-            }
-        # Engines given credentials (worker processes, loop threads) share one session, so
-        # botocore's models are loaded once per process, not once per loop (~40 ms each);
-        # botocore sessions are not thread-safe, so clients are made from it one at a time.
-        shared = session is _SESSION
-        if shared:
-            _SESSION_LOCK.acquire()
-        try:
-            cm = session.create_client(
-                "s3",
-                endpoint_url=self.endpoint_url,
-                region_name=region,
-                config=aio_cfg,
-                verify=verify,
-                **keys,
-            )
-            self._client = await cm.__aenter__()
-        finally:
-            if shared:
-                _SESSION_LOCK.release()
-        self._client_cm = cm
-        if self._credentials is not None and self._credentials[3] is not None:
-            # Expiring credentials: refreshed through the caller before they expire. Both
-            # transports sign with the signer's credentials object.
-            self._client._request_signer._credentials = handed_on(self._credentials, self._ask)
-        self._client.meta.events.register_first("needs-retry.s3", self._botocore_retry)
-        self._client.meta.events.register_first("request-created.s3", _botocore_sent)
-        await self.transport.start(
-            self._client, cfg.transport == "http", (cfg.connect_timeout, cfg.read_timeout)
+        if verify is None:
+            verify = spec.verify if spec.verify is not True else None
+        path_style = self.endpoint_url is not None and not spec.custom_addressing
+        aio_cfg = client_config(
+            spec,
+            {
+                "max_pool_connections": self.concurrency,
+                "connect_timeout": cfg.connect_timeout,
+                "read_timeout": cfg.read_timeout,
+                "retries": {"max_attempts": cfg.max_attempts, "mode": "standard"},
+                "s3": {"addressing_style": "path"} if path_style else None,
+                "tcp_keepalive": True,
+                "http_session_cls": _Session,
+            },
+            {"signature_version": "s3v4"},
         )
+        timeouts = (cfg.connect_timeout, cfg.read_timeout)
+
+        async def make() -> tuple[Any, Any, Transport]:
+            cm, client = await create_client(
+                spec, endpoint_url=self.endpoint_url, verify=verify, config=aio_cfg
+            )
+            if self._credentials is not None and self._credentials[3] is not None:
+                # Expiring credentials: refreshed through the caller before they expire. Both
+                # transports sign with the signer's credentials object.
+                client._request_signer._credentials = handed_on(self._credentials, self._ask)
+            client.meta.events.register_first("request-created.s3", _botocore_sent)
+            transport = Transport()
+            await transport.start(client, cfg.transport == "http", timeouts, faults=self.faults)
+            return cm, client, transport
+
+        if self.faults is None and _bridge.in_loop_thread():
+            # On s3fast's own loop (the sync API): the client of the last context with the
+            # same settings, its connections (and transport choices) still there.
+            key = shared_key(
+                spec,
+                self.endpoint_url,
+                verify,
+                cfg.transport,
+                timeouts,
+                cfg.max_attempts,
+                cfg.ca_bundle,
+                cfg.verify_ssl,
+                self.concurrency,
+            )
+
+            async def make_shared() -> tuple[Any, Any, Transport]:
+                cm, client, transport = await make()
+                client.meta.events.register_first("needs-retry.s3", _botocore_retry)
+                return cm, client, transport
+
+            self._lease = await lease(key, make_shared)
+            self._client, self.transport = self._lease.client, self._lease.transport
+            return
+        self._client_cm, self._client, self.transport = await make()
+        self._client.meta.events.register_first("needs-retry.s3", self._botocore_retry)
+        if self.faults is not None:
+            self._client.meta.events.register_first("before-send.s3", self.faults.before_send)
 
     async def frozen_credentials(self) -> Handed | None:
         """The client's credentials as they are now ``(access key, secret, token, expiry)``,
@@ -728,6 +741,10 @@ class Engine:
                 await asyncio.sleep(delay)
 
     async def close(self) -> None:
+        if self._lease is not None:  # the shared client stays open for the next engine
+            release(self._lease)
+            self._lease, self._client, self.transport = None, None, Transport()
+            return
         self.transport.close()
         cm, self._client_cm, self._client = self._client_cm, None, None
         if cm is not None:
@@ -739,10 +756,17 @@ class Engine:
         what was learned about the server. The next request starts a client of our own."""
         _fork.orphan(self._client_cm, self._client, self.transport, self.limiter, self._scouted)
         self._client = self._client_cm = None
+        self._lease = None  # the parent's shared client (see session.py): not released here
         self.transport = Transport()
         self._start_lock = None
         self._scouted = None
         self.limiter = AdaptiveLimiter(self.config.max_concurrency, self.concurrency)
+
+
+def _botocore_retry(**kwargs: Any) -> bool | None:
+    """A shared client's ``needs-retry`` hook: the hook of the engine making the request."""
+    engine = CURRENT_ENGINE.get(None)
+    return engine._botocore_retry(**kwargs) if engine is not None else None
 
 
 # Failures that a (ranged) re-request can resume: broken bodies, 5xx answers, timeouts.

@@ -628,9 +628,14 @@ class HttpGetter:
     endpoint resolution and proxy configuration (:mod:`.endpoint`)."""
 
     def __init__(
-        self, client: Any, ssl_context: ssl.SSLContext | None, timeouts: tuple[float, float]
+        self,
+        client: Any,
+        ssl_context: ssl.SSLContext | None,
+        timeouts: tuple[float, float],
+        faults: Any = None,
     ) -> None:
         self._client = client
+        self._faults = faults  # a FaultInjector (inject_failure_rate), asked per request
         self._signer = _Signer(client._request_signer._credentials)
         self._ssl = ssl_context
         self._connect_timeout, self._read_timeout = timeouts
@@ -692,6 +697,9 @@ class HttpGetter:
     ) -> tuple[tuple[str, str, int, Proxy | None], bytes]:
         endpoint, proxy = self._address(bucket, operation)
         scheme, host, port = endpoint.scheme, endpoint.host, endpoint.port
+        if self._faults is not None:
+            where = f"{endpoint.host_header}{endpoint.path(key)}?{query}"
+            self._faults.check(method, where, extra.get("range", ""))
         plain_proxy = proxy is not None and scheme == "http"
         request = await self._signer.sign(
             method,

@@ -119,6 +119,7 @@ class Loops:
                 credentials=creds,
                 region=self.engine.region,
                 ceiling=ceiling,
+                spec=self.engine.spec.portable(self.engine.region),
                 ask=functools.partial(self._ask, caller),
             )
             slot.creds = creds

@@ -76,6 +76,7 @@ from .creds import Handed
 from .get import Fetched, FileSink, MemorySink, _writable_bytes, fetch
 from .listing import Entry, ListRequest, list_prefix
 from .put import Source, put
+from .session import ClientSpec
 
 MIN_BATCH = 8  # fewer objects than this stay in the calling process
 INLINE_MAX = 256 * 1024  # in-memory bodies up to this size travel inside the result message
@@ -247,6 +248,7 @@ class _Worker:
         self.endpoint_url: str | None = setup["endpoint_url"]
         self.region: str | None = setup["region"]
         self.ceiling: int = setup["ceiling"]
+        self.spec: ClientSpec | None = setup.get("spec")
         self.engine: Engine | None = None
         self.creds: Credentials | None = None
         self.engines: list[Engine] = []
@@ -272,6 +274,7 @@ class _Worker:
                 credentials=creds,
                 region=self.region,
                 ceiling=self.ceiling,
+                spec=self.spec,
                 ask=self.ask,
             )
             self.creds = creds
@@ -578,6 +581,7 @@ class Pool:
             "endpoint_url": self.engine.endpoint_url,
             "region": self.engine.region,
             "ceiling": ceiling,
+            "spec": self.engine.spec.portable(self.engine.region),
         }
         loop = asyncio.get_running_loop()
         spawned = await loop.run_in_executor(None, _spawn, self.size)

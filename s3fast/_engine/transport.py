@@ -137,16 +137,19 @@ class Transport:
         self._relearned: set[str] = set()  # buckets back on the lean path after a redirect
         self._logged: set[tuple[str, str]] = set()
 
-    async def start(self, client: Any, lean: bool, timeouts: tuple[float, float]) -> None:
+    async def start(
+        self, client: Any, lean: bool, timeouts: tuple[float, float], faults: Any = None
+    ) -> None:
         """Bind to the started botocore ``client``; ``lean``: the lean path may be used
-        (``TransferConfig.transport == "http"``)."""
+        (``TransferConfig.transport == "http"``); ``faults``: a
+        :class:`.faults.FaultInjector` the lean path asks before each request."""
         self._client = client
         self._started = True
         self._off = None if lean else 'TransferConfig(transport="botocore")'
         if self._off is None:
             self._off = _client_reason(client)
         if self._off is None:
-            self._http = HttpGetter(client, await tls_context(client), timeouts)
+            self._http = HttpGetter(client, await tls_context(client), timeouts, faults)
         else:
             logger.debug("every request takes botocore: %s", self._off)
 

@@ -1,0 +1,500 @@
+"""How the S3 client is made: metaflow.S3's keywords (``role``, ``session_vars``,
+``client_params``, ``external_client``), and what the clients of one process share.
+
+Shared within the process, so that a new ``S3`` costs no file-system scan and no network
+round trip:
+
+- one botocore data loader per data path: service models are parsed once, not per client;
+- botocore sessions, keyed by what changes them: the session variables, the ``AWS_*``
+  environment, ``HOME``, and the config and credentials files' modification times;
+- assumed-role credentials, per role, session and event loop, refreshed by botocore before
+  they expire (an asyncio lock guards each refresh, so they are not shared across loops).
+
+botocore sessions are not thread-safe: clients are made from them one at a time (one lock
+for the process, taken without blocking an event loop). Each client has its own
+credentials, region, endpoint, certificate check and connection pool: nothing of one
+client's leaks into another's requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextvars
+import getpass
+import inspect
+import os
+import re
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+import botocore.exceptions
+from aiobotocore.config import AioConfig
+from aiobotocore.credentials import (
+    AioAssumeRoleCredentialFetcher,
+    AioDeferredRefreshableCredentials,
+)
+from aiobotocore.session import AioSession
+from botocore.loaders import Loader, create_loader
+
+from .. import _fork
+
+# Options of a user's botocore Config that s3fast sets itself from its TransferConfig (the
+# engine's pool, timeouts and retry budget); every other option of the user's Config wins.
+OWNED_OPTIONS = frozenset(
+    {
+        "max_pool_connections",
+        "connect_timeout",
+        "read_timeout",
+        "retries",
+        "tcp_keepalive",
+        "http_session_cls",
+        "connector_args",
+    }
+)
+# Options of an external client's Config that carry the user's intent (the rest are botocore's
+# resolved defaults).
+EXTERNAL_OPTIONS = ("proxies", "proxies_config", "s3", "signature_version", "client_cert")
+# boto3 client arguments that metaflow.S3 passes through ``client_params``.
+CLIENT_PARAMS = frozenset(
+    {
+        "endpoint_url",
+        "region_name",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_session_token",
+        "verify",
+        "config",
+        "use_ssl",
+        "api_version",
+        "aws_account_id",
+    }
+)
+MAX_SESSIONS = 16
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientSpec:
+    """What the S3 client is built from, beyond the endpoint and TransferConfig.
+
+    ``keys``: static credentials ``(access key, secret, token)``; ``credentials``: a
+    credentials object to sign with (an external client's, refreshed as it refreshes);
+    ``role``: an IAM role to assume through STS; ``session_vars``: botocore session
+    variables; ``config``: the user's botocore ``Config`` (merged under s3fast's own
+    settings, see :data:`OWNED_OPTIONS`); ``inject_failure_rate``: see
+    :mod:`s3fast._engine.faults`."""
+
+    region: str | None = None
+    verify: bool | str | None = None
+    config: Any = None
+    client_args: tuple[tuple[str, Any], ...] = ()  # use_ssl, api_version, aws_account_id
+    keys: tuple[str, str, str | None] | None = None
+    credentials: Any = None
+    role: str | None = None
+    session_vars: tuple[tuple[str, Any], ...] = ()
+    inject_failure_rate: int = 0
+
+    def portable(self, region: str | None) -> ClientSpec:
+        """The part a worker (another process, or a loop thread given frozen credentials)
+        rebuilds its client from."""
+        return replace(self, region=region, keys=None, credentials=None, role=None)
+
+    @property
+    def custom_addressing(self) -> bool:
+        s3 = getattr(self.config, "s3", None) or {}
+        return bool(s3.get("addressing_style"))
+
+
+def _frozen_vars(session_vars: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted((session_vars or {}).items(), key=lambda kv: kv[0]))
+
+
+def spec_from(
+    *,
+    role: str | None = None,
+    session_vars: Mapping[str, Any] | None = None,
+    client_params: Mapping[str, Any] | None = None,
+    external_client: Any = None,
+    inject_failure_rate: int = 0,
+) -> tuple[ClientSpec, str | None]:
+    """The client spec and the endpoint (None: not given) for metaflow.S3's keywords, as
+    metaflow.S3 reads them: an ``external_client`` wins over ``role``, ``session_vars`` and
+    ``client_params`` (its credentials, region, endpoint, certificate check and proxies are
+    used)."""
+    if external_client is not None:
+        return _external_spec(external_client, inject_failure_rate)
+    params = dict(client_params or {})
+    unknown = sorted(set(params) - CLIENT_PARAMS)
+    if unknown:
+        raise TypeError(f"client_params: unsupported argument(s) {', '.join(unknown)}")
+    config = params.get("config")
+    if isinstance(config, Mapping):
+        config = AioConfig(**config)  # as metaflow: a dict becomes a Config
+    access, secret = params.get("aws_access_key_id"), params.get("aws_secret_access_key")
+    if (access is None) != (secret is None):
+        raise TypeError("client_params: give both aws_access_key_id and aws_secret_access_key")
+    keys: tuple[str, str, str | None] | None = None
+    if access is not None and secret is not None:
+        keys = (str(access), str(secret), params.get("aws_session_token"))
+    spec = ClientSpec(
+        region=params.get("region_name"),
+        verify=params.get("verify"),
+        config=config,
+        client_args=tuple(
+            (k, params[k]) for k in ("use_ssl", "api_version", "aws_account_id") if k in params
+        ),
+        keys=keys,
+        role=role,
+        session_vars=_frozen_vars(session_vars),
+        inject_failure_rate=int(inject_failure_rate or 0),
+    )
+    return spec, params.get("endpoint_url")
+
+
+def _external_spec(client: Any, inject_failure_rate: int) -> tuple[ClientSpec, str | None]:
+    """A boto3 (or aiobotocore) client's credentials, region, endpoint and settings."""
+    meta = getattr(client, "meta", None)
+    signer = getattr(client, "_request_signer", None)
+    if meta is None or signer is None:
+        raise TypeError(f"external_client must be a boto3 S3 client, not {type(client).__name__}")
+    creds = getattr(signer, "_credentials", None)
+    endpoint = None
+    resolver = getattr(client, "_ruleset_resolver", None)
+    builtins = getattr(resolver, "_builtins", None) or {}
+    if builtins.get("SDK::Endpoint"):  # given to it, not derived from its region
+        endpoint = meta.endpoint_url
+    verify = getattr(
+        getattr(getattr(client, "_endpoint", None), "http_session", None), "_verify", None
+    )
+    options = getattr(meta.config, "_user_provided_options", {}) or {}
+    picked = {k: options[k] for k in EXTERNAL_OPTIONS if options.get(k) is not None}
+    spec = ClientSpec(
+        region=meta.region_name,
+        verify=verify,
+        config=AioConfig(**picked) if picked else None,
+        credentials=_async_credentials(creds) if creds is not None else None,
+        inject_failure_rate=int(inject_failure_rate or 0),
+    )
+    return spec, endpoint
+
+
+class _SyncCredentials:
+    """A boto3 client's (synchronous) credentials, as aiobotocore's signer awaits them. A
+    refresh that is due runs in a thread, not on the event loop."""
+
+    def __init__(self, creds: Any) -> None:
+        self._creds = creds
+        self.method = getattr(creds, "method", "external")
+
+    async def get_frozen_credentials(self) -> Any:
+        due = getattr(self._creds, "refresh_needed", None)
+        if callable(due) and due():
+            return await asyncio.to_thread(self._creds.get_frozen_credentials)
+        return self._creds.get_frozen_credentials()
+
+
+def _async_credentials(creds: Any) -> Any:
+    if inspect.iscoroutinefunction(getattr(creds, "get_frozen_credentials", None)):
+        return creds  # aiobotocore's already
+    return _SyncCredentials(creds)
+
+
+# --- what the clients of a process share -------------------------------------------------
+
+_TABLE_LOCK = threading.Lock()  # the tables below
+_CLIENT_LOCK = threading.Lock()  # botocore sessions are not thread-safe: one client at a time
+_LOADERS: dict[str | None, Loader] = {}
+_SESSIONS: OrderedDict[tuple[Any, ...], AioSession] = OrderedDict()
+_ROLES: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[Any, ...], AioDeferredRefreshableCredentials]
+] = weakref.WeakKeyDictionary()
+loads = 0  # botocore sessions made (each loads what its loader has not)
+
+
+def _stamp(path: str) -> tuple[float, int] | None:
+    try:
+        st = os.stat(os.path.expanduser(path))
+    except OSError:
+        return None
+    return (st.st_mtime, st.st_size)
+
+
+def _environment_key() -> tuple[Any, ...]:
+    """What a session depends on besides its variables: the ``AWS_*`` environment, ``HOME``,
+    and the config and credentials files as they are now (edited, or rewritten by a login
+    tool: a new session reads them again, as a new metaflow.S3 would)."""
+    env = os.environ
+    return (
+        env.get("HOME"),
+        tuple(sorted((k, v) for k, v in env.items() if k.startswith("AWS_"))),
+        _stamp(env.get("AWS_CONFIG_FILE") or "~/.aws/config"),
+        _stamp(env.get("AWS_SHARED_CREDENTIALS_FILE") or "~/.aws/credentials"),
+    )
+
+
+def session_key(spec: ClientSpec) -> tuple[Any, ...]:
+    return (repr(spec.session_vars), _environment_key())
+
+
+def shared_session(spec: ClientSpec) -> AioSession:
+    """The process's botocore session for ``spec``'s session variables and the environment as
+    it is now; all of them share one data loader (per ``AWS_DATA_PATH``)."""
+    global loads
+    key = session_key(spec)
+    with _TABLE_LOCK:
+        session = _SESSIONS.get(key)
+        if session is not None:
+            _SESSIONS.move_to_end(key)
+            return session
+        session = AioSession(session_vars=dict(spec.session_vars) or None)
+        data_path = session.get_config_variable("data_path")
+        loader = _LOADERS.get(data_path)
+        if loader is None:
+            loader = _LOADERS[data_path] = create_loader(data_path)
+        session.register_component("data_loader", loader)
+        _SESSIONS[key] = session
+        loads += 1
+        while len(_SESSIONS) > MAX_SESSIONS:
+            _SESSIONS.popitem(last=False)
+        return session
+
+
+@asynccontextmanager
+async def _client_lock() -> AsyncIterator[None]:
+    """The process's client-making lock, waited for without blocking the event loop (two
+    engines on one loop must not block its thread on each other)."""
+    # A thread lock has no awaitable form: poll it (held for milliseconds; a cancelled
+    # waiter holds nothing, which a thread acquiring on its behalf could not promise).
+    while not _CLIENT_LOCK.acquire(blocking=False):  # noqa: ASYNC110
+        await asyncio.sleep(0.001)
+    try:
+        yield
+    finally:
+        _CLIENT_LOCK.release()
+
+
+def _creator(session: AioSession) -> Any:
+    """A ``client_creator`` for botocore's credential fetchers: clients (STS) made under the
+    lock."""
+
+    @asynccontextmanager
+    async def create(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        async with _client_lock():
+            cm = session.create_client(*args, **kwargs)
+            client = await cm.__aenter__()
+        try:
+            yield client
+        finally:
+            await cm.__aexit__(None, None, None)
+
+    return create
+
+
+def role_session_name() -> str:
+    """``s3fast-<user>-<unix time>``, as IAM allows it (``[\\w+=,.@-]``, at most 64)."""
+    try:
+        user = os.environ.get("USERNAME") or getpass.getuser()
+    except Exception:
+        user = "user"
+    name = f"s3fast-{user}-{int(time.time())}"
+    return re.sub(r"[^\w+=,.@-]", "_", name)[:64]
+
+
+async def role_credentials(session: AioSession, spec: ClientSpec) -> Any:
+    """Credentials of ``spec.role``, assumed with the session's own credentials and
+    refreshed by botocore before they expire; shared by the clients of this event loop."""
+    assert spec.role is not None
+    loop = asyncio.get_running_loop()
+    key = (spec.role, session_key(spec))
+    with _TABLE_LOCK:
+        per_loop = _ROLES.setdefault(loop, {})
+        creds = per_loop.get(key)
+    if creds is not None:
+        return creds
+    async with _client_lock():
+        source = await session.get_credentials()
+    if source is None:
+        raise botocore.exceptions.NoCredentialsError()
+    fetcher = AioAssumeRoleCredentialFetcher(
+        client_creator=_creator(session),
+        source_credentials=source,
+        role_arn=spec.role,
+        extra_args={"RoleSessionName": role_session_name()},
+    )
+    creds = AioDeferredRefreshableCredentials(
+        method="assume-role", refresh_using=fetcher.fetch_credentials
+    )
+    with _TABLE_LOCK:
+        return per_loop.setdefault(key, creds)
+
+
+def client_config(
+    spec: ClientSpec, owned: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> AioConfig:
+    """s3fast's options (``owned``) over the user's Config (its proxies, addressing style,
+    signature version, ... win), over ``defaults``."""
+    user = {**(defaults or {}), **(getattr(spec.config, "_user_provided_options", None) or {})}
+    for name in OWNED_OPTIONS:
+        user.pop(name, None)
+    owned = dict(owned)
+    s3 = {**(owned.pop("s3", None) or {}), **(user.pop("s3", None) or {})}  # the user's wins
+    return AioConfig(**user, **owned, s3=s3 or None)
+
+
+async def create_client(
+    spec: ClientSpec, *, endpoint_url: str | None, verify: bool | str | None, config: AioConfig
+) -> tuple[Any, Any]:
+    """A started aiobotocore S3 client for ``spec``: ``(context manager, client)``; the
+    caller closes it with ``await cm.__aexit__(None, None, None)``."""
+    session = shared_session(spec)
+    creds: Any = spec.credentials
+    if creds is None and spec.role is not None and spec.keys is None:
+        creds = await role_credentials(session, spec)
+    keys: dict[str, Any] = {}
+    if spec.keys is not None:
+        access, secret, token = spec.keys
+        keys = {
+            "aws_access_key_id": access,
+            "aws_secret_access_key": secret,
+            "aws_session_token": token,
+        }
+    elif creds is not None:
+        # Signed with ``creds`` (set below): placeholders spare botocore's credential chain.
+        keys = {"aws_access_key_id": "-", "aws_secret_access_key": "-"}
+    async with _client_lock():
+        region = spec.region or session.get_config_variable("region") or "us-east-1"
+        cm = session.create_client(
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=region,
+            config=config,
+            verify=verify,
+            **keys,
+            **dict(spec.client_args),
+        )
+        client = await cm.__aenter__()
+    if creds is not None and spec.keys is None:
+        client._request_signer._credentials = creds
+    return cm, client
+
+
+# --- started clients shared on s3fast's own event loop --------------------------------------
+
+CURRENT_ENGINE: contextvars.ContextVar[Any] = contextvars.ContextVar("s3fast_engine")
+MAX_SHARED_CLIENTS = 8
+
+
+class SharedClient:
+    """A started client (and its :class:`~.transport.Transport`) that engines of the same settings borrow in
+    turn: made once, its keep-alive connections reused by the next ``S3`` context. botocore's
+    hooks find the engine a request belongs to through :data:`CURRENT_ENGINE`."""
+
+    def __init__(self, key: tuple[Any, ...], cm: Any, client: Any, transport: Any) -> None:
+        self.key = key
+        self.cm = cm
+        self.client = client
+        self.transport = transport
+        self.users = 0
+
+    async def close(self) -> None:
+        self.transport.close()
+        await self.cm.__aexit__(None, None, None)
+
+
+# Only on s3fast's own loop (the sync API's), which lives as long as the process: a client on
+# a caller's loop would outlive that loop. Touched only from that loop's thread.
+_SHARED: OrderedDict[tuple[Any, ...], SharedClient] = OrderedDict()
+_SHARED_LOOP: list[asyncio.AbstractEventLoop] = []
+
+
+def shared_key(spec: ClientSpec, *settings: Any) -> tuple[Any, ...]:
+    """What a shared client is for: the session, the credentials, the region, the user's
+    Config, and ``settings`` (endpoint, certificate check, the engine's pool and timeouts)."""
+    options = getattr(spec.config, "_user_provided_options", None)
+    return (
+        session_key(spec),
+        spec.keys,
+        spec.role,
+        id(spec.credentials) if spec.credentials is not None else None,
+        spec.region,
+        spec.client_args,
+        repr(sorted(options.items())) if options else None,
+        settings,
+    )
+
+
+async def lease(key: tuple[Any, ...], make: Any) -> SharedClient:
+    """The shared client for ``key`` (made by ``await make()`` if there is none), with one
+    more user. Idle clients beyond :data:`MAX_SHARED_CLIENTS` are closed."""
+    shared = _SHARED.get(key)
+    if shared is None:
+        cm, client, transport = await make()
+        shared = _SHARED.get(key)  # made meanwhile by another engine of the loop
+        if shared is None:
+            shared = _SHARED[key] = SharedClient(key, cm, client, transport)
+            if not _SHARED_LOOP:
+                _SHARED_LOOP.append(asyncio.get_running_loop())
+                atexit.register(_close_at_exit)
+        else:
+            await SharedClient(key, cm, client, transport).close()
+    _SHARED.move_to_end(key)
+    shared.users += 1
+    idle = [s for s in _SHARED.values() if s.users == 0]
+    while len(_SHARED) > MAX_SHARED_CLIENTS and idle:
+        old = idle.pop(0)
+        del _SHARED[old.key]
+        await old.close()
+    return shared
+
+
+def release(shared: SharedClient) -> None:
+    shared.users -= 1
+
+
+async def close_shared() -> None:
+    """Close every idle shared client (on s3fast's loop)."""
+    for key, shared in list(_SHARED.items()):
+        if shared.users == 0:
+            del _SHARED[key]
+            await shared.close()
+
+
+def close_idle_clients(timeout: float = 10.0) -> None:
+    """From any thread but s3fast's loop: close the idle shared clients now (their next
+    context starts with new connections)."""
+    loop = _SHARED_LOOP[0] if _SHARED_LOOP else None
+    if loop is None or loop.is_closed() or not loop.is_running() or not _SHARED:
+        return
+    asyncio.run_coroutine_threadsafe(close_shared(), loop).result(timeout)
+
+
+def _close_at_exit() -> None:
+    try:
+        close_idle_clients(5.0)
+    except Exception:  # the loop is going away with the process anyway
+        pass
+
+
+def _after_fork_in_child() -> None:
+    """The parent's clients, sessions and locks are not this process's (another thread may
+    have held a lock, or been half-way through making a client, at the fork): a child starts
+    its own, and keeps the parent's alive and untouched (:func:`s3fast._fork.orphan`). The
+    parsed models (the loaders) are kept."""
+    global _CLIENT_LOCK, _TABLE_LOCK
+    _fork.orphan(list(_SHARED.values()), dict(_SESSIONS), dict(_ROLES))
+    _SHARED.clear()
+    _SHARED_LOOP.clear()
+    _SESSIONS.clear()
+    _ROLES.clear()
+    _CLIENT_LOCK = threading.Lock()
+    _TABLE_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
