@@ -69,6 +69,14 @@ def _client_setup(
     rate = (
         inject_failure_rate if inject_failure_rate is not None else mfconfig.inject_failure_rate()
     )
+    if _is_metaflow_s3_client(external_client):
+        # What metaflow.S3 is given as ``external_client`` (its datastore passes one): a
+        # wrapper of the role, session variables and client params that make its client,
+        # which metaflow.S3's workers rebuild from those three. So does s3fast.
+        role = external_client._s3_role
+        session_vars = external_client._s3_session_vars
+        client_params = external_client._s3_client_params
+        external_client = None
     if external_client is None:
         # metaflow.S3: ``session_vars``/``client_params`` if given (and not empty), else
         # Metaflow's DATATOOLS_SESSION_VARS / DATATOOLS_CLIENT_PARAMS.
@@ -94,6 +102,14 @@ def _client_setup(
         spec = dataclasses.replace(spec, verify=mfconfig.s3_verify())
     endpoint = endpoint_url or given or resolve_endpoint(None) or mfconfig.s3_endpoint()
     return spec, endpoint
+
+
+def _is_metaflow_s3_client(client: Any) -> bool:
+    """Is ``client`` metaflow's ``S3Client`` (a lazily made boto3 client and how to make it)?"""
+    return client is not None and all(
+        hasattr(client, name)
+        for name in ("_s3_role", "_s3_session_vars", "_s3_client_params", "reset_client")
+    )
 
 
 class AsyncS3:

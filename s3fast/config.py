@@ -8,6 +8,7 @@ import importlib.util
 import json
 import logging
 import os
+import pkgutil
 import sys
 import threading
 from dataclasses import dataclass
@@ -242,7 +243,17 @@ def _metaflow_files() -> bool:
         if parent == here:
             break
         here = parent
-    return importlib.util.find_spec("metaflow_extensions") is not None
+    return _other_metaflow_extensions()
+
+
+def _other_metaflow_extensions() -> bool:
+    """Are Metaflow extensions installed other than s3fast's own (whose only setting,
+    ``S3FAST_ENABLED``, changes nothing s3fast reads)?"""
+    spec = importlib.util.find_spec("metaflow_extensions")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    found = pkgutil.iter_modules(list(spec.submodule_search_locations))
+    return any(module.name != "s3fast" for module in found)
 
 
 def _metaflow_config() -> Any:

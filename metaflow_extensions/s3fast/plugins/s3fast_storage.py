@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import dataclasses
-import inspect
 import json
 import logging
 import os
@@ -34,20 +32,15 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from metaflow.datastore.datastore_storage import CloseAfterUse
-from metaflow.metaflow_config import ARTIFACT_LOCALROOT, DATATOOLS_CLIENT_PARAMS, DATATOOLS_S3ROOT
+from metaflow.metaflow_config import ARTIFACT_LOCALROOT, DATATOOLS_S3ROOT
 from metaflow.plugins.datastores.s3_storage import S3Storage
 
 import s3fast
-from s3fast import S3, S3PutObject, TransferConfig
+from s3fast import S3, S3PutObject
 
 logger = logging.getLogger(__name__)
 
 PUT_SLICE_BYTES = 256 * 1024 * 1024
-
-# Until s3fast.S3 takes metaflow.S3's ``external_client=`` (and reads Metaflow's client
-# params itself), the endpoint and certificate settings Metaflow would give boto3 are mapped
-# onto s3fast's own arguments here.
-_TAKES_EXTERNAL_CLIENT = "external_client" in inspect.signature(S3.__init__).parameters
 
 _announced = False
 _announce_lock = threading.Lock()
@@ -74,26 +67,6 @@ def announce() -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def client_kwargs(external_client: Any = None) -> dict[str, Any]:
-    """The keyword arguments that make an ``s3fast.S3`` reach what Metaflow's S3 client
-    (``external_client``, a ``metaflow...s3.S3Client``) reaches."""
-    if _TAKES_EXTERNAL_CLIENT:
-        return {"external_client": external_client} if external_client is not None else {}
-    params = getattr(external_client, "_s3_client_params", None) or DATATOOLS_CLIENT_PARAMS
-    kwargs: dict[str, Any] = {}
-    if params.get("endpoint_url"):
-        kwargs["endpoint_url"] = params["endpoint_url"]
-    verify = params.get("verify")
-    if verify is not None:
-        config = TransferConfig.from_env()
-        if isinstance(verify, str) and verify.lower() not in ("true", "false"):
-            config = dataclasses.replace(config, ca_bundle=verify)
-        elif verify is False or str(verify).lower() == "false":
-            config = dataclasses.replace(config, verify_ssl=False)
-        kwargs["config"] = config
-    return kwargs
-
-
 def shared_client(s3root: str, external_client: Any = None) -> S3:
     """This process's ``s3fast.S3`` for ``s3root`` and Metaflow's client settings, made on
     first use and closed at exit."""
@@ -109,7 +82,7 @@ def shared_client(s3root: str, external_client: Any = None) -> S3:
     with _clients_lock:
         client = _clients.get(key)
         if client is None:
-            client = S3(s3root=s3root, tmproot=ARTIFACT_LOCALROOT, **client_kwargs(external_client))
+            client = S3(s3root=s3root, tmproot=ARTIFACT_LOCALROOT, external_client=external_client)
             _clients[key] = client
         return client
 
@@ -249,7 +222,7 @@ class S3FastDataClient(S3):
     TYPE = "s3"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **{**client_kwargs(), **kwargs})
+        super().__init__(*args, **kwargs)
         announce()
 
     @classmethod
