@@ -14,9 +14,10 @@ from typing import Any, TypeVar
 
 from . import _fork
 from . import config as mfconfig
-from ._engine.client import Engine, TransferStats, bounded_map, resolve_endpoint
+from ._engine.batch import bounded_map
 from ._engine.copy import copy_object
 from ._engine.delete import Failed, delete_object, delete_objects
+from ._engine.engine import Engine, TransferStats, resolve_endpoint
 from ._engine.get import Fetched, FileSink, MemorySink, fetch, head_object
 from ._engine.listing import Entry, ListRequest, list_prefix
 from ._engine.loops import Loops

@@ -22,8 +22,8 @@ from s3fast import (
     MetaflowS3TransferError,
     TransferConfig,
 )
-from s3fast._engine.client import Engine
 from s3fast._engine.endpoint import tls_context
+from s3fast._engine.engine import Engine
 from s3fast.limits import KiB, MiB
 
 from .conftest import Server, _bucket_on, open_uploads

@@ -44,9 +44,11 @@ from ..errors import (
 from ..limits import MiB, split
 from ..targets import Targets
 from ..urls import ByteRange, S3Path, parse_content_range
+from .batch import bounded_map
 from .checksums import CRC32, Checksum, combined, full_object
-from .client import RESUMABLE, SCOUT_WAIT, Engine, RetryClock, backoff, bounded_map, retrying
+from .engine import SCOUT_WAIT, Engine
 from .http import Digest, ProtocolSurprise
+from .retry import RESUMABLE, RetryClock, backoff, retrying
 
 READ_CHUNK = 1 * MiB
 

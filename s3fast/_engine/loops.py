@@ -38,7 +38,8 @@ from ..config import TransferConfig
 from ..errors import MetaflowS3NotFound
 from ..urls import ByteRange, parse
 from . import procs
-from .client import Engine, bounded_map
+from .batch import bounded_map
+from .engine import Engine
 from .get import Fetched, MemorySink, fetch
 from .procs import Credentials, assign, share_of
 

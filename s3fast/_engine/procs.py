@@ -71,8 +71,9 @@ from ..errors import (
 from ..limits import MiB
 from ..targets import Targets, free_bytes, local_name, margin
 from ..urls import ByteRange, S3Path, parse
-from .client import Engine, bounded_map
+from .batch import bounded_map
 from .creds import Handed
+from .engine import Engine
 from .get import Fetched, FileSink, MemorySink, _writable_bytes, fetch
 from .listing import Entry, ListRequest, list_prefix
 from .put import Source, put
