@@ -43,430 +43,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
-import heapq
 import itertools
 import logging
-import math
 import os
-import pickle
-import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 from .. import _fork
 from ..config import TransferConfig
 from ..errors import (
     MetaflowS3AccessDenied,
-    MetaflowS3InsufficientDiskSpace,
-    MetaflowS3NotFound,
     MetaflowS3TransferError,
 )
-from ..limits import MiB
-from ..targets import Targets, free_bytes, local_name, margin
-from ..urls import ByteRange, S3Path, parse
-from .batch import bounded_map
-from .creds import Handed
+from ..targets import Targets
+from ..urls import ByteRange
+from . import fanout
 from .engine import Engine
-from .get import Fetched, FileSink, MemorySink, _writable_bytes, fetch
-from .listing import Entry, ListRequest, list_prefix
-from .put import Source, put
-from .session import ClientSpec
+from .fanout import assign, share_of
+from .get import Fetched, _writable_bytes
+from .listing import Entry, ListRequest
+from .procwire import recv, remove_files, send
 
-MIN_BATCH = 8  # fewer objects than this stay in the calling process
-INLINE_MAX = 256 * 1024  # in-memory bodies up to this size travel inside the result message
-SIZE_OVERHEAD = 256 * 1024  # per-object cost, in bytes, when balancing workers by size
 START_TIMEOUT = 60.0
 CLEANUP_TIMEOUT = 30.0
 EXIT_TIMEOUT = 10.0
 
-_HEADER = struct.Struct("!Q")
-_ENTRY = "from s3fast._engine.procs import worker_main; worker_main()"
+_ENTRY = "from s3fast._engine.worker import worker_main; worker_main()"
 
 log = logging.getLogger(__name__)
-
-Credentials = Handed  # (access key, secret, token, expiry): see creds.py
-ASK_TIMEOUT = 60.0  # seconds a worker waits for the parent's credentials
-
-
-def processes_for(engine: Engine) -> int:
-    """The engine's plan's processes (``TransferConfig.processes``, else the machine's plan).
-    Always 1 off POSIX (the workers talk over socketpairs handed down by ``pass_fds``)."""
-    return engine.plan.processes if os.name == "posix" else 1
-
-
-def share_of(config: TransferConfig, engine: Engine, size: int) -> tuple[TransferConfig, int]:
-    """One of ``size`` workers' (processes' or loop threads') config and concurrency ceiling:
-    one process each, a share of the client's concurrency (the plan's at least 16 each, a
-    given one split exactly), its ceiling, its ``max_bandwidth`` (a cap for the client as a
-    whole) and its memory budget (a given one is the client's, split; the plan's is already
-    per process)."""
-    start = math.ceil(engine.config.max_concurrency / size)
-    budget = engine.config.memory_budget
-    share = dataclasses.replace(
-        config,
-        processes=1,
-        max_concurrency=max(1, start) if config.max_concurrency else max(16, start),
-        max_bandwidth=max(1, config.max_bandwidth // size) if config.max_bandwidth else None,
-        memory_budget=max(1, budget // size) if config.memory_budget else budget,
-    )
-    return share, math.ceil(engine.concurrency / size)
-
-
-def assign(count: int, workers: int, sizes: list[int | None] | None = None) -> list[list[int]]:
-    """Indices ``0..count-1`` split between ``workers``, each list in input order: balanced by
-    size (largest first onto the least loaded) when sizes are known, else round-robin."""
-    if sizes is None:
-        return [list(range(w, count, workers)) for w in range(workers)]
-    heap = [(0, w) for w in range(workers)]
-    bins: list[list[int]] = [[] for _ in range(workers)]
-    for idx in sorted(range(count), key=lambda i: -(sizes[i] or 0)):
-        load, w = heapq.heappop(heap)
-        bins[w].append(idx)
-        heapq.heappush(heap, (load + (sizes[idx] or 0) + SIZE_OVERHEAD, w))
-    return [sorted(b) for b in bins]
-
-
-# --- the wire: length-prefixed pickles over a stream socket --------------------------------
-
-
-def _send(writer: asyncio.StreamWriter, msg: Any) -> None:
-    if writer.is_closing():
-        return
-    body = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
-    writer.write(_HEADER.pack(len(body)))
-    writer.write(body)
-
-
-async def _recv(reader: asyncio.StreamReader) -> Any:
-    (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
-    return pickle.loads(await reader.readexactly(size))
-
-
-def _portable(exc: BaseException) -> BaseException:
-    """``exc`` if it survives pickling as the same type and message, else a transfer error
-    that names it."""
-    try:
-        back = pickle.loads(pickle.dumps(exc))
-        if type(back) is type(exc) and str(back) == str(exc):
-            return exc
-    except Exception:
-        pass
-    url = getattr(exc, "url", None)
-    return MetaflowS3TransferError(f"{url or 'S3'}: {type(exc).__name__}: {exc}", url)
-
-
-def _remove(paths: list[str]) -> None:
-    for path in paths:
-        for name in (path, path + ".part"):
-            with contextlib.suppress(OSError):
-                os.unlink(name)
-
-
-# --- the worker side -------------------------------------------------------------------------
-
-
-class _Dirs:
-    """The parent's private temp dirs as a worker sees them: the same order and margins, with
-    this worker's own reservations (the disk-full check is repeated by ``posix_fallocate``)."""
-
-    def __init__(self, roots: list[tuple[str, str, bool]]) -> None:
-        self.roots = roots
-        self.margins = [margin(base, explicit) for _, base, explicit in roots]
-        self.reserved = [0] * len(roots)
-
-    def reserve(self, size: int, url: str) -> tuple[str, int]:
-        tried = []
-        for idx, (directory, base, _) in enumerate(self.roots):
-            avail = free_bytes(base) - self.reserved[idx]
-            if size == 0 or avail >= size + self.margins[idx]:
-                self.reserved[idx] += size
-                return directory, idx
-            tried.append(f"{base} has {max(avail, 0) // MiB} MiB free")
-        raise MetaflowS3InsufficientDiskSpace(
-            f"{url}: not enough space for {size} bytes ({'; '.join(tried)})", url
-        )
-
-    def release(self, token: int, size: int) -> None:
-        self.reserved[token] -= size
-
-
-class _Named:
-    """One download's view of :class:`_Dirs`: its local name numbered by the parent."""
-
-    def __init__(self, dirs: _Dirs, number: int) -> None:
-        self.dirs = dirs
-        self.number = number
-
-    def reserve(self, size: int, url: str) -> tuple[str, int]:
-        return self.dirs.reserve(size, url)
-
-    def release(self, token: int, size: int) -> None:
-        self.dirs.release(token, size)
-
-    def new_path(self, directory: str, url: str, tag: str = "") -> str:
-        return os.path.join(directory, local_name(self.number, url, tag))
-
-
-class _StagedSink:
-    """``in_memory=True`` in a worker: a small body in memory (sent inline), a bigger one in a
-    temp file that the parent reads back."""
-
-    def __init__(self, targets: Targets, url: str, tag: str) -> None:
-        self._file = FileSink(targets, url, tag)
-        self._sink: Any = None
-
-    async def open(self, size: int) -> None:
-        self._sink = MemorySink() if size <= INLINE_MAX else self._file
-        await self._sink.open(size)
-
-    def view(self, offset: int, length: int) -> memoryview:
-        return cast(memoryview, self._sink.view(offset, length))
-
-    def settled(self, offset: int, length: int) -> asyncio.Future[None] | None:
-        return cast("asyncio.Future[None] | None", self._sink.settled(offset, length))
-
-    async def commit(self) -> tuple[str | None, bytes | None]:
-        return cast(tuple[str | None, bytes | None], await self._sink.commit())
-
-    async def discard(self) -> None:
-        if self._sink is not None:
-            await self._sink.discard()
-
-
-class _Worker:
-    """A worker's state: its engine (per credentials), running batches, the parent's socket."""
-
-    def __init__(self, writer: asyncio.StreamWriter, setup: dict[str, Any]) -> None:
-        self.writer = writer
-        self.config: TransferConfig = setup["config"]
-        self.endpoint_url: str | None = setup["endpoint_url"]
-        self.region: str | None = setup["region"]
-        self.ceiling: int = setup["ceiling"]
-        self.spec: ClientSpec | None = setup.get("spec")
-        self.engine: Engine | None = None
-        self.creds: Credentials | None = None
-        self.engines: list[Engine] = []
-        self.batches: dict[int, asyncio.Task[None]] = {}
-        # Results finished (and bytes moved) in the same turn of the loop go out as one
-        # message per batch.
-        self.finished: dict[int, list[tuple[int, Any]]] = {}
-        self.moved: dict[int, int] = {}
-        self.flush_soon: asyncio.Handle | None = None
-        self.asks: dict[int, asyncio.Future[Credentials | None]] = {}
-        self.ask_ids = itertools.count(1)
-
-    def engine_for(self, creds: Credentials | None) -> Engine:
-        # Expiring credentials refresh themselves through the parent (``ask``): the engine,
-        # and its connections, stay. Others: a changed set gets a new engine.
-        refreshing = (
-            creds is not None and self.creds is not None and bool(creds[3] and self.creds[3])
-        )
-        if self.engine is None or (creds != self.creds and not refreshing):
-            self.engine = Engine(
-                self.config,
-                self.endpoint_url,
-                credentials=creds,
-                region=self.region,
-                ceiling=self.ceiling,
-                spec=self.spec,
-                ask=self.ask,
-            )
-            self.creds = creds
-            self.engines.append(self.engine)
-        return self.engine
-
-    async def ask(self) -> Credentials | None:
-        """The parent's current credentials (refreshed there when due)."""
-        number = next(self.ask_ids)
-        answer = asyncio.get_running_loop().create_future()
-        self.asks[number] = answer
-        try:
-            _send(self.writer, ("creds?", number))
-            await self.writer.drain()
-            async with asyncio.timeout(ASK_TIMEOUT):
-                return await answer
-        finally:
-            self.asks.pop(number, None)
-
-    def answered(self, number: int, creds: Credentials | None) -> None:
-        answer = self.asks.get(number)
-        if answer is not None and not answer.done():
-            answer.set_result(creds)
-
-    def flush(self) -> None:
-        if self.flush_soon is not None:
-            self.flush_soon.cancel()  # a no-op when the handle is what called us
-            self.flush_soon = None
-        finished, self.finished = self.finished, {}
-        moved, self.moved = self.moved, {}
-        for batch in finished.keys() | moved.keys():
-            _send(self.writer, ("ok", batch, finished.get(batch, []), moved.get(batch, 0)))
-
-    def _flush_soon(self) -> None:
-        if self.flush_soon is None:
-            self.flush_soon = asyncio.get_running_loop().call_soon(self.flush)
-
-    def mover(self, batch: int) -> Callable[[int], None]:
-        """The ``on_bytes`` hook of ``batch``'s transfers: counts go to the parent's progress
-        with the next message."""
-
-        def moved(n: int) -> None:
-            self.moved[batch] = self.moved.get(batch, 0) + n
-            self._flush_soon()
-
-        return moved
-
-    async def result(self, batch: int, idx: int, value: Any) -> None:
-        self.finished.setdefault(batch, []).append((idx, value))
-        self._flush_soon()
-        with contextlib.suppress(ConnectionError):
-            await self.writer.drain()
-
-    async def send(self, msg: Any) -> None:
-        try:
-            self.flush()  # results first: "done" comes after every result of its batch
-            _send(self.writer, msg)
-            await self.writer.drain()
-        except ConnectionError:
-            pass  # the parent is gone; the read side sees EOF and ends the worker
-
-    async def run(self, op: str, batch: int, creds: Any, jobs: list[Any], opts: Any) -> None:
-        written: list[str] = []
-        engine = self.engine_for(creds)
-        on_bytes = self.mover(batch) if opts[-1] else None  # every op's last option: report bytes?
-        try:
-            if op == "get":
-                return_missing, in_memory, roots, _ = opts
-                dirs = _Dirs(roots)
-
-                async def get_one(job: tuple[int, str, ByteRange | None, int, int | None]) -> None:
-                    idx, url, brange, number, size = job
-                    tag = brange.tag() if brange else ""
-                    named = cast(Targets, _Named(dirs, number))
-                    sink: Any = (
-                        _StagedSink(named, url, tag) if in_memory else FileSink(named, url, tag)
-                    )
-                    try:
-                        got: Fetched | None = await fetch(
-                            engine, parse(url), url, brange, sink, on_bytes, size
-                        )
-                    except MetaflowS3NotFound:
-                        if not return_missing:
-                            raise
-                        got = None
-                    if got is not None and got.path:
-                        written.append(got.path)
-                    await self.result(batch, idx, got)
-
-                await bounded_map(get_one, jobs, engine.concurrency, engine.admitted)
-            elif op == "list":
-
-                async def list_one(job: tuple[int, str, str, str, str, int | None]) -> None:
-                    idx, url, bucket, key, delimiter, limit = job
-                    entries = await list_prefix(
-                        engine, S3Path(bucket, key), url, delimiter=delimiter, limit=limit
-                    )
-                    # Two plain lists pickle far faster than a list of records.
-                    await self.result(
-                        batch, idx, ([e.key for e in entries], [e.size for e in entries])
-                    )
-
-                await bounded_map(list_one, jobs, engine.concurrency)
-            else:
-                overwrite, _ = opts
-
-                async def put_one(job: tuple[int, str, str, Any, Any, Any]) -> None:
-                    idx, url, local, content_type, metadata, encryption = job
-                    done = await put(
-                        engine,
-                        parse(url),
-                        url,
-                        Source(path=local),
-                        overwrite=overwrite,
-                        content_type=content_type,
-                        metadata=metadata,
-                        encryption=encryption,
-                        on_bytes=on_bytes,
-                    )
-                    await self.result(batch, idx, done)
-
-                await bounded_map(put_one, jobs, engine.concurrency, engine.admitted)
-        except asyncio.CancelledError:
-            _remove(written)
-            raise
-        except BaseException as exc:
-            _remove(written)
-            await self.send(("err", batch, _portable(exc), os.getpid()))
-        finally:
-            await asyncio.shield(self.send(("done", batch)))
-
-    async def close(self) -> None:
-        tasks = list(self.batches.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)  # files removed, uploads aborted
-        for engine in self.engines:
-            with contextlib.suppress(Exception):
-                await engine.close()
-        self.writer.close()
-
-
-def _forget(batches: dict[int, Any], batch: int, _: object) -> None:
-    batches.pop(batch, None)
-
-
-async def _serve(sock: socket.socket) -> None:
-    reader, writer = await asyncio.open_connection(sock=sock)
-    kind, setup = await _recv(reader)
-    assert kind == "setup"
-    worker = _Worker(writer, setup)
-    await worker.send(("ready", 0, os.getpid()))
-    try:
-        while True:
-            try:
-                msg = await _recv(reader)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                break  # the parent is gone
-            if msg[0] == "exit":
-                break
-            if msg[0] == "cancel":
-                task = worker.batches.get(msg[1])
-                if task is not None:
-                    task.cancel()
-            elif msg[0] == "creds":
-                worker.answered(msg[1], msg[2])
-            else:
-                op, batch, creds, jobs, opts = msg
-                task = asyncio.ensure_future(worker.run(op, batch, creds, jobs, opts))
-                worker.batches[batch] = task
-                task.add_done_callback(functools.partial(_forget, worker.batches, batch))
-    finally:
-        await worker.close()
-
-
-def worker_main() -> None:
-    """Entry point of a worker process: ``python -c ... <socket fd>``."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches us as a cancel from the parent
-    sock = socket.socket(fileno=int(sys.argv[-1]))
-    from .._bridge import new_event_loop
-
-    loop = new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        loop.run_until_complete(_serve(sock))
-        loop.run_until_complete(loop.shutdown_default_executor())
-    finally:
-        loop.close()
-
-
-# --- the parent side ---------------------------------------------------------------------
 
 
 def _spawn(count: int) -> list[tuple[subprocess.Popen[bytes], socket.socket]]:
@@ -557,7 +166,7 @@ class Pool:
 
     def wanted(self, count: int) -> bool:
         """Is a batch of ``count`` objects worth fanning out?"""
-        return self.size > 1 and count >= MIN_BATCH
+        return self.size > 1 and count >= fanout.MIN_BATCH
 
     @property
     def pids(self) -> list[int]:
@@ -593,10 +202,10 @@ class Pool:
             for popen, sock in spawned:
                 reader, writer = await asyncio.open_connection(sock=sock)
                 procs.append(_Proc(popen, sock, reader, writer, popen.pid))
-                _send(writer, ("setup", setup))
+                send(writer, ("setup", setup))
             async with asyncio.timeout(START_TIMEOUT):
                 for proc in procs:
-                    kind, _, pid = await _recv(proc.reader)
+                    kind, _, pid = await recv(proc.reader)
                     assert kind == "ready" and pid == proc.pid
         except BaseException as exc:
             for proc in procs:
@@ -617,7 +226,7 @@ class Pool:
         """Route a worker's messages to the batches waiting for them."""
         try:
             while True:
-                msg = await _recv(proc.reader)
+                msg = await recv(proc.reader)
                 if msg[0] == "creds?":
                     task = asyncio.ensure_future(self._answer(proc, msg[1]))
                     self._answering.add(task)
@@ -640,7 +249,7 @@ class Pool:
         except Exception as exc:  # the worker keeps what it has; botocore decides
             log.warning("could not refresh AWS credentials for a worker process: %s", exc)
             creds = None
-        _send(proc.writer, ("creds", number, creds))
+        send(proc.writer, ("creds", number, creds))
 
     async def close(self) -> None:
         """Ask every worker to finish (running batches are cancelled and cleaned up), wait
@@ -649,7 +258,7 @@ class Pool:
         if not procs:
             return
         for proc in procs:
-            _send(proc.writer, ("exit",))
+            send(proc.writer, ("exit",))
         for proc in procs:
             with contextlib.suppress(ConnectionError):
                 await proc.writer.drain()
@@ -708,7 +317,7 @@ class Pool:
         try:
             for idx, part in enumerate(parts):
                 if part:
-                    _send(self._procs[idx].writer, (op, batch, creds, part, opts))
+                    send(self._procs[idx].writer, (op, batch, creds, part, opts))
                     busy.add(idx)
             while busy:
                 idx, msg = await queue.get()
@@ -745,7 +354,7 @@ class Pool:
         late: Callable[[Any], None],
     ) -> None:
         for idx in busy:
-            _send(self._procs[idx].writer, ("cancel", batch))
+            send(self._procs[idx].writer, ("cancel", batch))
         try:
             async with asyncio.timeout(CLEANUP_TIMEOUT):
                 while busy:
@@ -811,7 +420,7 @@ class Pool:
             await asyncio.gather(*reads)
         except BaseException:
             await asyncio.shield(asyncio.gather(*reads, return_exceptions=True))
-            await loop.run_in_executor(None, _remove, reported)
+            await loop.run_in_executor(None, remove_files, reported)
             raise
         return results
 
