@@ -41,7 +41,8 @@ from . import fanout
 from .batch import bounded_map
 from .engine import Engine
 from .fanout import Credentials, assign, share_of
-from .get import Fetched, MemorySink, fetch
+from .get import Fetched, fetch
+from .sinks import MemorySink
 
 
 class _Share:

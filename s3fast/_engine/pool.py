@@ -65,9 +65,10 @@ from ..urls import ByteRange
 from . import fanout
 from .engine import Engine
 from .fanout import assign, share_of
-from .get import Fetched, _writable_bytes
+from .get import Fetched
 from .listing import Entry, ListRequest
 from .procwire import recv, remove_files, send
+from .sinks import writable_bytes
 
 START_TIMEOUT = 60.0
 CLEANUP_TIMEOUT = 30.0
@@ -465,7 +466,7 @@ class Pool:
 
 def _read_file(path: str, size: int) -> bytes:
     """A staged body, read into a new ``bytes`` with one copy, then unlinked."""
-    direct = _writable_bytes(size)
+    direct = writable_bytes(size)
     try:
         if direct is None:
             with open(path, "rb") as f:

@@ -25,11 +25,12 @@ from ..urls import ByteRange, S3Path, parse
 from .batch import bounded_map
 from .engine import Engine
 from .fanout import INLINE_MAX, Credentials
-from .get import Fetched, FileSink, MemorySink, fetch
+from .get import Fetched, fetch
 from .listing import list_prefix
 from .procwire import portable, recv, remove_files, send
 from .put import Source, put
 from .session import ClientSpec
+from .sinks import FileSink, MemorySink
 
 ASK_TIMEOUT = 60.0  # seconds a worker waits for the parent's credentials
 
