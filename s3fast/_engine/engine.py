@@ -10,13 +10,9 @@ The engine's own parts live apart: the limiter in :mod:`.limiter`, retries and b
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import time
 from dataclasses import dataclass, replace
 from typing import Any
-
-from aiobotocore.httpsession import AIOHTTPSession
 
 from .. import _bridge, _fork
 from ..config import TransferConfig
@@ -29,42 +25,16 @@ from .retry import botocore_sent, note_sent
 from .session import (
     CURRENT_ENGINE,
     ClientSpec,
+    HttpSession,
     SharedClient,
     client_config,
     create_client,
     lease,
     release,
+    resolve_endpoint,
     shared_key,
 )
 from .transport import Transport
-
-# Before CPython 3.12.8 / 3.13.1 (python/cpython#118960) a TLS connection closed while the
-# server still talks (a cancelled request) can outlive its event loop, half closed. aiohttp's
-# remedy is its connector's ``enable_cleanup_closed``, which aborts those on close; later
-# versions warn that it is not needed. AioConfig refuses the argument, so a session class
-# hands it to the connector.
-_NEEDS_CLEANUP_CLOSED = sys.version_info < (3, 12, 8) or (3, 13, 0) <= sys.version_info < (3, 13, 1)
-
-
-class _Session(AIOHTTPSession):
-    def __init__(self, *args: Any, connector_args: dict[str, Any] | None = None, **kw: Any):
-        if _NEEDS_CLEANUP_CLOSED:
-            connector_args = {**(connector_args or {}), "enable_cleanup_closed": True}
-        super().__init__(*args, connector_args=connector_args, **kw)
-
-
-ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "METAFLOW_S3_ENDPOINT_URL")
-
-
-def resolve_endpoint(endpoint_url: str | None) -> str | None:
-    """``endpoint_url`` > ``AWS_ENDPOINT_URL_S3`` > ``AWS_ENDPOINT_URL`` >
-    ``METAFLOW_S3_ENDPOINT_URL``, read now."""
-    if endpoint_url:
-        return endpoint_url
-    for name in ENDPOINT_VARS:
-        if os.environ.get(name):
-            return os.environ[name]
-    return None
 
 
 @dataclass(frozen=True)
@@ -253,7 +223,7 @@ class Engine:
                 "retries": {"max_attempts": cfg.max_attempts, "mode": "standard"},
                 "s3": {"addressing_style": "path"} if path_style else None,
                 "tcp_keepalive": True,
-                "http_session_cls": _Session,
+                "http_session_cls": HttpSession,
             },
             {"signature_version": "s3v4"},
         )
