@@ -67,7 +67,23 @@ from .engine import Engine
 from .fanout import assign, share_of
 from .get import Fetched
 from .listing import Entry, ListRequest
-from .procwire import recv, remove_files, send
+from .procwire import (
+    AskCreds,
+    Batch,
+    Cancel,
+    Creds,
+    Done,
+    Exit,
+    Failed,
+    GetOptions,
+    PutOptions,
+    Ready,
+    Results,
+    Setup,
+    recv,
+    remove_files,
+    send,
+)
 from .sinks import writable_bytes
 
 START_TIMEOUT = 60.0
@@ -139,6 +155,14 @@ def _kill_at_exit(procs: list[subprocess.Popen[bytes]], socks: list[socket.socke
     _reap(procs, 5)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Lost:
+    """Put on a batch's queue by the parent when a worker's socket closed."""
+
+
+_Routed = Results | Failed | Done | _Lost  # what a batch's queue carries
+
+
 @dataclasses.dataclass
 class _Proc:
     popen: subprocess.Popen[bytes]
@@ -158,7 +182,7 @@ class Pool:
         self.config = config
         self.engine = engine
         self._procs: list[_Proc] = []
-        self._batches: dict[int, asyncio.Queue[tuple[int, Any]]] = {}
+        self._batches: dict[int, asyncio.Queue[tuple[int, _Routed]]] = {}
         self._ids = itertools.count(1)
         self._lock: asyncio.Lock | None = None
         self._broken = False
@@ -187,13 +211,13 @@ class Pool:
     async def _start(self) -> None:
         await self.engine.client()  # resolves region (and credentials) once, here
         config, ceiling = share_of(self.config, self.engine, self.size)
-        setup = {
-            "config": config,
-            "endpoint_url": self.engine.endpoint_url,
-            "region": self.engine.region,
-            "ceiling": ceiling,
-            "spec": self.engine.spec.portable(self.engine.region),
-        }
+        setup = Setup(
+            config=config,
+            endpoint_url=self.engine.endpoint_url,
+            region=self.engine.region,
+            ceiling=ceiling,
+            spec=self.engine.spec.portable(self.engine.region),
+        )
         loop = asyncio.get_running_loop()
         spawned = await loop.run_in_executor(None, _spawn, self.size)
         popens, socks = [p for p, _ in spawned], [s for _, s in spawned]
@@ -203,11 +227,11 @@ class Pool:
             for popen, sock in spawned:
                 reader, writer = await asyncio.open_connection(sock=sock)
                 procs.append(_Proc(popen, sock, reader, writer, popen.pid))
-                send(writer, ("setup", setup))
+                send(writer, setup)
             async with asyncio.timeout(START_TIMEOUT):
                 for proc in procs:
-                    kind, _, pid = await recv(proc.reader)
-                    assert kind == "ready" and pid == proc.pid
+                    ready = await recv(proc.reader)
+                    assert isinstance(ready, Ready) and ready.pid == proc.pid
         except BaseException as exc:
             for proc in procs:
                 proc.writer.close()
@@ -228,19 +252,19 @@ class Pool:
         try:
             while True:
                 msg = await recv(proc.reader)
-                if msg[0] == "creds?":
-                    task = asyncio.ensure_future(self._answer(proc, msg[1]))
+                if isinstance(msg, AskCreds):
+                    task = asyncio.ensure_future(self._answer(proc, msg.number))
                     self._answering.add(task)
                     task.add_done_callback(self._answering.discard)
                     continue
-                queue = self._batches.get(msg[1])
+                queue = self._batches.get(msg.batch)
                 if queue is not None:
                     queue.put_nowait((idx, msg))
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
         self._broken = True
         for queue in self._batches.values():
-            queue.put_nowait((idx, ("lost", 0)))
+            queue.put_nowait((idx, _Lost()))
 
     async def _answer(self, proc: _Proc, number: int) -> None:
         """A worker's credentials came due: send it the current set (this process's
@@ -250,7 +274,7 @@ class Pool:
         except Exception as exc:  # the worker keeps what it has; botocore decides
             log.warning("could not refresh AWS credentials for a worker process: %s", exc)
             creds = None
-        send(proc.writer, ("creds", number, creds))
+        send(proc.writer, Creds(number, creds))
 
     async def close(self) -> None:
         """Ask every worker to finish (running batches are cancelled and cleaned up), wait
@@ -259,7 +283,7 @@ class Pool:
         if not procs:
             return
         for proc in procs:
-            send(proc.writer, ("exit",))
+            send(proc.writer, Exit())
         for proc in procs:
             with contextlib.suppress(ConnectionError):
                 await proc.writer.drain()
@@ -297,7 +321,7 @@ class Pool:
         self,
         op: str,
         parts: list[list[Any]],
-        opts: Any,
+        options: GetOptions | PutOptions | None,
         take: Callable[[int, Any], Awaitable[None]],
         late: Callable[[Any], None],
         on_bytes: Callable[[int], None] | None = None,
@@ -312,28 +336,29 @@ class Pool:
             first = next(job for part in parts for job in part)
             raise MetaflowS3AccessDenied(f"{first[1]}: no AWS credentials were found", first[1])
         batch = next(self._ids)
-        queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[int, _Routed]] = asyncio.Queue()
         self._batches[batch] = queue
         busy: set[int] = set()
         try:
             for idx, part in enumerate(parts):
                 if part:
-                    send(self._procs[idx].writer, (op, batch, creds, part, opts))
+                    message = Batch(op, batch, creds, part, options, on_bytes is not None)
+                    send(self._procs[idx].writer, message)
                     busy.add(idx)
             while busy:
                 idx, msg = await queue.get()
-                if msg[0] == "ok":
-                    if msg[3] and on_bytes is not None:
-                        on_bytes(msg[3])
-                    for idx_, value in msg[2]:
+                if isinstance(msg, Results):
+                    if msg.moved and on_bytes is not None:
+                        on_bytes(msg.moved)
+                    for idx_, value in msg.results:
                         await take(idx_, value)
-                elif msg[0] == "done":
+                elif isinstance(msg, Done):
                     busy.discard(idx)
-                elif msg[0] == "err":
-                    exc: BaseException = msg[2]
-                    exc.add_note(f"(in s3fast worker process {msg[3]})")
+                elif isinstance(msg, Failed):
+                    exc = msg.exc
+                    exc.add_note(f"(in s3fast worker process {msg.pid})")
                     raise exc
-                elif msg[0] == "lost":
+                elif isinstance(msg, _Lost):
                     busy.discard(idx)
                     proc = self._procs[idx] if idx < len(self._procs) else None
                     code = proc.popen.poll() if proc else None
@@ -350,20 +375,20 @@ class Pool:
     async def _cancel(
         self,
         batch: int,
-        queue: asyncio.Queue[tuple[int, Any]],
+        queue: asyncio.Queue[tuple[int, _Routed]],
         busy: set[int],
         late: Callable[[Any], None],
     ) -> None:
         for idx in busy:
-            send(self._procs[idx].writer, ("cancel", batch))
+            send(self._procs[idx].writer, Cancel(batch))
         try:
             async with asyncio.timeout(CLEANUP_TIMEOUT):
                 while busy:
                     idx, msg = await queue.get()
-                    if msg[0] == "ok":
-                        for _, value in msg[2]:
+                    if isinstance(msg, Results):
+                        for _, value in msg.results:
                             late(value)
-                    elif msg[0] in ("done", "lost"):
+                    elif isinstance(msg, (Done, _Lost)):
                         busy.discard(idx)
         except TimeoutError:
             log.warning("s3fast worker processes did not clean up in %.0f s", CLEANUP_TIMEOUT)
@@ -416,8 +441,8 @@ class Pool:
                 reported.append(got.path)
 
         try:
-            opts = (return_missing, in_memory, roots, on_bytes is not None)
-            await self._batch("get", parts, opts, take, late, on_bytes)
+            options = GetOptions(return_missing, in_memory, roots)
+            await self._batch("get", parts, options, take, late, on_bytes)
             await asyncio.gather(*reads)
         except BaseException:
             await asyncio.shield(asyncio.gather(*reads, return_exceptions=True))
@@ -444,8 +469,7 @@ class Pool:
                 on_object()
             done[idx] = ok
 
-        opts = (overwrite, on_bytes is not None)
-        await self._batch("put", parts, opts, take, lambda _: None, on_bytes)
+        await self._batch("put", parts, PutOptions(overwrite), take, lambda _: None, on_bytes)
         return done
 
     async def list_many(self, requests: list[ListRequest]) -> list[list[Entry]]:
@@ -460,7 +484,7 @@ class Pool:
         async def take(idx: int, columns: tuple[list[str], list[int | None]]) -> None:
             listed[idx] = list(map(Entry, *columns))
 
-        await self._batch("list", parts, (False,), take, lambda _: None)  # no bytes to report
+        await self._batch("list", parts, None, take, lambda _: None)  # no bytes to report
         return listed
 
 

@@ -1,14 +1,12 @@
 """The messages between the parent and its worker processes (:mod:`.pool`, :mod:`.worker`):
-length-prefixed pickles over one socketpair per worker.
+the records below, as length-prefixed pickles over one socketpair per worker.
 
-Parent to worker: ``("setup", settings)`` once; ``(op, batch, credentials, jobs, options)``
-with ``op`` one of ``"get"``, ``"put"``, ``"list"`` (every op's last option says whether to
-report bytes moved); ``("cancel", batch)``; ``("creds", number, credentials)``, the answer to
-an ask; ``("exit",)``.
+Parent to worker: :class:`Setup` once, then any of :class:`Batch`, :class:`Cancel`,
+:class:`Creds` (the answer to an :class:`AskCreds`) and, last, :class:`Exit`.
 
-Worker to parent: ``("ready", 0, pid)`` once; ``("ok", batch, [(index, result), ...],
-bytes moved)``; ``("err", batch, exception, pid)``; ``("done", batch)`` after every result of
-the batch; ``("creds?", number)``, an ask for the parent's current credentials.
+Worker to parent: :class:`Ready` once, then :class:`Results` as objects finish (and bytes
+move), :class:`Failed` when a batch fails, :class:`Done` after every other message of a
+batch, and :class:`AskCreds` when its credentials come due.
 """
 
 from __future__ import annotations
@@ -18,16 +16,107 @@ import contextlib
 import os
 import pickle
 import struct
+from dataclasses import dataclass
 from typing import Any
 
-from ..errors import (
-    MetaflowS3TransferError,
-)
+from ..config import TransferConfig
+from ..errors import MetaflowS3TransferError
+from .fanout import Credentials
+from .session import ClientSpec
 
 _HEADER = struct.Struct("!Q")
 
 
-def send(writer: asyncio.StreamWriter, msg: Any) -> None:
+@dataclass(frozen=True)
+class Setup:
+    """How a worker makes its engine: the parent's share of settings, endpoint and region."""
+
+    config: TransferConfig
+    endpoint_url: str | None
+    region: str | None
+    ceiling: int
+    spec: ClientSpec | None
+
+
+@dataclass(frozen=True)
+class GetOptions:
+    return_missing: bool
+    in_memory: bool
+    roots: list[tuple[str, str, bool]]  # the parent's temp dirs (directory, base, explicit)
+
+
+@dataclass(frozen=True)
+class PutOptions:
+    overwrite: bool
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One worker's part of a batch: ``jobs`` for ``op`` (``"get"``, ``"put"`` or
+    ``"list"``), signed with ``creds``; ``report_bytes``: send bytes moved as they move."""
+
+    op: str
+    batch: int
+    creds: Credentials | None
+    jobs: list[Any]
+    options: GetOptions | PutOptions | None
+    report_bytes: bool
+
+
+@dataclass(frozen=True)
+class Cancel:
+    batch: int
+
+
+@dataclass(frozen=True)
+class Creds:
+    """The parent's current credentials, answering ask ``number``."""
+
+    number: int
+    creds: Credentials | None
+
+
+@dataclass(frozen=True)
+class Exit:
+    pass
+
+
+@dataclass(frozen=True)
+class Ready:
+    pid: int
+
+
+@dataclass(frozen=True)
+class Results:
+    """Results finished, ``(index in the batch, result)``, and bytes moved since the last."""
+
+    batch: int
+    results: list[tuple[int, Any]]
+    moved: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    batch: int
+    exc: BaseException
+    pid: int
+
+
+@dataclass(frozen=True)
+class Done:
+    batch: int
+
+
+@dataclass(frozen=True)
+class AskCreds:
+    number: int
+
+
+ToWorker = Setup | Batch | Cancel | Creds | Exit
+ToParent = Ready | Results | Failed | Done | AskCreds
+
+
+def send(writer: asyncio.StreamWriter, msg: ToWorker | ToParent) -> None:
     if writer.is_closing():
         return
     body = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)

@@ -27,7 +27,25 @@ from .engine import Engine
 from .fanout import INLINE_MAX, Credentials
 from .get import Fetched, fetch
 from .listing import list_prefix
-from .procwire import portable, recv, remove_files, send
+from .procwire import (
+    AskCreds,
+    Batch,
+    Cancel,
+    Creds,
+    Done,
+    Exit,
+    Failed,
+    GetOptions,
+    PutOptions,
+    Ready,
+    Results,
+    Setup,
+    ToParent,
+    portable,
+    recv,
+    remove_files,
+    send,
+)
 from .put import Source, put
 from .session import ClientSpec
 from .sinks import FileSink, MemorySink
@@ -106,13 +124,13 @@ class _StagedSink:
 class _Worker:
     """A worker's state: its engine (per credentials), running batches, the parent's socket."""
 
-    def __init__(self, writer: asyncio.StreamWriter, setup: dict[str, Any]) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, setup: Setup) -> None:
         self.writer = writer
-        self.config: TransferConfig = setup["config"]
-        self.endpoint_url: str | None = setup["endpoint_url"]
-        self.region: str | None = setup["region"]
-        self.ceiling: int = setup["ceiling"]
-        self.spec: ClientSpec | None = setup.get("spec")
+        self.config: TransferConfig = setup.config
+        self.endpoint_url: str | None = setup.endpoint_url
+        self.region: str | None = setup.region
+        self.ceiling: int = setup.ceiling
+        self.spec: ClientSpec | None = setup.spec
         self.engine: Engine | None = None
         self.creds: Credentials | None = None
         self.engines: list[Engine] = []
@@ -151,7 +169,7 @@ class _Worker:
         answer = asyncio.get_running_loop().create_future()
         self.asks[number] = answer
         try:
-            send(self.writer, ("creds?", number))
+            send(self.writer, AskCreds(number))
             await self.writer.drain()
             async with asyncio.timeout(ASK_TIMEOUT):
                 return await answer
@@ -170,7 +188,7 @@ class _Worker:
         finished, self.finished = self.finished, {}
         moved, self.moved = self.moved, {}
         for batch in finished.keys() | moved.keys():
-            send(self.writer, ("ok", batch, finished.get(batch, []), moved.get(batch, 0)))
+            send(self.writer, Results(batch, finished.get(batch, []), moved.get(batch, 0)))
 
     def _flush_soon(self) -> None:
         if self.flush_soon is None:
@@ -192,7 +210,7 @@ class _Worker:
         with contextlib.suppress(ConnectionError):
             await self.writer.drain()
 
-    async def send(self, msg: Any) -> None:
+    async def send(self, msg: ToParent) -> None:
         try:
             self.flush()  # results first: "done" comes after every result of its batch
             send(self.writer, msg)
@@ -200,13 +218,15 @@ class _Worker:
         except ConnectionError:
             pass  # the parent is gone; the read side sees EOF and ends the worker
 
-    async def run(self, op: str, batch: int, creds: Any, jobs: list[Any], opts: Any) -> None:
+    async def run(self, msg: Batch) -> None:
+        op, batch, jobs, opts = msg.op, msg.batch, msg.jobs, msg.options
         written: list[str] = []
-        engine = self.engine_for(creds)
-        on_bytes = self.mover(batch) if opts[-1] else None  # every op's last option: report bytes?
+        engine = self.engine_for(msg.creds)
+        on_bytes = self.mover(batch) if msg.report_bytes else None
         try:
             if op == "get":
-                return_missing, in_memory, roots, _ = opts
+                assert isinstance(opts, GetOptions)
+                return_missing, in_memory, roots = opts.return_missing, opts.in_memory, opts.roots
                 dirs = _Dirs(roots)
 
                 async def get_one(job: tuple[int, str, ByteRange | None, int, int | None]) -> None:
@@ -243,7 +263,8 @@ class _Worker:
 
                 await bounded_map(list_one, jobs, engine.concurrency)
             else:
-                overwrite, _ = opts
+                assert isinstance(opts, PutOptions)
+                overwrite = opts.overwrite
 
                 async def put_one(job: tuple[int, str, str, Any, Any, Any]) -> None:
                     idx, url, local, content_type, metadata, encryption = job
@@ -266,9 +287,9 @@ class _Worker:
             raise
         except BaseException as exc:
             remove_files(written)
-            await self.send(("err", batch, portable(exc), os.getpid()))
+            await self.send(Failed(batch, portable(exc), os.getpid()))
         finally:
-            await asyncio.shield(self.send(("done", batch)))
+            await asyncio.shield(self.send(Done(batch)))
 
     async def close(self) -> None:
         tasks = list(self.batches.values())
@@ -287,29 +308,29 @@ def _forget(batches: dict[int, Any], batch: int, _: object) -> None:
 
 async def _serve(sock: socket.socket) -> None:
     reader, writer = await asyncio.open_connection(sock=sock)
-    kind, setup = await recv(reader)
-    assert kind == "setup"
+    setup = await recv(reader)
+    assert isinstance(setup, Setup)
     worker = _Worker(writer, setup)
-    await worker.send(("ready", 0, os.getpid()))
+    await worker.send(Ready(os.getpid()))
     try:
         while True:
             try:
                 msg = await recv(reader)
             except (asyncio.IncompleteReadError, ConnectionError):
                 break  # the parent is gone
-            if msg[0] == "exit":
+            if isinstance(msg, Exit):
                 break
-            if msg[0] == "cancel":
-                task = worker.batches.get(msg[1])
+            if isinstance(msg, Cancel):
+                task = worker.batches.get(msg.batch)
                 if task is not None:
                     task.cancel()
-            elif msg[0] == "creds":
-                worker.answered(msg[1], msg[2])
+            elif isinstance(msg, Creds):
+                worker.answered(msg.number, msg.creds)
             else:
-                op, batch, creds, jobs, opts = msg
-                task = asyncio.ensure_future(worker.run(op, batch, creds, jobs, opts))
-                worker.batches[batch] = task
-                task.add_done_callback(functools.partial(_forget, worker.batches, batch))
+                assert isinstance(msg, Batch)
+                task = asyncio.ensure_future(worker.run(msg))
+                worker.batches[msg.batch] = task
+                task.add_done_callback(functools.partial(_forget, worker.batches, msg.batch))
     finally:
         await worker.close()
 
