@@ -44,7 +44,7 @@ def run_s3fast_async(ctx: Ctx) -> None:
         async with s3fast.AsyncS3(tmproot=ctx.tmp, endpoint_url=ctx.endpoint) as s3:
             await s3.info(ctx.url(ctx.warm_key))
             if s3._procs.size > 1:  # start the workers and the loops before the clock
-                from s3fast._engine.procs import MIN_BATCH
+                from s3fast._engine.fanout import MIN_BATCH
 
                 small = [ctx.url(k) for k, _, _ in ctx.spec["small"][:MIN_BATCH]]
                 large = [ctx.url(k) for k, _, _ in ctx.spec["large"][:MIN_BATCH]]

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from ._bridge import BlockingCallWarning
-from ._engine.client import TransferStats
+from ._engine.engine import TransferStats
 from .aio import AsyncS3
 from .config import TransferConfig
 from .errors import (

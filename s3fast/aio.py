@@ -14,15 +14,18 @@ from typing import Any, TypeVar
 
 from . import _fork
 from . import config as mfconfig
-from ._engine.client import Engine, TransferStats, bounded_map, resolve_endpoint
+from ._engine.batch import bounded_map
 from ._engine.copy import copy_object
 from ._engine.delete import Failed, delete_object, delete_objects
-from ._engine.get import Fetched, FileSink, MemorySink, fetch, head_object
+from ._engine.engine import Engine, TransferStats
+from ._engine.fanout import INLINE_MAX, processes_for
+from ._engine.get import Fetched, fetch, head_object
 from ._engine.listing import Entry, ListRequest, list_prefix
 from ._engine.loops import Loops
-from ._engine.procs import INLINE_MAX, Pool, processes_for
+from ._engine.pool import Pool
 from ._engine.put import Source, put
-from ._engine.session import ClientSpec, spec_from
+from ._engine.session import ClientSpec, resolve_endpoint, spec_from
+from ._engine.sinks import FileSink, MemorySink
 from .config import TransferConfig
 from .errors import (
     MetaflowS3Exception,

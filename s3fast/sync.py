@@ -10,7 +10,7 @@ from collections.abc import AsyncGenerator, Iterable, Iterator
 from typing import Any
 
 from . import _bridge
-from ._engine.client import TransferStats
+from ._engine.engine import TransferStats
 from .aio import AsyncS3, PutValue
 from .config import TransferConfig
 from .objects import S3Object

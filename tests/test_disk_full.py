@@ -52,12 +52,12 @@ _SCRIPT = textwrap.dedent(
     """
     import json, os, sys
     from s3fast import S3, TransferConfig, MetaflowS3InsufficientDiskSpace
-    from s3fast._engine import get as get_module
+    from s3fast._engine import sinks as sinks_module
 
     how, root, s3root, keys, options = sys.argv[1:6]
     keys, options = json.loads(keys), json.loads(options)
     if options.pop("unmapped", False):  # as on a filesystem outside the mmap allow-list
-        get_module.MMAP_FILESYSTEMS = frozenset()
+        sinks_module.MMAP_FILESYSTEMS = frozenset()
     hog = options.pop("hog", None)
     hogged = []
 
@@ -201,7 +201,7 @@ def test_the_hazard_is_real_here(small_fs: str) -> None:
 
 
 def test_filesystem_types_are_read_from_mountinfo(small_fs: str) -> None:
-    from s3fast._engine.get import MMAP_FILESYSTEMS, filesystem_of
+    from s3fast._engine.sinks import MMAP_FILESYSTEMS, filesystem_of
 
     inside = os.path.join(small_fs, f"d-{uuid.uuid4().hex[:6]}")
     os.mkdir(inside)

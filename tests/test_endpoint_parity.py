@@ -16,7 +16,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
 from s3fast import TransferConfig
-from s3fast._engine.client import Engine
+from s3fast._engine.engine import Engine
 from s3fast._engine.http import EMPTY_SHA256, UNSIGNED_PAYLOAD
 from s3fast._engine.transport import BOTOCORE, LEAN, Transport
 

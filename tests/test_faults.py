@@ -22,8 +22,8 @@ from s3fast import (
     MetaflowS3TransferError,
     TransferConfig,
 )
-from s3fast._engine.client import Engine
 from s3fast._engine.endpoint import tls_context
+from s3fast._engine.engine import Engine
 from s3fast.limits import KiB, MiB
 
 from .conftest import Server, _bucket_on, open_uploads
@@ -110,16 +110,16 @@ async def test_cancel_while_the_temp_file_is_made_leaks_no_descriptor(
     bucket: str, boto: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The temp file is made on a thread; a cancel meanwhile must still close and remove it."""
-    import s3fast._engine.get as get
+    import s3fast._engine.sinks as sinks
 
     boto.put_object(Bucket=bucket, Key="x", Body=b"x" * 5000)  # type: ignore[attr-defined]
-    make = get.FileSink._create
+    make = sinks.FileSink._create
 
     def slow_create(part: str, size: int) -> object:
         time.sleep(0.3)
         return make(part, size)
 
-    monkeypatch.setattr(get.FileSink, "_create", staticmethod(slow_create))
+    monkeypatch.setattr(sinks.FileSink, "_create", staticmethod(slow_create))
     async with AsyncS3(s3root=f"s3://{bucket}") as s3:
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.1):

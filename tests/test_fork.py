@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from s3fast import S3, AsyncS3
-from s3fast._engine.procs import MIN_BATCH
+from s3fast._engine.fanout import MIN_BATCH
 
 from .test_api import SMALL_PARTS
 

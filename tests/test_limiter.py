@@ -13,7 +13,7 @@ from collections.abc import Callable
 import pytest
 
 from s3fast import S3, S3GetObject, TransferConfig
-from s3fast._engine.client import CUT_INTERVAL, AdaptiveLimiter
+from s3fast._engine.limiter import CUT_INTERVAL, AdaptiveLimiter
 
 from .proxy import FaultProxy, Faults
 

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-import s3fast._engine.procs
+import s3fast._engine.fanout
 from s3fast import (
     S3,
     AsyncS3,
@@ -32,7 +32,7 @@ from s3fast import (
     S3PutObject,
     TransferConfig,
 )
-from s3fast._engine.procs import MIN_BATCH, assign
+from s3fast._engine.fanout import MIN_BATCH, assign
 from s3fast._engine.session import close_idle_clients
 from s3fast.limits import MiB
 
@@ -143,7 +143,7 @@ def test_get_many_same_as_one_process(seeded: str, in_memory: bool) -> None:
 def test_recursive_calls_same_as_one_process(seeded: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """get_recursive / get_all / get_many with every option, every field but the local path
     (test_metaflow_conformance holds one process to metaflow.S3's results)."""
-    monkeypatch.setattr(s3fast._engine.procs, "MIN_BATCH", 1)  # fan out even tiny batches
+    monkeypatch.setattr(s3fast._engine.fanout, "MIN_BATCH", 1)  # fan out even tiny batches
 
     def run(config: TransferConfig) -> list[object]:
         out: list[object] = []
@@ -313,7 +313,7 @@ async def test_async_pool_lifecycle(seaweed_seeded: str) -> None:
 async def test_a_dead_worker_fails_the_batch_and_the_pool_restarts(
     seaweed_bucket: str, seaweed: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(s3fast._engine.procs, "MIN_BATCH", 2)
+    monkeypatch.setattr(s3fast._engine.fanout, "MIN_BATCH", 2)
     boto = seaweed.client()
     for i in range(8):
         boto.put_object(Bucket=seaweed_bucket, Key=f"k{i}", Body=os.urandom(8 * MiB))  # type: ignore[attr-defined]

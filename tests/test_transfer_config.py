@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from s3fast import TransferConfig
-from s3fast._engine.client import resolve_endpoint
+from s3fast._engine.session import resolve_endpoint
 
 
 @pytest.mark.unit

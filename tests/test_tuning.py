@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from s3fast import S3, AsyncS3, TransferConfig, tuning
-from s3fast._engine.client import Bandwidth
+from s3fast._engine.budget import Bandwidth
 from s3fast.limits import GiB, MiB
 from s3fast.tuning import Machine, instance_gbps, plan, probe
 

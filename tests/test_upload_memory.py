@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 from s3fast import S3, AsyncS3
-from s3fast._engine.client import TLS_COPIES, ByteBudget
+from s3fast._engine.budget import TLS_COPIES, ByteBudget
 from s3fast._engine.http import _Conn
 from s3fast.limits import MiB
 

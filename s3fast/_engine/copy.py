@@ -15,7 +15,8 @@ import botocore.exceptions
 from ..errors import MetaflowS3TransferError, error_code, raise_translated
 from ..limits import COPY_PART_SIZE, MAX_COPY_OBJECT_SIZE, part_size_for
 from ..urls import S3Path
-from .client import Engine, bounded_map
+from .batch import bounded_map
+from .engine import Engine
 from .get import Head, head_object
 from .put import ABORT_TIMEOUT, _abort
 

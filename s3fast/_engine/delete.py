@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from ..errors import raise_translated
 from ..limits import MAX_DELETE_KEYS
 from ..urls import S3Path
-from .client import Engine, bounded_map
+from .batch import bounded_map
+from .engine import Engine
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ import botocore.exceptions
 
 from ..errors import raise_translated
 from ..urls import S3Path
-from .client import Engine, retrying
+from .engine import Engine
 from .http import HttpGetter, ProtocolSurprise, parse_listing, peek_token
+from .retry import retrying
 
 
 @dataclass(frozen=True)

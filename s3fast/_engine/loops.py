@@ -1,6 +1,6 @@
 """Scale-out for downloads into memory: N event loops in threads of this process.
 
-Worker processes (``procs.py``) suit downloads into files and uploads: their bytes go between
+Worker processes (``pool.py``) suit downloads into files and uploads: their bytes go between
 the disk and the network without passing through the parent. A download into memory must end
 in the caller's process, and from a worker process that costs a second copy of every byte and
 its page faults (about 0.8 s of CPU per GiB more, measured on the 2-core VM). Threads avoid
@@ -37,10 +37,12 @@ from .. import _fork
 from ..config import TransferConfig
 from ..errors import MetaflowS3NotFound
 from ..urls import ByteRange, parse
-from . import procs
-from .client import Engine, bounded_map
-from .get import Fetched, MemorySink, fetch
-from .procs import Credentials, assign, share_of
+from . import fanout
+from .batch import bounded_map
+from .engine import Engine
+from .fanout import Credentials, assign, share_of
+from .get import Fetched, fetch
+from .sinks import MemorySink
 
 
 class _Share:
@@ -72,7 +74,7 @@ class _Loop:
 
 
 class Loops:
-    """``size`` event loops in threads, for in-memory batches of at least ``procs.MIN_BATCH``."""
+    """``size`` event loops in threads, for in-memory batches of at least ``fanout.MIN_BATCH``."""
 
     def __init__(self, size: int, config: TransferConfig, engine: Engine) -> None:
         self.size = size
@@ -82,7 +84,7 @@ class Loops:
         self._lock: asyncio.Lock | None = None
 
     def wanted(self, count: int) -> bool:
-        return self.size > 1 and count >= procs.MIN_BATCH
+        return self.size > 1 and count >= fanout.MIN_BATCH
 
     async def _ensure(self) -> None:
         if self._lock is None:

@@ -28,9 +28,11 @@ import botocore.exceptions
 from ..errors import MetaflowS3Exception, MetaflowS3NotFound, error_code, raise_translated
 from ..limits import MAX_PUT_OBJECT_SIZE, part_size_for
 from ..urls import S3Path
+from .batch import bounded_map
 from .checksums import CRC32, combined
-from .client import Engine, bounded_map, retrying
+from .engine import Engine
 from .http import ProtocolSurprise
+from .retry import retrying
 
 ABORT_TIMEOUT = 15.0
 _PRECONDITION = ("PreconditionFailed", "412", "ConditionalRequestConflict")

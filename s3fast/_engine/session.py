@@ -1,5 +1,6 @@
 """How the S3 client is made: metaflow.S3's keywords (``role``, ``session_vars``,
-``client_params``, ``external_client``), and what the clients of one process share.
+``client_params``, ``external_client``), the endpoint named by the environment
+(:func:`resolve_endpoint`), and what the clients of one process share.
 
 Shared within the process, so that a new ``S3`` costs no file-system scan and no network
 round trip:
@@ -25,6 +26,7 @@ import getpass
 import inspect
 import os
 import re
+import sys
 import threading
 import time
 import weakref
@@ -40,6 +42,7 @@ from aiobotocore.credentials import (
     AioAssumeRoleCredentialFetcher,
     AioDeferredRefreshableCredentials,
 )
+from aiobotocore.httpsession import AIOHTTPSession
 from aiobotocore.session import AioSession
 from botocore.loaders import Loader, create_loader
 
@@ -498,3 +501,34 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# Before CPython 3.12.8 / 3.13.1 (python/cpython#118960) a TLS connection closed while the
+# server still talks (a cancelled request) can outlive its event loop, half closed. aiohttp's
+# remedy is its connector's ``enable_cleanup_closed``, which aborts those on close; later
+# versions warn that it is not needed. AioConfig refuses the argument, so a session class
+# hands it to the connector.
+_NEEDS_CLEANUP_CLOSED = sys.version_info < (3, 12, 8) or (3, 13, 0) <= sys.version_info < (3, 13, 1)
+
+
+class HttpSession(AIOHTTPSession):
+    """aiobotocore's HTTP session, with ``enable_cleanup_closed`` where Python needs it."""
+
+    def __init__(self, *args: Any, connector_args: dict[str, Any] | None = None, **kw: Any):
+        if _NEEDS_CLEANUP_CLOSED:
+            connector_args = {**(connector_args or {}), "enable_cleanup_closed": True}
+        super().__init__(*args, connector_args=connector_args, **kw)
+
+
+ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "METAFLOW_S3_ENDPOINT_URL")
+
+
+def resolve_endpoint(endpoint_url: str | None) -> str | None:
+    """``endpoint_url`` > ``AWS_ENDPOINT_URL_S3`` > ``AWS_ENDPOINT_URL`` >
+    ``METAFLOW_S3_ENDPOINT_URL``, read now."""
+    if endpoint_url:
+        return endpoint_url
+    for name in ENDPOINT_VARS:
+        if os.environ.get(name):
+            return os.environ[name]
+    return None
