@@ -16,6 +16,8 @@ Loaded with ``-p tests.metaflow_suite.plugin`` (the runner in this package does 
     ``full`` runs it as it is.
 ``--mfsuite-report=PATH``
     Write each test's outcome (passed, failed, error, skipped) as JSON.
+``--mfsuite-only=PATH``
+    Run only the tests whose node ids are listed in PATH (one a line, ``#`` comments).
 
 Benchmark-marked tests are deselected with ``-m "not benchmark"`` (the marker is registered
 here, so pytest-benchmark is not needed).
@@ -58,6 +60,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--s3-impl", choices=("s3fast", "metaflow"), default="s3fast")
     group.addoption("--big-file", choices=("skip", "full"), default="skip")
     group.addoption("--mfsuite-report", default=None, metavar="PATH")
+    group.addoption("--mfsuite-only", default=None, metavar="PATH", help="run only these node ids")
 
 
 def point_metaflow_at_s3fast() -> None:
@@ -139,19 +142,28 @@ def pytest_report_header(config: pytest.Config) -> str:
     )
 
 
+def _wanted(item: pytest.Item, big_file: str, only: set[str] | None) -> bool:
+    callspec = getattr(item, "callspec", None)
+    if big_file == "skip" and callspec is not None and "5gb" in callspec.id:
+        return False
+    return only is None or item.nodeid in only
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("big_file") != "skip":
-        return
+    only = None
+    if path := config.getoption("mfsuite_only"):
+        with open(path) as f:
+            only = {s for line in f if (s := line.strip()) and not s.startswith("#")}
     keep, drop = [], []
     for item in items:
-        callspec = getattr(item, "callspec", None)
-        (drop if callspec is not None and "5gb" in callspec.id else keep).append(item)
+        (keep if _wanted(item, config.getoption("big_file"), only) else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
 
 
 _outcomes: dict[str, str] = {}  # node id -> passed, failed, error or skipped
+_durations: dict[str, float] = {}  # node id -> seconds (setup, call and teardown)
 _started = time.monotonic()
 
 
@@ -161,6 +173,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _durations[report.nodeid] = _durations.get(report.nodeid, 0.0) + report.duration
     previous = _outcomes.get(report.nodeid)
     if previous in ("failed", "error"):  # keep the first failure (a teardown error after it)
         return
@@ -188,6 +201,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         "exitstatus": int(exitstatus),
         "seconds": round(time.monotonic() - _started, 1),
         "outcomes": _outcomes,
+        "durations": {k: round(v, 2) for k, v in _durations.items()},
     }
     with open(path, "w") as f:
         json.dump(report, f, indent=1, sort_keys=True)
