@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+# The unit tests: no server, no network; well under a minute.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m unit
+
 # Metaflow's own S3 suite against s3fast on a local SeaweedFS (~10 min). SUITE: a Metaflow
 # checkout or its test/data; ARGS="--impl metaflow" runs it against metaflow.S3 (~40 min),
 # ARGS="--impl metaflow --write-expected" records metaflow.S3's failures for `make test`.

@@ -28,8 +28,12 @@ WORKLOADS: tuple[str, ...] = (
     "put_files",
     "list",
     "info",
+    "context",
+    "metadata",
 )
 BYTE_WORKLOADS = frozenset({"get_mem", "get_files", "get_big", "put_files"})
+# Workloads reported in milliseconds per iteration (what one iteration is called).
+PER_OP_WORKLOADS: dict[str, str] = {"context": "context", "metadata": "round"}
 
 # Top-level modules each client needs; a client missing one is reported, not dropped.
 REQUIRES: dict[str, tuple[str, ...]] = {
@@ -44,8 +48,11 @@ REQUIRES: dict[str, tuple[str, ...]] = {
 }
 
 # Workloads each client implements; anything else is reported as "n/a".
+_DATA = frozenset(WORKLOADS) - frozenset(PER_OP_WORKLOADS)
 SUPPORTS: dict[str, frozenset[str]] = {
-    **{c: frozenset(WORKLOADS) for c in CLIENTS},
+    **{c: _DATA | {"context", "metadata"} for c in CLIENTS},
+    "aiobotocore": _DATA | {"context"},
+    "s3fs": _DATA,
     "floor": frozenset({"get_mem", "get_big", "small"}),
 }
 

@@ -53,28 +53,40 @@ def run_s3fast_async(ctx: Ctx) -> None:
                 ctx.extra_pids = s3._procs.pids
             urls = [ctx.url(k) for k in ctx.keys] if w != "put_files" else []
             if w in ("get_mem", "small"):
-                with ctx.timed():
-                    objs = await s3.get_many(urls, in_memory=True)
+                for _ in ctx.repeat():
+                    objs: Any = None  # the last iteration's result is freed before the clock starts
+                    with ctx.timed():
+                        objs = await s3.get_many(urls, in_memory=True)
                 ctx.check({ctx.key_of(o.url): o.blob for o in objs})
             elif w == "get_files":
-                with ctx.timed():
-                    objs = await s3.get_many(urls)
+                objs = []
+                for _ in ctx.repeat():
+                    ctx.drop_files(o.path for o in objs)  # the last iteration's files, untimed
+                    with ctx.timed():
+                        objs = await s3.get_many(urls)
                 ctx.check({ctx.key_of(o.url): Path(str(o.path)) for o in objs})
             elif w == "get_big":
-                with ctx.timed():
-                    obj = await s3.get(urls[0], in_memory=True)
+                for _ in ctx.repeat():
+                    obj: Any = None
+                    with ctx.timed():
+                        obj = await s3.get(urls[0], in_memory=True)
                 ctx.check({ctx.key_of(obj.url): obj.blob})
             elif w == "put_files":
                 pairs = [(ctx.url(key), path) for path, key in ctx.put_files]
-                with ctx.timed():
-                    await s3.put_files(pairs)
+                for _ in ctx.repeat():
+                    with ctx.timed():
+                        await s3.put_files(pairs)
             elif w == "list":
-                with ctx.timed():
-                    objs = await s3.list_recursive([ctx.url(ctx.list_prefix)])
+                for _ in ctx.repeat():
+                    objs = None
+                    with ctx.timed():
+                        objs = await s3.list_recursive([ctx.url(ctx.list_prefix)])
                 ctx.check_sizes({ctx.key_of(o.url): o.size for o in objs})
             elif w == "info":
-                with ctx.timed():
-                    objs = await s3.info_many(urls)
+                for _ in ctx.repeat():
+                    objs = None
+                    with ctx.timed():
+                        objs = await s3.info_many(urls)
                 ctx.check_sizes({ctx.key_of(o.url): o.size for o in objs})
             else:
                 raise NotImplementedError(w)
@@ -143,37 +155,46 @@ def run_aiobotocore(ctx: Ctx) -> None:
 
             if w in ("get_mem", "small"):
                 keys = ctx.keys
-                with ctx.timed():
-                    blobs = await bounded(n, read, keys)
+                for _ in ctx.repeat():
+                    blobs: Any = None
+                    with ctx.timed():
+                        blobs = await bounded(n, read, keys)
                 ctx.check(dict(zip(keys, blobs, strict=True)))
             elif w == "get_files":
-                with ctx.timed():
-                    await bounded(n, to_file, ctx.keys)
+                for _ in ctx.repeat():
+                    with ctx.timed():
+                        await bounded(n, to_file, ctx.keys)
                 ctx.check({k: Path(ctx.local_path(k)) for k in ctx.keys})
             elif w == "get_big":
                 key, size, _ = ctx.objects[0]
                 spans = [(s, min(s + rs, size) - 1) for s in range(0, size, rs)]
-                with ctx.timed():
-                    buf = bytearray(size)
+                buf = bytearray()
 
-                    async def span(se: tuple[int, int]) -> None:
-                        buf[se[0] : se[1] + 1] = await read(key, f"bytes={se[0]}-{se[1]}")
+                async def span(se: tuple[int, int]) -> None:
+                    buf[se[0] : se[1] + 1] = await read(key, f"bytes={se[0]}-{se[1]}")
 
-                    await bounded(n, span, spans)
+                for _ in ctx.repeat():
+                    del buf[:]
+                    with ctx.timed():
+                        buf = bytearray(size)
+                        await bounded(n, span, spans)
                 ctx.check({key: buf})
             elif w == "put_files":
                 sem = asyncio.Semaphore(n)
-                with ctx.timed():
-                    await asyncio.gather(*(upload(p, sem) for p in ctx.put_files))
+                for _ in ctx.repeat():
+                    with ctx.timed():
+                        await asyncio.gather(*(upload(p, sem) for p in ctx.put_files))
             elif w == "list":
                 found: dict[str, int] = {}
-                with ctx.timed():
-                    pages = s3.get_paginator("list_objects_v2").paginate(
-                        Bucket=b, Prefix=ctx.list_prefix
-                    )
-                    async for page in pages:
-                        for o in page.get("Contents", []):
-                            found[o["Key"]] = o["Size"]
+                for _ in ctx.repeat():
+                    found = {}
+                    with ctx.timed():
+                        pages = s3.get_paginator("list_objects_v2").paginate(
+                            Bucket=b, Prefix=ctx.list_prefix
+                        )
+                        async for page in pages:
+                            for o in page.get("Contents", []):
+                                found[o["Key"]] = o["Size"]
                 ctx.check_sizes(found)
             elif w == "info":
                 keys = ctx.keys
@@ -181,8 +202,9 @@ def run_aiobotocore(ctx: Ctx) -> None:
                 async def head(k: str) -> int:
                     return int((await s3.head_object(Bucket=b, Key=k))["ContentLength"])
 
-                with ctx.timed():
-                    sizes = await bounded(n, head, keys)
+                for _ in ctx.repeat():
+                    with ctx.timed():
+                        sizes = await bounded(n, head, keys)
                 ctx.check_sizes(dict(zip(keys, sizes, strict=True)))
             else:
                 raise NotImplementedError(w)
@@ -190,11 +212,10 @@ def run_aiobotocore(ctx: Ctx) -> None:
     _run(main())
 
 
-def run_obstore(ctx: Ctx) -> None:
-    import obstore as obs
+def obstore_store(ctx: Ctx) -> Any:
+    """An ``S3Store`` for the bench bucket (path style, plain HTTP allowed)."""
     from obstore.store import S3Store
 
-    n, rs = ctx.concurrency, ctx.range_size
     config: dict[str, Any] = {
         "access_key_id": os.environ.get("AWS_ACCESS_KEY_ID", ""),
         "secret_access_key": os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
@@ -205,7 +226,14 @@ def run_obstore(ctx: Ctx) -> None:
     if ctx.endpoint:
         config["endpoint"] = ctx.endpoint
         config["virtual_hosted_style_request"] = False
-    store = S3Store(ctx.bucket, config=config, client_options={"allow_http": True})  # type: ignore[arg-type]
+    return S3Store(ctx.bucket, config=config, client_options={"allow_http": True})  # type: ignore[arg-type]
+
+
+def run_obstore(ctx: Ctx) -> None:
+    import obstore as obs
+
+    n, rs = ctx.concurrency, ctx.range_size
+    store = obstore_store(ctx)
 
     async def main() -> None:
         w = ctx.workload
@@ -222,12 +250,15 @@ def run_obstore(ctx: Ctx) -> None:
 
         if w in ("get_mem", "small"):
             keys = ctx.keys
-            with ctx.timed():
-                blobs = await bounded(n, read, keys)
+            for _ in ctx.repeat():
+                blobs: Any = None
+                with ctx.timed():
+                    blobs = await bounded(n, read, keys)
             ctx.check(dict(zip(keys, blobs, strict=True)))
         elif w == "get_files":
-            with ctx.timed():
-                await bounded(n, to_file, ctx.keys)
+            for _ in ctx.repeat():
+                with ctx.timed():
+                    await bounded(n, to_file, ctx.keys)
             ctx.check({k: Path(ctx.local_path(k)) for k in ctx.keys})
         elif w == "get_big":
             key, size, _ = ctx.objects[0]
@@ -236,8 +267,10 @@ def run_obstore(ctx: Ctx) -> None:
             async def span(start: int) -> Any:
                 return await obs.get_range_async(store, key, start=start, end=min(start + rs, size))
 
-            with ctx.timed():
-                chunks = await bounded(n, span, starts)
+            for _ in ctx.repeat():
+                chunks = None
+                with ctx.timed():
+                    chunks = await bounded(n, span, starts)
             ctx.check({key: chunks})
         elif w == "put_files":
             pairs = ctx.put_files
@@ -245,14 +278,17 @@ def run_obstore(ctx: Ctx) -> None:
             async def put(pair: tuple[str, str]) -> None:
                 await obs.put_async(store, pair[1], Path(pair[0]), chunk_size=rs)
 
-            with ctx.timed():
-                await bounded(max(1, n // 4), put, pairs)  # obstore runs parts 12-wide itself
+            for _ in ctx.repeat():
+                with ctx.timed():
+                    await bounded(max(1, n // 4), put, pairs)  # obstore runs parts 12-wide itself
         elif w == "list":
             found: dict[str, int] = {}
-            with ctx.timed():
-                async for batch in obs.list(store, ctx.list_prefix, chunk_size=1000):
-                    for meta in batch:
-                        found[meta["path"]] = meta["size"]
+            for _ in ctx.repeat():
+                found = {}
+                with ctx.timed():
+                    async for batch in obs.list(store, ctx.list_prefix, chunk_size=1000):
+                        for meta in batch:
+                            found[meta["path"]] = meta["size"]
             ctx.check_sizes(found)
         elif w == "info":
             keys = ctx.keys
@@ -260,8 +296,9 @@ def run_obstore(ctx: Ctx) -> None:
             async def head(k: str) -> int:
                 return int((await obs.head_async(store, k))["size"])
 
-            with ctx.timed():
-                sizes = await bounded(n, head, keys)
+            for _ in ctx.repeat():
+                with ctx.timed():
+                    sizes = await bounded(n, head, keys)
             ctx.check_sizes(dict(zip(keys, sizes, strict=True)))
         else:
             raise NotImplementedError(w)

@@ -20,20 +20,28 @@ def _metaflow_shaped(ctx: Ctx, s3: Any, urls: list[str]) -> None:
     """The workloads that s3fast.S3 and metaflow.S3 run with the very same calls."""
     w = ctx.workload
     if w == "get_files":
-        with ctx.timed():
-            objs = s3.get_many(urls)
+        objs: Any = []
+        for _ in ctx.repeat():
+            ctx.drop_files(o.path for o in objs)  # the last iteration's files, untimed
+            with ctx.timed():
+                objs = s3.get_many(urls)
         ctx.check({ctx.key_of(o.url): Path(str(o.path)) for o in objs})
     elif w == "put_files":
         pairs = [(ctx.url(key), path) for path, key in ctx.put_files]
-        with ctx.timed():
-            s3.put_files(pairs)
+        for _ in ctx.repeat():
+            with ctx.timed():
+                s3.put_files(pairs)
     elif w == "list":
-        with ctx.timed():
-            objs = s3.list_recursive([ctx.url(ctx.list_prefix)])
+        for _ in ctx.repeat():
+            objs = None
+            with ctx.timed():
+                objs = s3.list_recursive([ctx.url(ctx.list_prefix)])
         ctx.check_sizes({ctx.key_of(o.url): o.size for o in objs})
     elif w == "info":
-        with ctx.timed():
-            objs = s3.info_many(urls)
+        for _ in ctx.repeat():
+            objs = None
+            with ctx.timed():
+                objs = s3.info_many(urls)
         ctx.check_sizes({ctx.key_of(o.url): o.size for o in objs})
     else:
         raise NotImplementedError(w)
@@ -55,12 +63,16 @@ def run_s3fast_sync(ctx: Ctx) -> None:
             ctx.extra_pids = s3._aio._procs.pids
         urls = [ctx.url(k) for k in ctx.keys] if w != "put_files" else []
         if w in ("get_mem", "small"):
-            with ctx.timed():
-                objs = s3.get_many(urls, in_memory=True)
+            for _ in ctx.repeat():
+                objs: Any = None  # the last iteration's result is freed before the clock starts
+                with ctx.timed():
+                    objs = s3.get_many(urls, in_memory=True)
             ctx.check({ctx.key_of(o.url): o.blob for o in objs})
         elif w == "get_big":
-            with ctx.timed():
-                obj = s3.get(urls[0], in_memory=True)
+            for _ in ctx.repeat():
+                obj: Any = None
+                with ctx.timed():
+                    obj = s3.get(urls[0], in_memory=True)
             ctx.check({ctx.key_of(obj.url): obj.blob})
         else:
             _metaflow_shaped(ctx, s3, urls)
@@ -88,46 +100,56 @@ def run_boto3(ctx: Ctx) -> None:
 
     if w in ("get_mem", "small"):
         keys = ctx.keys
-        with ctx.timed():
-            blobs = threads(lambda k: s3.get_object(Bucket=ctx.bucket, Key=k)["Body"].read(), keys)
+        for _ in ctx.repeat():
+            blobs: Any = None
+            with ctx.timed():
+                blobs = threads(
+                    lambda k: s3.get_object(Bucket=ctx.bucket, Key=k)["Body"].read(), keys
+                )
         ctx.check(dict(zip(keys, blobs, strict=True)))
     elif w in ("get_files", "put_files"):
         with create_transfer_manager(s3, config) as tm:
             if w == "get_files":
-                with ctx.timed():
-                    futures = [tm.download(ctx.bucket, k, ctx.local_path(k)) for k in ctx.keys]
-                    for f in futures:
-                        f.result()
+                for _ in ctx.repeat():
+                    with ctx.timed():
+                        futures = [tm.download(ctx.bucket, k, ctx.local_path(k)) for k in ctx.keys]
+                        for f in futures:
+                            f.result()
                 ctx.check({k: Path(ctx.local_path(k)) for k in ctx.keys})
             else:
-                with ctx.timed():
-                    futures = [tm.upload(path, ctx.bucket, key) for path, key in ctx.put_files]
-                    for f in futures:
-                        f.result()
+                for _ in ctx.repeat():
+                    with ctx.timed():
+                        futures = [tm.upload(path, ctx.bucket, key) for path, key in ctx.put_files]
+                        for f in futures:
+                            f.result()
     elif w == "get_big":
         import io
 
         key = ctx.keys[0]
-        buf = io.BytesIO()
-        with ctx.timed():
-            s3.download_fileobj(ctx.bucket, key, buf, Config=config)
+        for _ in ctx.repeat():
+            buf: Any = None
+            with ctx.timed():
+                buf = io.BytesIO()
+                s3.download_fileobj(ctx.bucket, key, buf, Config=config)
         ctx.check({key: buf.getbuffer()})
     elif w == "list":
-        with ctx.timed():
-            found = {
-                o["Key"]: o["Size"]
-                for page in s3.get_paginator("list_objects_v2").paginate(
-                    Bucket=ctx.bucket, Prefix=ctx.list_prefix
-                )
-                for o in page.get("Contents", [])
-            }
+        for _ in ctx.repeat():
+            with ctx.timed():
+                found = {
+                    o["Key"]: o["Size"]
+                    for page in s3.get_paginator("list_objects_v2").paginate(
+                        Bucket=ctx.bucket, Prefix=ctx.list_prefix
+                    )
+                    for o in page.get("Contents", [])
+                }
         ctx.check_sizes(found)
     elif w == "info":
         keys = ctx.keys
-        with ctx.timed():
-            sizes = threads(
-                lambda k: s3.head_object(Bucket=ctx.bucket, Key=k)["ContentLength"], keys
-            )
+        for _ in ctx.repeat():
+            with ctx.timed():
+                sizes = threads(
+                    lambda k: s3.head_object(Bucket=ctx.bucket, Key=k)["ContentLength"], keys
+                )
         ctx.check_sizes(dict(zip(keys, sizes, strict=True)))
     else:
         raise NotImplementedError(w)
@@ -153,28 +175,35 @@ def run_s3fs(ctx: Ctx) -> None:
     fs.info(f"{b}/{ctx.warm_key}")
     if w in ("get_mem", "small"):
         paths = [f"{b}/{k}" for k in ctx.keys]
-        with ctx.timed():
-            got = fs.cat(paths)
+        for _ in ctx.repeat():
+            got: Any = None
+            with ctx.timed():
+                got = fs.cat(paths)
         ctx.check({p.removeprefix(f"{b}/"): v for p, v in got.items()})
     elif w == "get_files":
         keys = ctx.keys
-        with ctx.timed():
-            fs.get([f"{b}/{k}" for k in keys], [ctx.local_path(k) for k in keys])
+        for _ in ctx.repeat():
+            with ctx.timed():
+                fs.get([f"{b}/{k}" for k in keys], [ctx.local_path(k) for k in keys])
         ctx.check({k: Path(ctx.local_path(k)) for k in keys})
     elif w == "get_big":
         key, size, _ = ctx.objects[0]
         starts = list(range(0, size, ctx.range_size))
         ends = [min(s + ctx.range_size, size) for s in starts]
-        with ctx.timed():
-            chunks = fs.cat_ranges([f"{b}/{key}"] * len(starts), starts, ends)
+        for _ in ctx.repeat():
+            chunks = None
+            with ctx.timed():
+                chunks = fs.cat_ranges([f"{b}/{key}"] * len(starts), starts, ends)
         ctx.check({key: chunks})
     elif w == "put_files":
         pairs = ctx.put_files
-        with ctx.timed():
-            fs.put([p for p, _ in pairs], [f"{b}/{k}" for _, k in pairs])
+        for _ in ctx.repeat():
+            with ctx.timed():
+                fs.put([p for p, _ in pairs], [f"{b}/{k}" for _, k in pairs])
     elif w == "list":
-        with ctx.timed():
-            found = fs.find(f"{b}/{ctx.list_prefix}", detail=True)
+        for _ in ctx.repeat():
+            with ctx.timed():
+                found = fs.find(f"{b}/{ctx.list_prefix}", detail=True)
         ctx.check_sizes({p.removeprefix(f"{b}/"): i["size"] for p, i in found.items()})
     elif w == "info":
         keys = ctx.keys
@@ -184,8 +213,9 @@ def run_s3fs(ctx: Ctx) -> None:
 
             return await asyncio.gather(*(fs._info(f"{b}/{k}") for k in keys))
 
-        with ctx.timed():
-            infos = sync(fs.loop, heads)
+        for _ in ctx.repeat():
+            with ctx.timed():
+                infos = sync(fs.loop, heads)
         ctx.check_sizes({k: i["size"] for k, i in zip(keys, infos, strict=True)})
     else:
         raise NotImplementedError(w)
@@ -203,14 +233,24 @@ def run_metaflow(ctx: Ctx) -> None:
         urls = [ctx.url(k) for k in ctx.keys] if w != "put_files" else []
         if w in ("get_mem", "small"):
             ctx.note = "via temp files (metaflow has no in-memory GET), read inside the timing"
-            with ctx.timed():
-                got = {ctx.key_of(o.url): o.blob for o in s3.get_many(urls)}
+            objs: list[Any] = []
+            for _ in ctx.repeat():
+                ctx.drop_files(o.path for o in objs)
+                got: Any = None
+                with ctx.timed():
+                    objs = s3.get_many(urls)
+                    got = {ctx.key_of(o.url): o.blob for o in objs}
             ctx.check(got)
         elif w == "get_big":
             ctx.note = "one GET into a temp file, read inside the timing"
-            with ctx.timed():
-                obj = s3.get(urls[0])
-                blob = obj.blob
+            obj: Any = None
+            for _ in ctx.repeat():
+                if obj is not None:
+                    ctx.drop_files([obj.path])
+                blob = None
+                with ctx.timed():
+                    obj = s3.get(urls[0])
+                    blob = obj.blob
             ctx.check({ctx.key_of(obj.url): blob})
         else:
             _metaflow_shaped(ctx, s3, urls)

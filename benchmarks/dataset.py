@@ -49,6 +49,12 @@ DEFAULT = Sizes(24, 16 * MiB, 256 * MiB, 600, 4 * KiB, 10_000, 12)
 QUICK = Sizes(8, 4 * MiB, 32 * MiB, 100, 4 * KiB, 0, 8)
 
 
+# context and metadata: 1 KiB objects, the same in every tier (a context GETs the first one, a
+# metadata round HEADs it and lists their prefix)
+TINY_COUNT = 8
+TINY_SIZE = 1 * KiB
+
+
 def fmt_size(n: int) -> str:
     for unit, size in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
         if n >= size and n % size == 0:
@@ -62,7 +68,9 @@ def layout(sizes: Sizes) -> dict[str, Any]:
     large = f"{ROOT}large-{sizes.large_size // KiB}k/"
     small = f"{ROOT}small-{sizes.small_size}b/"
     listing = f"{ROOT}list-{sizes.list_count}/" if sizes.list_count else small
+    tiny = f"{ROOT}tiny-{TINY_SIZE}b/"
     return {
+        "tiny": [(f"{tiny}{i:04d}", TINY_SIZE) for i in range(TINY_COUNT)],
         "large": [(f"{large}{i:04d}", sizes.large_size) for i in range(sizes.large_count)],
         "big": (f"{ROOT}big-{sizes.big_size // KiB}k", sizes.big_size),
         "small": [(f"{small}{i:05d}", sizes.small_size) for i in range(sizes.small_count)],
@@ -148,7 +156,12 @@ def seed(client: Any, bucket: str, sizes: Sizes, log: Any = None) -> dict[str, A
     """Make every object exist with the right size; return the layout with sha256 of each."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     lay = layout(sizes)
-    groups = [("large", lay["large"]), ("small", lay["small"]), ("list", lay["list"])]
+    groups = [
+        ("large", lay["large"]),
+        ("small", lay["small"]),
+        ("list", lay["list"]),
+        ("tiny", lay["tiny"]),
+    ]
     out: dict[str, Any] = {"list_prefix": lay["list_prefix"]}
 
     def one(item: tuple[str, int], have_it: bool) -> str:
@@ -201,6 +214,11 @@ def make_local_files(directory: str, sizes: Sizes) -> list[tuple[str, str, int, 
 
 def put_prefix(client_name: str) -> str:
     return f"{ROOT}put/{client_name}/"
+
+
+def meta_prefix(client_name: str) -> str:
+    """Where a metadata round's ``put_many`` writes (cleared after each run)."""
+    return f"{ROOT}meta-put/{client_name}/"
 
 
 def verify_and_clear_puts(

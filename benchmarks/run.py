@@ -19,7 +19,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from . import CLIENTS, REQUIRES, SUPPORTS, WORKLOADS, dataset, report, scaling
+from . import CLIENTS, REQUIRES, SUPPORTS, WORKLOADS, dataset, network, report, scaling
 from .profiles import PROFILES, Resolved, parse_cpus, pinned, resolve
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,13 +54,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="",
         help="pin the embedded SeaweedFS to these CPUs (e.g. 0-7); clients use the others",
     )
-    p.add_argument("--rounds", type=int, help="rounds, interleaved (default 3; --quick: 1)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        help="rounds, interleaved (default 1: each run repeats for --min-time; --sweep and "
+        "--scaling: 3)",
+    )
     p.add_argument("--clients", help=f"comma-separated, from: {','.join(CLIENTS)}")
     p.add_argument("--workloads", help=f"comma-separated, from: {','.join(WORKLOADS)}")
     p.add_argument(
         "--profiles",
         default="all",
         help=f"comma-separated, from: {','.join(PROFILES)} (default all)",
+    )
+    p.add_argument(
+        "--network",
+        help="comma-separated, from: loopback,s3like: run every client and workload under each "
+        "(default: everything on loopback, and under s3like "
+        f"{','.join(network.S3LIKE_CLIENTS)} x {','.join(network.S3LIKE_WORKLOADS)}; "
+        "--quick: loopback only)",
+    )
+    p.add_argument(
+        "--latency-ms",
+        type=float,
+        default=20.0,
+        help="s3like: time to first byte added to every request (default 20)",
+    )
+    p.add_argument(
+        "--conn-mb-s",
+        type=float,
+        default=100.0,
+        help="s3like: bandwidth cap per connection and direction, MB/s (default 100; 0: none)",
+    )
+    p.add_argument(
+        "--min-time",
+        type=float,
+        help="seconds: each run repeats its timed section until the repeats add up to this "
+        "(default 2; --quick: 0, one pass)",
     )
     p.add_argument("--out", help=f"directory for the JSON and PNG (default {RESULTS})")
     p.add_argument(
@@ -118,7 +148,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         names = _names(args.profiles, tuple(PROFILES), "profile")
         args.profiles = [resolve(name, args.server_cpus) for name in names]
         args.variants = {c: (c, _no_env) for c in args.clients}
-    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.rounds = args.rounds or (1 if args.quick or not (args.sweep or args.scaling) else 3)
+    args.min_time = args.min_time if args.min_time is not None else (0.0 if args.quick else 2.0)
+    endpoint_given = bool(args.endpoint or args.bucket)
+    explicit = network.parse(args.network, endpoint_given)
+    if explicit is not None and (args.sweep or args.scaling):
+        p.error("--network applies to the main run, not to --sweep or --scaling")
+    args.networks_explicit = explicit is not None and not (args.sweep or args.scaling)
+    if args.sweep or args.scaling:
+        args.networks = [network.DIRECT if endpoint_given else "loopback"]
+    elif explicit is not None:
+        args.networks = explicit
+    else:
+        args.networks = network.default_plan(args.quick, endpoint_given)
     args.timeout = args.timeout or (120.0 if args.quick else 600.0)
     if args.rounds < 1:
         p.error("--rounds must be >= 1")
@@ -354,13 +396,16 @@ def main(argv: list[str] | None = None) -> int:
             "large": data["large"],
             "big": data["big"],
             "small": data["small"],
+            "tiny": data["tiny"],
             "list": data["list"] or [(k, s, h) for k, s, h in data["small"]],
             "list_prefix": data["list_prefix"],
             "put": files,
+            "min_time": args.min_time,
         }
         spec_path = os.path.join(scratch, "spec.json")
         with open(spec_path, "w") as f:
             json.dump(spec, f)
+        nets = _networks(args, stack, spec, scratch, env, endpoint, spec_path, server_desc)
         if args.sweep:
             from . import sweep
 
@@ -373,19 +418,33 @@ def main(argv: list[str] | None = None) -> int:
         impl = {c: args.variants[c][0] for c in args.clients}
         missing = {c: _missing_module(impl[c]) for c in args.clients}
         plan = [
-            (rnd, prof, w, c)
+            (rnd, net, prof, w, c)
             for rnd in range(1, args.rounds + 1)
+            for net in nets
             for prof in args.profiles
             for w in args.workloads
             for c in args.clients
+            if network.runs_under(net.name, impl[c], w, args.networks_explicit)
         ]
-        live = [p for p in plan if w_supported(impl[p[3]], p[2]) and not missing[p[3]]]
+        live = [p for p in plan if w_supported(impl[p[4]], p[3]) and not missing[p[4]]]
+        print(
+            f"{len(live)} runs; expect about {_expected_s(len(live), args.min_time) / 60:.0f} "
+            "minutes on an idle 2-core machine",
+            file=sys.stderr,
+            flush=True,
+        )
         progress = Progress(len(live))
         runs: list[dict[str, Any]] = []
         bench_started = time.time()
         try:
-            for rnd, prof, w, c in plan:
-                base = {"round": rnd, "profile": prof.profile.name, "workload": w, "client": c}
+            for rnd, net, prof, w, c in plan:
+                base = {
+                    "round": rnd,
+                    "network": net.name,
+                    "profile": prof.profile.name,
+                    "workload": w,
+                    "client": c,
+                }
                 if missing[c]:
                     runs.append(
                         {
@@ -398,13 +457,17 @@ def main(argv: list[str] | None = None) -> int:
                 if not w_supported(impl[c], w):
                     runs.append({**base, "status": "n/a"})
                     continue
-                label = f"round {rnd}/{args.rounds} {prof.profile.name} {w} {c}"
+                label = f"round {rnd}/{args.rounds} {net.name} {prof.profile.name} {w} {c}"
                 progress.start(label)
-                extra = args.variants[c][1](prof)
-                result = run_worker(impl[c], w, prof, spec_path, scratch, env, args.timeout, extra)
+                extra = {**args.variants[c][1](prof), **net.env}
+                result = run_worker(
+                    impl[c], w, prof, net.spec_path, scratch, env, args.timeout, extra
+                )
                 result["client"] = c
                 if w == "put_files":
                     dataset.settle_puts(s3, bucket, impl[c], files, result)
+                if w == "metadata":
+                    dataset.clear_prefix(s3, bucket, dataset.meta_prefix(impl[c]))
                 runs.append({**base, **result})
                 progress.finish(label, result)
         finally:
@@ -427,6 +490,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"- data: {sizes.describe()}")
         for prof in args.profiles:
             print(f"- profile: {prof.describe()}")
+        for net in nets:
+            print(f"- network: {net.describe}")
+        print(
+            f"- timed sections: each run repeats its timed section until the repeats add up to "
+            f"{args.min_time:g} s; the median is over every repeat of every round, the spread "
+            "is the interquartile range (rates: ± half of it)"
+        )
         print(
             f"- rounds: {args.rounds} (interleaved); runs took {bench_s:.0f} s, "
             f"{total_s:.0f} s in all with setup and seeding"
@@ -466,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
             "versions": vers,
             "server": server_desc,
             "data": dataset.describe(data, sizes),
+            "networks": [{"name": n.name, "describe": n.describe} for n in nets],
+            "min_time_s": args.min_time,
             "profiles": [
                 {
                     "name": p.profile.name,
@@ -516,6 +588,47 @@ def _pinned_server(cpus: frozenset[int]) -> Iterator[Any]:
         yield server
     finally:
         server.stop()
+
+
+def _networks(
+    args: argparse.Namespace,
+    stack: ExitStack,
+    spec: dict[str, Any],
+    scratch: str,
+    env: dict[str, str],
+    endpoint: str | None,
+    spec_path: str,
+    server_desc: str,
+) -> list[network.Network]:
+    """The networks this run uses; ``s3like`` starts the shaping proxy and writes a spec whose
+    endpoint is the proxy."""
+    out = []
+    for name in args.networks:
+        if name != "s3like":
+            desc = "loopback: straight to the server" if name == "loopback" else server_desc
+            out.append(network.Network(name, endpoint, desc, {}, spec_path))
+            continue
+        assert endpoint is not None
+        url, pid = stack.enter_context(
+            network.shaping_proxy(endpoint, args.latency_ms, args.conn_mb_s, env)
+        )
+        path = os.path.join(scratch, "spec-s3like.json")
+        with open(path, "w") as f:
+            json.dump({**spec, "endpoint": url}, f)
+        worker_env = {
+            "AWS_ENDPOINT_URL_S3": url,
+            "METAFLOW_S3_ENDPOINT_URL": url,
+            "S3FAST_BENCH_PROXY_PID": str(pid),
+        }
+        desc = network.describe_s3like(args.latency_ms, args.conn_mb_s) + f", at {url}"
+        out.append(network.Network(name, url, desc, worker_env, path))
+    return out
+
+
+def _expected_s(runs: int, min_time: float) -> float:
+    """A rough duration: each run is its timed repeats plus about 1.5 s of process start,
+    imports, warm-up and the byte check."""
+    return runs * (min_time + 1.5)
 
 
 def w_supported(client: str, workload: str) -> bool:

@@ -4,8 +4,10 @@
 
 The CPU set is pinned (``--cpus``) before any client library is imported. The client sets up
 (imports, client objects, one warm-up HEAD), then times only the transfer inside
-``ctx.timed()``: wall time, its own CPU (user+sys, with that of child processes), the server's
-CPU (``/proc/<pid>/stat`` of ``S3FAST_BENCH_SERVER_PID`` when given) and peak RSS. s3fast's
+``ctx.timed()``, repeated under ``ctx.repeat()`` until the timed sections add up to the spec's
+``min_time``: per run, wall time, its own CPU (user+sys, with that of child processes), the
+server's CPU (``/proc/<pid>/stat`` of ``S3FAST_BENCH_SERVER_PID`` when given), the shaping
+proxy's (``S3FAST_BENCH_PROXY_PID``) and peak RSS. s3fast's
 worker processes (``S3FAST_PROCESSES`` > 1) are started before the clock and their CPU counted
 as the client's. What it got
 is then checked byte-exact against the sha256 of every object (untimed). Anything a library
@@ -19,10 +21,11 @@ import hashlib
 import json
 import os
 import resource
+import statistics
 import sys
 import time
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -101,6 +104,11 @@ class Ctx:
         self.measured: dict[str, Any] | None = None
         self.note = ""
         self._server_pid = int(os.environ.get("S3FAST_BENCH_SERVER_PID") or 0) or None
+        self._proxy_pid = int(os.environ.get("S3FAST_BENCH_PROXY_PID") or 0) or None
+        # Repetition: the timed section runs again until its runs add up to min_time seconds.
+        self.min_time = float(spec.get("min_time") or 0.0)
+        self.max_iterations = int(spec.get("max_iterations") or 100_000)
+        self.samples: list[dict[str, Any]] = []
         # Live helper processes (s3fast's workers) whose CPU counts as the client's: they are
         # not reaped inside the timed section, so RUSAGE_CHILDREN would miss them.
         self.extra_pids: list[int] = []
@@ -119,6 +127,8 @@ class Ctx:
             return [tuple(x) for x in self.spec["small"]]  # type: ignore[misc]
         if w == "list":
             return [tuple(x) for x in self.spec["list"]]  # type: ignore[misc]
+        if w in ("context", "metadata"):
+            return [tuple(x) for x in self.spec["tiny"]]  # type: ignore[misc]
         raise ValueError(w)
 
     @property
@@ -146,11 +156,38 @@ class Ctx:
 
     # --- measuring ---------------------------------------------------------------------
 
+    def repeat(self) -> Iterator[int]:
+        """The iterations of a timed section: ``for _ in ctx.repeat(): with ctx.timed(): ...``.
+
+        At least one; then more until the timed sections add up to ``min_time`` seconds (or
+        ``max_iterations``, or the untimed work between them takes too long). What happens
+        outside ``timed()`` in the loop body (dropping the last result, removing its files)
+        is not counted."""
+        self.samples = []
+        self.measured = None
+        started = time.perf_counter()
+        budget = 3 * self.min_time + 10
+        i = 0
+        while True:
+            yield i
+            i += 1
+            if len(self.samples) < i:
+                raise RuntimeError("an iteration of ctx.repeat() never entered ctx.timed()")
+            timed = sum(s["wall_s"] for s in self.samples)
+            if timed >= self.min_time or i >= self.max_iterations:
+                break
+            if time.perf_counter() - started > budget:
+                self.note = self.note or "stopped repeating early: untimed work between runs"
+                break
+
     @contextmanager
     def timed(self) -> Iterator[None]:
+        """One timed section. Called repeatedly (under ``repeat()``), every call is a sample;
+        ``measured`` holds the median wall time and the mean CPU per sample."""
         self_0 = resource.getrusage(resource.RUSAGE_SELF)
         kids_0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         server_0 = server_ticks(self._server_pid)
+        proxy_0 = server_ticks(self._proxy_pid)
         extra_0 = [server_ticks(pid) or 0 for pid in self.extra_pids]
         t0 = time.perf_counter()
         yield
@@ -158,26 +195,64 @@ class Ctx:
         self_1 = resource.getrusage(resource.RUSAGE_SELF)
         kids_1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         server_1 = server_ticks(self._server_pid)
+        proxy_1 = server_ticks(self._proxy_pid)
         extra_1 = [server_ticks(pid) or 0 for pid in self.extra_pids]
-        server = None
-        if server_0 is not None and server_1 is not None:
-            server = (server_1 - server_0) / os.sysconf("SC_CLK_TCK")
-        self.measured = {
+        tck = os.sysconf("SC_CLK_TCK")
+        sample: dict[str, Any] = {
             "wall_s": wall,
             "cpu_user_s": self_1.ru_utime - self_0.ru_utime,
             "cpu_sys_s": self_1.ru_stime - self_0.ru_stime,
-            "children_cpu_s": _cpu(kids_1)
-            - _cpu(kids_0)
-            + (sum(extra_1) - sum(extra_0)) / os.sysconf("SC_CLK_TCK"),
-            "server_cpu_s": server,
-            "rss_mib": peak_rss_mib(),
-            "children_rss_mib": kids_1.ru_maxrss / 1024,
+            "children_cpu_s": _cpu(kids_1) - _cpu(kids_0) + (sum(extra_1) - sum(extra_0)) / tck,
+            "server_cpu_s": (server_1 - server_0) / tck
+            if server_0 is not None and server_1 is not None
+            else None,
+            "proxy_cpu_s": (proxy_1 - proxy_0) / tck
+            if proxy_0 is not None and proxy_1 is not None
+            else None,
         }
-        self.measured["cpu_s"] = (
-            self.measured["cpu_user_s"]
-            + self.measured["cpu_sys_s"]
-            + self.measured["children_cpu_s"]
-        )
+        self.samples.append(sample)
+        self.measured = self._aggregate(peak_rss_mib(), kids_1.ru_maxrss / 1024)
+
+    def _aggregate(self, rss_mib: float, children_rss_mib: float) -> dict[str, Any]:
+        """Wall time: the median sample, with every sample kept (``walls_s``). CPU, the
+        server's and the proxy's: the mean per sample (they are counted in clock ticks, too
+        coarse for one short sample)."""
+        samples = self.samples
+        n = len(samples)
+
+        def mean(field: str) -> float | None:
+            values = [s[field] for s in samples]
+            if any(v is None for v in values):
+                return None
+            return float(sum(values)) / n
+
+        walls = [s["wall_s"] for s in samples]
+        out: dict[str, Any] = {
+            "wall_s": statistics.median(walls),
+            "walls_s": [round(w, 7) for w in walls],
+            "iterations": n,
+            "timed_s": sum(walls),
+            "cpu_user_s": mean("cpu_user_s"),
+            "cpu_sys_s": mean("cpu_sys_s"),
+            "children_cpu_s": mean("children_cpu_s"),
+            "server_cpu_s": mean("server_cpu_s"),
+            "proxy_cpu_s": mean("proxy_cpu_s"),
+            "rss_mib": rss_mib,
+            "children_rss_mib": children_rss_mib,
+        }
+        out["cpu_s"] = out["cpu_user_s"] + out["cpu_sys_s"] + out["children_cpu_s"]
+        return out
+
+    @staticmethod
+    def drop_files(paths: Iterable[Any]) -> None:
+        """Remove the files an iteration downloaded (between iterations, untimed), so that
+        repeating a download does not fill tmpfs."""
+        for path in paths:
+            if path:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
 
     def check(self, got: Mapping[str, Any]) -> None:
         """``got`` maps key to bytes-like, a list of bytes-like chunks in order, or a Path."""
@@ -218,6 +293,8 @@ def volume(ctx: Ctx) -> tuple[int, int]:
     """(bytes, objects) a workload moves."""
     if ctx.workload == "put_files":
         return sum(f[2] for f in ctx.spec["put"]), len(ctx.spec["put"])
+    if ctx.workload in ("context", "metadata"):
+        return 0, 1  # per iteration: one context, or one round of the datastore's calls
     objs = ctx.objects
     if ctx.workload in ("list", "info"):
         return 0, len(objs)
@@ -230,7 +307,7 @@ def run(client: str, workload: str, spec: dict[str, Any], tmp: str) -> dict[str,
     if hasattr(os, "sched_getaffinity"):
         result["cpus"] = sorted(os.sched_getaffinity(0))
     try:
-        impl = _implementation(client)
+        impl = _implementation(client, workload)
     except ImportError as exc:
         return {**result, "status": "skipped (not installed)", "error": str(exc)}
     try:
@@ -253,7 +330,11 @@ def run(client: str, workload: str, spec: dict[str, Any], tmp: str) -> dict[str,
     return result
 
 
-def _implementation(client: str) -> Any:
+def _implementation(client: str, workload: str) -> Any:
+    if workload in ("context", "metadata"):
+        from . import contexts
+
+        return contexts.IMPLEMENTATIONS[client]
     if client == "floor":
         from .floor import run_floor
 

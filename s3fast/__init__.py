@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from ._bridge import BlockingCallWarning
+from ._engine.client import TransferStats
 from .aio import AsyncS3
 from .config import TransferConfig
 from .errors import (
@@ -22,10 +24,11 @@ from .progress import Progress
 from .sharding import shard
 from .sync import S3
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one version source: pyproject.toml reads it
 
 __all__ = [
     "AsyncS3",
+    "BlockingCallWarning",
     "MetaflowS3AccessDenied",
     "MetaflowS3Exception",
     "MetaflowS3InsufficientDiskSpace",
@@ -41,6 +44,7 @@ __all__ = [
     "S3Object",
     "S3PutObject",
     "TransferConfig",
+    "TransferStats",
     "__version__",
     "shard",
 ]

@@ -4,6 +4,12 @@ Knows nothing about S3. The loop (uvloop when installed) runs on a daemon thread
 first use. ``run`` waits for the coroutine; if the waiting thread is interrupted (Ctrl-C, or
 any ``BaseException``), the task on the loop is cancelled and ``run`` waits, bounded, for its
 cleanup (``finally`` blocks that abort uploads or delete temp files) before re-raising.
+
+``run`` works from any thread but the loop's own: also from one whose own event loop is running
+(a Jupyter kernel runs cells inside one; an async web handler may call sync code), which is
+blocked for the call, as any sync I/O blocks it. The first such call outside IPython warns once
+(:class:`BlockingCallWarning`): async code is better served by ``AsyncS3``. A forked child
+starts a loop of its own on first use.
 """
 
 from __future__ import annotations
@@ -11,9 +17,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import sys
 import threading
+import warnings
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
+
+from . import _fork
 
 T = TypeVar("T")
 
@@ -22,6 +32,12 @@ CLEANUP_TIMEOUT = 30.0
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
 _thread: threading.Thread | None = None
+_warned = False  # BlockingCallWarning was given (once per process)
+
+
+class BlockingCallWarning(RuntimeWarning):
+    """The sync ``S3`` API was called from a thread whose event loop is running (not in
+    IPython/Jupyter, where that is the normal case): that loop waits for the call."""
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -54,8 +70,10 @@ def get_loop() -> asyncio.AbstractEventLoop:
 
 
 def _reset_after_fork() -> None:
-    # The loop thread does not exist in a forked child; start a fresh one on next use.
+    # The loop thread does not exist in a forked child; start a fresh one on next use. The
+    # parent's loop is kept, never closed or collected (see s3fast._fork).
     global _loop, _thread, _lock
+    _fork.orphan(_loop, _thread)
     _loop, _thread, _lock = None, None, threading.Lock()
 
 
@@ -75,16 +93,16 @@ def run(coro: Coroutine[Any, Any, T], discard: Callable[[T], None] | None = None
     will see it."""
     if in_loop_thread():
         coro.close()
-        raise RuntimeError("s3fast's sync API cannot be called from its own event loop")
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        pass
-    else:
-        coro.close()
         raise RuntimeError(
-            "s3fast.S3 is the synchronous API; inside a running event loop use s3fast.AsyncS3"
+            "s3fast's sync API (s3fast.S3) was called from s3fast's own event loop thread "
+            "(from a progress callback?), where it would wait forever; use s3fast.AsyncS3 there"
         )
+    if not _warned and _caller_loop_running():
+        try:
+            _warn_blocking()
+        except BaseException:  # the warning made an error by the caller's filters
+            coro.close()
+            raise
     loop = get_loop()
     done = threading.Event()
     finished: list[T] = []
@@ -110,3 +128,33 @@ def run(coro: Coroutine[Any, Any, T], discard: Callable[[T], None] | None = None
         if finished and discard is not None:
             discard(finished[0])
         raise
+
+
+def _caller_loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _in_ipython() -> bool:
+    ipython = sys.modules.get("IPython")
+    get = getattr(ipython, "get_ipython", None)
+    try:
+        return get is not None and get() is not None
+    except Exception:
+        return False
+
+
+def _warn_blocking() -> None:
+    global _warned
+    _warned = True
+    if not _in_ipython():
+        warnings.warn(
+            "s3fast.S3 was called in a thread whose event loop is running: the loop waits "
+            "until the call returns. In async code, use s3fast.AsyncS3 (same methods, awaited). "
+            "This warning is given once.",
+            BlockingCallWarning,
+            stacklevel=4,  # the caller of the S3 method
+        )

@@ -11,6 +11,7 @@ import sys
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
+from . import _fork
 from ._engine.client import Engine, TransferStats, bounded_map
 from ._engine.copy import copy_object
 from ._engine.delete import Failed, delete_object, delete_objects
@@ -104,6 +105,7 @@ class AsyncS3:
         self._procs = Pool(processes_for(self._engine), self._config, self._engine)
         self._loops = Loops(processes_for(self._engine), self._config, self._engine)
         self._closed = False
+        self._owner = _fork.Owner()
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -115,6 +117,7 @@ class AsyncS3:
 
     async def close(self) -> None:
         """Close connections and delete every file downloaded through this client."""
+        self._fork_check()
         self._closed = True
         try:
             try:
@@ -128,6 +131,7 @@ class AsyncS3:
     @property
     def tmpdirs(self) -> list[str]:
         """The private temp dirs this client has made (removed by ``close``)."""
+        self._fork_check()
         return self._targets.dirs
 
     @property
@@ -138,11 +142,41 @@ class AsyncS3:
     def stats(self) -> TransferStats:
         """A snapshot of this client's counters: the adaptive concurrency limit (now, lowest,
         maximum), throttled answers, limit cuts, retries and requests given up."""
+        self._fork_check()
         return self._engine.stats()
 
+    async def transport_for(self, bucket: str | None = None) -> str:
+        """The path this client's requests for ``bucket`` (default: the bucket of
+        ``s3root``) take: ``"lean"``, s3fast's own HTTP/1.1 path, or ``"botocore"``.
+
+        The lean path takes GET, HEAD, PUT, UploadPart and ListObjectsV2 requests when it can
+        send exactly the request botocore would send (same endpoint, signing region and name,
+        proxy and certificates); it is decided at a bucket's first use (now, if not yet
+        used), and a redirect or other protocol surprise sends the bucket to botocore."""
+        self._check_open()
+        if bucket is None:
+            if not self._s3root:
+                raise ValueError("transport_for() needs a bucket: this client has no s3root")
+            bucket = parse(self._s3root, need_key=False).bucket
+        return await self._engine.transport_for(bucket)
+
     def _check_open(self) -> None:
+        self._fork_check()
         if self._closed:
             raise RuntimeError("this S3 client is closed")
+
+    def _fork_check(self) -> None:
+        """Used for the first time in a forked child: make this process's own engine
+        (client, connections, limiter), loop threads, worker processes and temp dirs, leaving
+        the parent's untouched (see :mod:`s3fast._fork`). Files downloaded before the fork stay
+        in the parent's temp dirs, which the parent removes."""
+        self._owner.claim(self._after_fork)
+
+    def _after_fork(self) -> None:
+        self._engine.after_fork()
+        self._procs.after_fork()
+        self._loops.after_fork()
+        self._targets = self._targets.for_child()
 
     # --- addressing --------------------------------------------------------------------
 
@@ -642,6 +676,23 @@ class AsyncS3:
         parse(url)
         return url
 
+    def _checked_target(
+        self, key: Any, value: Any, make_source: Callable[[Any, str | None, Any], Source]
+    ) -> tuple[str, Source]:
+        """``make_source(value, url, key)`` (which checks the object or local file), then the
+        key's URL: metaflow.S3's order, so an entry with a bad object and a bad key is reported
+        for its object. The object's error names the URL when the key makes one."""
+        try:
+            url: str | None = self._target(key)
+            bad_key = None
+        except Exception as exc:
+            url, bad_key = None, exc
+        source = make_source(value, url, key)
+        if bad_key is not None:
+            raise bad_key
+        assert url is not None
+        return url, source
+
     async def put(
         self,
         key: Any,
@@ -672,8 +723,7 @@ class AsyncS3:
             URL of the object.
         """
         self._check_open()
-        url = self._target(key)
-        source = _source(obj, url, key)
+        url, source = self._checked_target(key, obj, _source)
         await put(
             self._engine,
             parse(url),
@@ -693,12 +743,12 @@ class AsyncS3:
         items = []
         for entry in _as_list(entries, name):
             key, value, content_type, metadata, encryption = _unpack(entry, field)
-            url = self._target(key)
+            url, source = self._checked_target(key, value, make_source)
             items.append(
                 (
                     key,
                     url,
-                    make_source(value, url, key),
+                    source,
                     content_type,
                     self._user_metadata(metadata, url),
                     encryption or self._encryption,
@@ -806,12 +856,23 @@ class AsyncS3:
             ``(key, url)`` of each file uploaded, in input order.
         """
         self._check_open()
-        items = self._put_items(key_paths, "key_paths", "path", _file_source)
         loop = asyncio.get_running_loop()
-        sizes = await loop.run_in_executor(
-            None, _check_local_files, [(i[1], i[2].path) for i in items]
-        )
+        # Entry by entry, as metaflow.S3: the local file (off the loop: it is looked at on
+        # disk), then the key.
+        items, sizes = await loop.run_in_executor(None, self._file_items, key_paths)
         return await self._put_batch(items, overwrite, progress, sizes)
+
+    def _file_items(self, key_paths: Iterable[Any]) -> tuple[list[_PutItem], list[int]]:
+        """``put_files``' entries, checked, and the sizes of their files."""
+        sizes: list[int] = []
+
+        def local_file(local: Any, url: str | None, key: Any) -> Source:
+            source = _file_source(local, url, key)
+            assert source.path is not None
+            sizes.append(_local_size(source.path, url, key))
+            return source
+
+        return self._put_items(key_paths, "key_paths", "path", local_file), sizes
 
     # --- deletes and copies -----------------------------------------------------------------
 
@@ -962,10 +1023,26 @@ class AsyncS3:
         return await bounded_map(one, jobs, self._engine.concurrency, self._engine.admitted)
 
 
-def _file_source(local: Any, url: str, key: Any) -> Source:
+def _named(url: str | None, key: Any) -> str:
+    """What an error about an entry's object calls it: its URL, else (a bad key) its key."""
+    return url if url is not None else f"key {getattr(key, 'key', key)!r}"
+
+
+def _file_source(local: Any, url: str | None, key: Any) -> Source:
     if not isinstance(local, str | os.PathLike):
-        raise MetaflowS3InvalidObject(f"{url}: local path must be a str, got {local!r}", url)
+        raise MetaflowS3InvalidObject(
+            f"{_named(url, key)}: local path must be a str, got {local!r}", url
+        )
     return Source(path=os.fspath(local))
+
+
+def _local_size(local: str, url: str | None, key: Any) -> int:
+    """A local file to upload exists and is a regular file: its size."""
+    if not os.path.exists(local):
+        raise MetaflowS3NotFound(f"Local file not found: {local}", local)
+    if not os.path.isfile(local):
+        raise MetaflowS3InvalidObject(f"{local}: not a regular file ({_named(url, key)})", url)
+    return os.path.getsize(local)
 
 
 def _sizes(sources: list[Source]) -> list[int]:
@@ -989,19 +1066,6 @@ def _delete_error(failures: list[tuple[str, Failed]], asked: int) -> MetaflowS3E
     err = cls(f"{len(failures)} of {asked} keys were not deleted: {listed}{more}", failures[0][0])
     err.failed = {url: f.code for url, f in failures}  # type: ignore[attr-defined]
     return err
-
-
-def _check_local_files(pairs: list[tuple[str, str | None]]) -> list[int]:
-    """Every local file exists and is a regular file; their sizes."""
-    sizes = []
-    for url, local in pairs:
-        assert local is not None
-        if not os.path.exists(local):
-            raise MetaflowS3NotFound(f"Local file not found: {local}", local)
-        if not os.path.isfile(local):
-            raise MetaflowS3InvalidObject(f"{local}: not a regular file (key {url})", url)
-        sizes.append(os.path.getsize(local))
-    return sizes
 
 
 def _to_object(prefix: str | None, url: str, got: Fetched, return_info: bool) -> S3Object:
@@ -1052,12 +1116,13 @@ def _unpack(entry: Any, field: str) -> tuple[Any, Any, Any, Any, Any]:
     raise MetaflowS3InvalidObject(f"{entry!r}: expected a (key, {field}) pair or an S3PutObject")
 
 
-def _source(obj: Any, url: str, key: Any) -> Source:
+def _source(obj: Any, url: str | None, key: Any) -> Source:
+    where = f" ({url})" if url is not None else ""
     if isinstance(obj, io.RawIOBase | io.BufferedIOBase):
         if not obj.readable() or not obj.seekable():
             raise MetaflowS3InvalidObject(
                 f"Object corresponding to the key '{getattr(key, 'key', key)}' is not readable "
-                f"or seekable ({url})",
+                f"or seekable{where}",
                 url,
             )
         return Source(fileobj=obj)
@@ -1066,9 +1131,15 @@ def _source(obj: Any, url: str, key: Any) -> Source:
     if isinstance(obj, bytes):
         return Source(data=obj)
     if isinstance(obj, bytearray | memoryview):
-        return Source(data=bytes(obj))
+        # Sent from the caller's memory, not copied. A view pins a bytearray's size (resizing
+        # it raises BufferError until the upload ends); bytes changed in place mid-upload no
+        # longer match the checksum sent with them, and the server refuses them.
+        view = memoryview(obj)
+        if not view.c_contiguous:
+            return Source(data=view.tobytes())
+        return Source(data=view.cast("B") if view.format != "B" or view.ndim != 1 else view)
     raise MetaflowS3InvalidObject(
         f"Object corresponding to the key '{getattr(key, 'key', key)}' is not a string or a "
-        f"bytes object ({url}): got {type(obj).__name__}",
+        f"bytes object{where}: got {type(obj).__name__}",
         url,
     )

@@ -76,10 +76,14 @@ class TransferConfig:
         Attempts per request, the first included, for transient errors (5xx, throttling,
         resets, stalls, bodies that broke off): 5.
     max_retry_time : float
-        Seconds after a request's first try when no further try starts (60); backoff sleeps
-        that would end later are not slept.
+        Seconds after a request was first sent (time spent queued for a concurrency slot
+        does not count) when no further try starts (300: room for ``max_attempts`` tries
+        that each time out); backoff sleeps that would end later are not slept.
     connect_timeout, read_timeout : float
-        Seconds; a stalled socket raises after ``read_timeout``.
+        Seconds. ``connect_timeout`` bounds opening a connection, TLS handshake included;
+        ``read_timeout`` is the longest the server may stay silent (before its answer,
+        between body bytes, or not taking a request body): a slow body that keeps moving
+        never times out. 10 and 60, as botocore's.
     verify_ssl : bool
         Verify TLS certificates (on by default; turning it off is explicit).
     ca_bundle : str, optional
@@ -112,7 +116,7 @@ class TransferConfig:
     part_size: int | None = None
     multipart_threshold: int = 16 * MiB
     max_attempts: int = 5
-    max_retry_time: float = 60.0
+    max_retry_time: float = 300.0
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     verify_ssl: bool = True

@@ -26,6 +26,18 @@ from typing import NoReturn
 import aiohttp
 import botocore.exceptions
 
+__all__ = [
+    "MetaflowS3AccessDenied",
+    "MetaflowS3Exception",
+    "MetaflowS3InsufficientDiskSpace",
+    "MetaflowS3InvalidObject",
+    "MetaflowS3InvalidRange",
+    "MetaflowS3NotFound",
+    "MetaflowS3TransferError",
+    "MetaflowS3URLException",
+    "translate",
+]
+
 
 class MetaflowS3Exception(Exception):
     """Base of every s3fast error. ``url`` is the S3 URL (or local path) concerned, if any."""

@@ -2,6 +2,23 @@
 
 from __future__ import annotations
 
+__all__ = [
+    "GiB",
+    "KiB",
+    "MAX_COPY_OBJECT_SIZE",
+    "MAX_DELETE_KEYS",
+    "MAX_KEY_BYTES",
+    "MAX_OBJECT_SIZE",
+    "MAX_PARTS",
+    "MAX_PART_SIZE",
+    "MAX_PUT_OBJECT_SIZE",
+    "MIN_PART_SIZE",
+    "MiB",
+    "TiB",
+    "part_size_for",
+    "split",
+]
+
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB

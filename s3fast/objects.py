@@ -12,6 +12,13 @@ from typing import Any
 
 from .limits import USER_METADATA_KEY
 
+__all__ = [
+    "RangeInfo",
+    "S3GetObject",
+    "S3Object",
+    "S3PutObject",
+]
+
 S3GetObject = namedtuple("S3GetObject", ["key", "offset", "length"])
 S3GetObject.__doc__ = """A ranged download request: ``offset`` and ``length`` in bytes.
 

@@ -11,6 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+__all__ = [
+    "Progress",
+    "ProgressCallback",
+]
+
 
 @dataclass(frozen=True, slots=True)
 class Progress:

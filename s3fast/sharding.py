@@ -7,6 +7,10 @@ import heapq
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+__all__ = [
+    "shard",
+]
+
 T = TypeVar("T")
 
 

@@ -30,6 +30,11 @@ class S3:
     ``with S3(s3root="s3://bucket/prefix") as s3: s3.get_many([...])`` — downloads live in a
     private temp dir until the ``with`` block ends (or ``close()``).
 
+    Each call blocks the calling thread while the work runs on s3fast's own event loop thread,
+    from any thread, also one whose event loop is running (a Jupyter cell; in other async code
+    prefer :class:`~s3fast.AsyncS3`). A client made before ``fork()`` works in the child, which
+    makes its own connections, workers and temp dirs and leaves the parent's alone.
+
     Parameters
     ----------
     tmproot : str, optional
@@ -72,8 +77,9 @@ class S3:
             endpoint_url=endpoint_url,
             config=config,
         )
-        # Temp files go even if close() is never called.
-        self._finalizer = weakref.finalize(self, self._aio._targets.close)
+        # Temp files go even if close() is never called (those of this process only: after a
+        # fork, the child's and the parent's each go with their own process).
+        self._finalizer = weakref.finalize(self, _remove_temp_dirs, self._aio)
 
     def __enter__(self) -> S3:
         return self
@@ -97,6 +103,11 @@ class S3:
     def stats(self) -> TransferStats:
         """Counters of this client's engine. See :attr:`AsyncS3.stats`."""
         return self._aio.stats
+
+    def transport_for(self, bucket: str | None = None) -> str:
+        """``"lean"`` or ``"botocore"``: the path requests for ``bucket`` take. See
+        :meth:`AsyncS3.transport_for`."""
+        return _bridge.run(self._aio.transport_for(bucket))
 
     def get(
         self,
@@ -266,6 +277,10 @@ class S3:
 
 async def _anext(agen: AsyncGenerator[S3Object, None]) -> S3Object:
     return await agen.__anext__()
+
+
+def _remove_temp_dirs(aio: AsyncS3) -> None:
+    aio._targets.close()
 
 
 def _remove_files(objs: list[S3Object]) -> None:

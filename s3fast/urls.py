@@ -10,6 +10,14 @@ from typing import Any
 from .errors import MetaflowS3InvalidRange, MetaflowS3URLException
 from .limits import MAX_KEY_BYTES
 
+__all__ = [
+    "ByteRange",
+    "S3Path",
+    "join",
+    "parse",
+    "parse_content_range",
+]
+
 _BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{2,254}$")  # 3+ chars; legacy names allowed
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 

@@ -214,6 +214,12 @@ def open_uploads(client: object, bucket: str) -> list[str]:
     return [u["Key"] for u in resp.get("Uploads", [])]
 
 
+def keys_in(client: object, bucket: str) -> list[str]:
+    """Every key in ``bucket``, sorted, as boto3 lists them."""
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)  # type: ignore[attr-defined]
+    return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+
 def _bucket_on(server: Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A fresh bucket on ``server``, with the environment pointing s3fast at it. After the
     test: no unfinished multipart uploads may remain."""
@@ -251,4 +257,26 @@ def boto(server: Server) -> Iterator[object]:
     client.close()  # type: ignore[attr-defined]
 
 
-__all__ = ["ADMIN", "READER", "Server", "open_uploads"]
+__all__ = ["ADMIN", "READER", "Server", "keys_in", "open_uploads"]
+
+
+# Fixtures that start or use a server: a test marked `unit` (make test-fast) may use none.
+_SERVER_FIXTURES = {
+    "weed",
+    "seaweed",
+    "seaweed_https",
+    "moto_server",
+    "server",
+    "proxy",
+    "bucket",
+    "seaweed_bucket",
+    "boto",
+    "demo_bucket",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        used = _SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if item.get_closest_marker("unit") and used:
+            raise pytest.UsageError(f"{item.nodeid} is marked unit but uses {sorted(used)}")

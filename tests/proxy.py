@@ -4,8 +4,19 @@ It frames requests and responses (Content-Length, chunked, HEAD, 1xx) so that fa
 per request, also on keep-alive connections. A fault can answer instead of the server (503
 SlowDown, 500), reset the connection before the status line, cut a body after N bytes (reset,
 or a clean close short of the announced Content-Length), flip one body byte, stall before
-answering, trickle the response a few bytes at a time, close the connection after the
-response (``close``), or refuse (reset) new connections.
+answering, trickle the response a few bytes at a time, go silent part-way through a body
+(``pause_at``), close the connection after the response (``close``), or refuse (reset) new
+connections.
+
+A ``transform`` rewrites responses in ways HTTP/1.1 allows, to check that clients read them
+right: ``"chunked"`` (every body re-sent with chunked transfer coding, extensions and a
+trailer included), ``"close"`` (no Content-Length: the body ends when the proxy closes the
+connection), ``"http10"`` (answered as HTTP/1.0 without keep-alive; a request that comes on
+the connection afterwards is counted as ``"reused after HTTP/1.0"`` and refused),
+``"continue"`` (interim ``100 Continue`` and ``103 Early Hints`` answers first), ``"fold"``
+(headers folded over several lines, obsolete but valid). ``request_body_bytes`` counts the
+request body bytes the proxy received, ``botocore_requests`` the requests botocore sent (by
+their User-Agent; s3fast's own transport sends none).
 
 Explicit faults (:class:`Faults`) go to the first ``times`` matching requests (connections,
 for ``refuse``), or to every matching request for ``seconds`` after :meth:`FaultProxy.set`.
@@ -21,6 +32,7 @@ import collections
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -48,6 +60,9 @@ class Faults:
     stall: float = 0.0  # seconds to hold the response before forwarding it
     trickle: float = 0.0  # seconds between TRICKLE_CHUNK-byte writes of the response ...
     trickle_for: int = 64 * 1024  # ... for this many bytes, then at full speed
+    trickle_chunk: int = TRICKLE_CHUNK  # bytes per write when trickling
+    pause_at: int | None = None  # go silent for ``stall`` seconds after this many body bytes
+    transform: str = ""  # "chunked", "close", "http10", "continue" or "fold" (see above)
     answer: bytes | None = None  # answer this (e.g. SLOWDOWN) instead of forwarding
     reset: bool = False  # reset the connection before the status line (the server did answer)
     refuse: bool = False  # reset new connections as soon as they are accepted
@@ -59,6 +74,10 @@ class Faults:
     def kind(self) -> str:
         if self.answer is not None:
             return "answer " + self.answer.split(b" ", 2)[1].decode()
+        if self.transform:
+            return self.transform
+        if self.pause_at is not None:
+            return "pause"
         for name in ("refuse", "reset", "stall", "trickle"):
             if getattr(self, name):
                 return name
@@ -130,12 +149,18 @@ def _parse_head(head: bytes) -> tuple[str, dict[str, str]]:
     return lines[0], headers
 
 
-async def _copy_chunked(src: asyncio.StreamReader, dst: asyncio.StreamWriter | None) -> None:
+async def _copy_chunked(
+    src: asyncio.StreamReader,
+    dst: asyncio.StreamWriter | None,
+    seen: Callable[[int], None] | None = None,
+) -> None:
     """Forward (or, with ``dst`` None, drop) one chunked body, framing included."""
     while True:
         line = await src.readuntil(b"\r\n")
         size = int(line.split(b";")[0].strip() or b"0", 16)
         data = await src.readexactly(size + 2) if size else b""
+        if seen is not None:
+            seen(size)
         if dst is not None:
             dst.write(line + data)
         if not size:
@@ -153,13 +178,18 @@ async def _copy_chunked(src: asyncio.StreamReader, dst: asyncio.StreamWriter | N
 
 
 async def _copy_exact(
-    src: asyncio.StreamReader, dst: asyncio.StreamWriter | None, length: int
+    src: asyncio.StreamReader,
+    dst: asyncio.StreamWriter | None,
+    length: int,
+    seen: Callable[[int], None] | None = None,
 ) -> None:
     while length > 0:
         data = await src.read(min(length, 65536))
         if not data:
             raise _Framing("the body ended early")
         length -= len(data)
+        if seen is not None:
+            seen(len(data))
         if dst is not None:
             dst.write(data)
             await dst.drain()
@@ -169,10 +199,13 @@ class FaultProxy:
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.faults = Faults()
+        self.also: list[tuple[Faults, list[int]]] = []
         self.chaos: Chaos | None = None
         self.connections = 0
         self._writers: set[asyncio.StreamWriter] = set()  # every socket, closed on stop()
         self.requests = 0
+        self.request_body_bytes = 0  # request body bytes received from clients
+        self.botocore_requests = 0  # requests whose User-Agent is botocore's
         self.injected = 0
         self.counts: collections.Counter[str] = collections.Counter()
         self.kinds: collections.Counter[str] = collections.Counter()  # "GET whole", "HEAD", ...
@@ -199,11 +232,17 @@ class FaultProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def set(self, faults: Faults, chaos: Chaos | None = None) -> None:
-        """Inject ``faults`` (and random ``chaos``) from now on; counters start again."""
+    def set(
+        self, faults: Faults, chaos: Chaos | None = None, also: tuple[Faults, ...] = ()
+    ) -> None:
+        """Inject ``faults`` (and random ``chaos``) from now on; counters start again.
+        ``also``: more explicit faults (by ``match`` and ``times``), for requests that
+        ``faults`` does not take."""
         self.faults = faults
         self.chaos = chaos
+        self.also = [(f, [0]) for f in also]
         self.connections = self.requests = self.injected = self._taken = 0
+        self.request_body_bytes = self.botocore_requests = 0
         self.peak = self.in_flight
         self.counts = collections.Counter()
         self.kinds = collections.Counter()
@@ -238,6 +277,13 @@ class FaultProxy:
             return True
         return False
 
+    def _also(self, target: str) -> Faults | None:
+        for f, taken in self.also:
+            if f.match in target and taken[0] < f.times:
+                taken[0] += 1
+                return f
+        return None
+
     def _refuse(self) -> bool:
         if self.faults.refuse and self._explicit(None):
             self._count("refuse")
@@ -253,6 +299,8 @@ class FaultProxy:
         checksum covers (a flipped listing or range is corruption nothing can catch)."""
         if not self.faults.refuse and self._explicit(target):
             fault = self.faults
+        elif (more := self._also(target)) is not None:
+            fault = more
         elif time.monotonic() < self._burst_until:
             fault = Faults(answer=SLOWDOWN)
             self.counts["burst 503"] += 1
@@ -285,15 +333,21 @@ class FaultProxy:
         responder: asyncio.Future[None] | None = None
         pending: asyncio.Queue[tuple[str, Faults | None]] = asyncio.Queue()
         open_requests = [0]
+        done = [False]  # an HTTP/1.0 answer ended the connection
         try:
             while True:
                 try:
                     head = await reader.readuntil(b"\r\n\r\n")
                 except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
                     return
+                if done[0]:
+                    self.counts["reused after HTTP/1.0"] += 1
+                    return
                 self.requests += 1
                 self._begin(open_requests)
                 line, headers = _parse_head(head)
+                if "botocore" in headers.get("user-agent", "").lower():
+                    self.botocore_requests += 1
                 method, _, rest = line.partition(" ")
                 target = rest.rpartition(" ")[0]
                 flippable = method == "GET" and "range" not in headers and "?" not in target
@@ -302,7 +356,7 @@ class FaultProxy:
                 fault = self._take_fault(target, flippable)
                 if fault is not None and fault.answer is not None:
                     if "100-continue" not in headers.get("expect", ""):
-                        await asyncio.wait_for(self._body(reader, None, headers), 10)
+                        await asyncio.wait_for(self._body(reader, None, headers, self._seen), 10)
                     writer.write(fault.answer)
                     await writer.drain()
                     return
@@ -312,11 +366,11 @@ class FaultProxy:
                     )
                     self._writers.add(up_writer)
                     responder = asyncio.ensure_future(
-                        self._responses(up_reader, writer, pending, open_requests)
+                        self._responses(up_reader, writer, pending, open_requests, done)
                     )
                 up_writer.write(self.request_head(head, method, target, headers))
                 pending.put_nowait((method, fault))
-                await self._body(reader, up_writer, headers)
+                await self._body(reader, up_writer, headers, self._seen)
         except (ConnectionError, asyncio.IncompleteReadError, _Framing, TimeoutError):
             pass
         finally:
@@ -333,14 +387,20 @@ class FaultProxy:
             while open_requests[0]:
                 self._end(open_requests)
 
+    def _seen(self, n: int) -> None:
+        self.request_body_bytes += n
+
     @staticmethod
     async def _body(
-        src: asyncio.StreamReader, dst: asyncio.StreamWriter | None, headers: dict[str, str]
+        src: asyncio.StreamReader,
+        dst: asyncio.StreamWriter | None,
+        headers: dict[str, str],
+        seen: Callable[[int], None] | None = None,
     ) -> None:
         if "chunked" in headers.get("transfer-encoding", "").lower():
-            await _copy_chunked(src, dst)
+            await _copy_chunked(src, dst, seen)
         else:
-            await _copy_exact(src, dst, int(headers.get("content-length") or 0))
+            await _copy_exact(src, dst, int(headers.get("content-length") or 0), seen)
 
     async def _responses(
         self,
@@ -348,6 +408,7 @@ class FaultProxy:
         writer: asyncio.StreamWriter,
         pending: asyncio.Queue[tuple[str, Faults | None]],
         open_requests: list[int],
+        done: list[bool],
     ) -> None:
         try:
             while True:
@@ -370,6 +431,11 @@ class FaultProxy:
                     await asyncio.sleep(fault.stall)
                 if fault is not None and fault.close:
                     head = head[:-2] + b"Connection: close\r\n\r\n"
+                if fault is not None and fault.transform:
+                    if not await self._transformed(up, writer, head, method, status, fault, done):
+                        return
+                    self._end(open_requests)
+                    continue
                 if method == "HEAD" or status in (204, 304):
                     length: int | None = 0
                 elif "chunked" in headers.get("transfer-encoding", "").lower():
@@ -379,7 +445,10 @@ class FaultProxy:
                 else:
                     length = -1  # until the server closes
                 body_fault = fault is not None and (
-                    fault.trickle or fault.cut_after is not None or fault.flip_at is not None
+                    fault.trickle
+                    or fault.cut_after is not None
+                    or fault.flip_at is not None
+                    or fault.pause_at is not None
                 )
                 if fault is None or not body_fault or length is None or length < 0:
                     writer.write(head)
@@ -434,11 +503,16 @@ class FaultProxy:
             self._count(fault.kind)
         if flip is not None and fault.flip_at is not None and fault.flip_at < 0:
             self._count("flip")
-        step = TRICKLE_CHUNK if fault.trickle else 65536
+        step = fault.trickle_chunk if fault.trickle else 65536
         out = bytearray(head)
         sent = 0
         end = length if cut is None else cut
+        pause = fault.pause_at
         while True:
+            if pause is not None and sent >= pause:
+                pause = None
+                self._count("pause")
+                await asyncio.sleep(fault.stall)
             if fault.trickle and out and sent < fault.trickle_for:
                 for i in range(0, len(out), step):
                     writer.write(bytes(out[i : i + step]))
@@ -450,7 +524,10 @@ class FaultProxy:
             if sent >= end:
                 break
             slow = fault.trickle and sent < fault.trickle_for
-            data = await up.read(min(step if slow else 65536, end - sent))
+            want = min(step if slow else 65536, end - sent)
+            if pause is not None and pause > sent:
+                want = min(want, pause - sent)
+            data = await up.read(want)
             if not data:
                 raise _Framing("the body ended early")
             out = bytearray(data)
@@ -464,6 +541,93 @@ class FaultProxy:
         else:
             writer.transport.abort()
         return False
+
+    async def _transformed(
+        self,
+        up: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        head: bytes,
+        method: str,
+        status: int,
+        fault: Faults,
+        done: list[bool],
+    ) -> bool:
+        """Forward one response rewritten by ``fault.transform``; False once the connection
+        is finished."""
+        line, headers = _parse_head(head)
+        fields = [ln for ln in head.decode("latin-1").split("\r\n")[1:] if ln]
+        if method == "HEAD" or status in (204, 304):
+            length: int | None = 0
+        elif "chunked" in headers.get("transfer-encoding", "").lower():
+            length = None
+        else:
+            length = int(headers.get("content-length", "-1"))
+        body = bytearray()  # read whole (test objects are small enough), then re-sent
+        if length is None:
+            while True:
+                size_line = await up.readuntil(b"\r\n")
+                size = int(size_line.split(b";")[0].strip() or b"0", 16)
+                if not size:
+                    while await up.readuntil(b"\r\n") != b"\r\n":
+                        pass
+                    break
+                body += (await up.readexactly(size + 2))[:-2]
+        elif length > 0:
+            body = bytearray(await up.readexactly(length))
+        elif length < 0:
+            while data := await up.read(65536):
+                body += data
+        has_body = not (method == "HEAD" or status in (204, 304))
+        framing = ("content-length", "transfer-encoding", "connection", "keep-alive")
+        kept = [f for f in fields if f.split(":", 1)[0].strip().lower() not in framing]
+        kind = fault.transform
+        close = False
+        if kind == "chunked" and has_body:
+            out = "\r\n".join([line, *kept, "Transfer-Encoding: chunked", "", ""]).encode()
+            step = 7001  # odd-sized chunks, with an extension on each and a trailer at the end
+            for at in range(0, len(body), step):
+                piece = body[at : at + step]
+                out += f"{len(piece):x};piece={at}\r\n".encode() + piece + b"\r\n"
+            out += b"0\r\nX-Trailer: done\r\n\r\n"
+        elif kind == "close" and has_body:
+            out = "\r\n".join([line, *kept, "Connection: close", "", ""]).encode() + body
+            close = True
+        elif kind == "http10":
+            rest = line.partition(" ")[2]
+            length_field = [] if not has_body else [f"Content-Length: {len(body)}"]
+            if method == "HEAD" and "content-length" in headers:
+                length_field = [f"Content-Length: {headers['content-length']}"]
+            out = "\r\n".join(["HTTP/1.0 " + rest, *kept, *length_field, "", ""]).encode() + body
+            done[0] = True  # an HTTP/1.0 server without keep-alive: nothing more here
+        elif kind == "continue":
+            interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n"
+            out = interim + head + body
+        elif kind == "fold":
+            folded = []
+            for f in fields:
+                name, _, value = f.partition(":")
+                value = value.strip()
+                if name.lower() in ("etag", "last-modified", "content-type") and " " in value:
+                    first, _, second = value.partition(" ")
+                    folded += [f"{name}: {first}", f"\t {second}"]
+                elif name.lower() == "etag":
+                    folded += [f"{name}:", f"  {value}"]
+                else:
+                    folded.append(f)
+            folded += ["X-Folded: one", " two", "\tthree"]
+            out = "\r\n".join([line, *folded, "", ""]).encode() + body
+        else:
+            out = head + body
+        writer.write(bytes(out))
+        await writer.drain()
+        if close:
+            writer.close()
+            return False
+        if done[0]:
+            await asyncio.sleep(0.2)  # a lazy close: a client that reuses it is seen
+            writer.close()
+            return False
+        return True
 
     def stop(self) -> None:
         async def _close() -> None:

@@ -67,4 +67,8 @@ def test_bad_keys_and_values(bucket: str, boto: object) -> None:
                 s3.get(bad_url)
         with pytest.raises(MetaflowS3URLException, match="longer"):
             s3.put(f"s3://{bucket}/" + "k" * 1100, "x")
-    assert issubclass(MetaflowS3URLException, MetaflowS3Exception)
+        # caught as the common base and as ValueError, naming the URL
+        with pytest.raises(MetaflowS3Exception) as err:
+            s3.get("s3://bad_bucket!/k")
+    assert isinstance(err.value, MetaflowS3URLException) and isinstance(err.value, ValueError)
+    assert "s3://bad_bucket!/k" in str(err.value)

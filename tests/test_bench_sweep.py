@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from s3fast import tuning
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -34,5 +36,8 @@ def test_bench_sweep_smoke(tmp_path: Path) -> None:
     data = json.loads(record.read_text())
     assert [v["workload"] for v in data["verdicts"]] == ["get_mem", "put_files"]
     assert all(v["default_over_best"] > 0 for v in data["verdicts"])
-    assert data["plan"]["max_concurrency"] >= 1
+    # the default the sweep measured is the plan this machine makes, as printed
+    planned = data["plan"]
+    assert planned["max_concurrency"] == tuning.plan().max_concurrency
+    assert f"plan default here: max_concurrency {planned['max_concurrency']}," in proc.stdout
     assert list(tmp_path.glob("*-sweep.png"))

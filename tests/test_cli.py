@@ -197,6 +197,7 @@ def test_downloads_never_leave_the_directory(
         client.delete_bucket(Bucket=bucket)  # type: ignore[attr-defined]
 
 
+@pytest.mark.unit
 def test_safe_local_path(tmp_path: pathlib.Path) -> None:
     root = str(tmp_path)
     assert safe_local_path(root, "a/b") == os.path.join(root, "a", "b")
@@ -256,6 +257,7 @@ def test_console_script_and_bench_help() -> None:
     assert "--quick" in done.stdout  # the harness's own help
 
 
+@pytest.mark.unit
 def test_bench_outside_a_checkout_is_a_clear_error(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -267,6 +269,7 @@ def test_bench_outside_a_checkout_is_a_clear_error(
     )
 
 
+@pytest.mark.unit
 def test_tune_explains_the_plan() -> None:
     """`s3fast tune` prints each setting with its reason; the environment overrides the plan
     and the output says so; --json gives the same plan as data."""

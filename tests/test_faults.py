@@ -22,7 +22,8 @@ from s3fast import (
     MetaflowS3TransferError,
     TransferConfig,
 )
-from s3fast._engine.client import ssl_context
+from s3fast._engine.client import Engine
+from s3fast._engine.endpoint import tls_context
 from s3fast.limits import KiB, MiB
 
 from .conftest import Server, _bucket_on, open_uploads
@@ -353,13 +354,26 @@ def test_temp_files_are_private_and_stay_inside(moto_bucket: str, moto_server: S
         os.umask(old)
 
 
+def _lean_tls(config: TransferConfig) -> ssl.SSLContext:
+    """The TLS context of the lean path of a client with ``config`` (no request is made)."""
+
+    async def lean_tls() -> ssl.SSLContext:
+        engine = Engine(config, "https://127.0.0.1:9")
+        try:
+            return await tls_context(await engine.client())
+        finally:
+            await engine.close()
+
+    return asyncio.run(lean_tls())
+
+
 def test_tls_verification_is_on_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     assert TransferConfig().verify_ssl and TransferConfig.from_env().verify_ssl
-    ctx = ssl_context(TransferConfig())
+    ctx = _lean_tls(TransferConfig())
     assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
     monkeypatch.setenv("S3FAST_VERIFY_SSL", "0")
     assert not TransferConfig.from_env().verify_ssl
-    assert ssl_context(TransferConfig.from_env()).verify_mode == ssl.CERT_NONE
+    assert _lean_tls(TransferConfig.from_env()).verify_mode == ssl.CERT_NONE
     monkeypatch.setenv("S3FAST_MAX_RETRY_TIME", "2.5")
     assert TransferConfig.from_env().max_retry_time == 2.5
     with pytest.raises(ValueError):

@@ -1,6 +1,7 @@
 """s3fast.S3 against metaflow.S3 itself, on the same SeaweedFS: same signatures, same results
-for the same calls (apart from the deliberate fixes in test_fixes.py), and objects written by
-one read back identically by the other."""
+for the same calls (apart from the deliberate differences the README lists, tested in
+test_listing.py, test_put_semantics.py and test_errors.py), and objects written by one read
+back identically by the other."""
 
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ def _params(fn: Any) -> list[tuple[str, Any]]:
     ]
 
 
+@pytest.mark.unit
 def test_method_signatures_match_metaflow() -> None:
     from metaflow import S3 as MetaflowS3
 
@@ -70,6 +72,7 @@ def test_method_signatures_match_metaflow() -> None:
         assert inspect.signature(getattr(S3, name)).parameters["in_memory"].default is False
 
 
+@pytest.mark.unit
 def test_records_and_exceptions_match_metaflow() -> None:
     from metaflow.plugins.datatools import s3 as mfs3
 

@@ -70,6 +70,7 @@ def seaweed_seeded(seaweed_bucket: str, seaweed: Server) -> str:
     return f"s3://{seaweed_bucket}/root"
 
 
+@pytest.mark.unit
 def test_assign() -> None:
     assert assign(5, 2) == [[0, 2, 4], [1, 3]]
     parts = assign(6, 2, [100 * MiB, 1, 1, 1, 1, 100 * MiB])
@@ -270,6 +271,7 @@ def test_put_files_then_get_back(bucket: str, tmp_path: pathlib.Path) -> None:
             s3.put_files([*pairs[1:], ("x", str(tmp_path / "missing"))])
 
 
+@pytest.mark.unit
 def test_processes_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert TransferConfig.from_env().processes is None
     monkeypatch.setenv("S3FAST_PROCESSES", "3")

@@ -13,6 +13,7 @@ def _objs(sizes: list[int]) -> list[S3Object]:
     return [S3Object("s3://b/p", f"s3://b/p/{i}", None, n) for i, n in enumerate(sizes)]
 
 
+@pytest.mark.unit
 def test_greedy_largest_first_into_the_lightest_shard() -> None:
     objs = _objs([1, 7, 3, 5, 5, 2])
     shards = shard(objs, 2)
@@ -21,6 +22,7 @@ def test_greedy_largest_first_into_the_lightest_shard() -> None:
     assert [sum(o.size for o in s) for s in shards] == [12, 11]
 
 
+@pytest.mark.unit
 def test_every_object_once_balanced_and_deterministic() -> None:
     rng = random.Random(6)
     sizes = [rng.randint(0, 10**9) for _ in range(1000)]
@@ -37,18 +39,21 @@ def test_every_object_once_balanced_and_deterministic() -> None:
             assert [int(o.key) for o in s] == sorted(int(o.key) for o in s)
 
 
+@pytest.mark.unit
 def test_pairs_key_function_and_fewer_objects_than_shards() -> None:
     assert shard([("a", 3), ("b", 1)], 3) == [[("a", 3)], [("b", 1)], []]
     assert shard(["xx", "y", "zzz"], 2, size=len) == [["zzz"], ["xx", "y"]]
     assert shard([], 2) == [[], []]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("n", [0, -1, 1.5, True, "2"])
 def test_bad_shard_counts(n: object) -> None:
     with pytest.raises(ValueError):
         shard(_objs([1]), n)  # type: ignore[arg-type]
 
 
+@pytest.mark.unit
 def test_objects_without_a_size_are_refused() -> None:
     with pytest.raises(ValueError, match="no size"):
         shard([S3Object(None, "s3://b/missing", None)], 2)

@@ -39,6 +39,7 @@ def small_tmpfs(tmp_path: pathlib.Path) -> Iterator[str]:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+@pytest.mark.unit
 def test_tmproot_order(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
     a, b, c = (str(tmp_path / n) for n in "abc")
     monkeypatch.setenv("METAFLOW_TEMPDIR", c)
@@ -54,6 +55,7 @@ def test_tmproot_order(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) 
         assert auto[0] == "/dev/shm"
 
 
+@pytest.mark.unit
 def test_local_names_never_escape() -> None:
     for url in [
         "s3://b/../../etc/passwd",

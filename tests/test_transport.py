@@ -131,8 +131,7 @@ def test_region_redirect_hands_the_bucket_to_botocore(
     with _client(seaweed_bucket, proxy) as s3:
         assert s3.get("o3", in_memory=True).blob == data["o3"]
         assert s3.info("o4").size == len(data["o4"])
-        assert s3._aio._engine._http is not None
-        assert not s3._aio._engine._http.handles(seaweed_bucket)
+        assert s3.transport_for() == "botocore"
     assert proxy.injected == 1
 
 

@@ -1,5 +1,6 @@
 """The per-machine plan (faked /proc, /sys, cgroups, instance types, IMDS), its overrides, and
-that the engine runs with it; the bandwidth cap against SeaweedFS."""
+that the engine runs with it; the bandwidth cap against SeaweedFS. The limiter that moves the
+plan's concurrency at run time: tests/test_limiter.py."""
 
 from __future__ import annotations
 
@@ -12,12 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from s3fast import S3, AsyncS3, S3GetObject, TransferConfig, tuning
-from s3fast._engine.client import AdaptiveLimiter, Bandwidth
+from s3fast import S3, AsyncS3, TransferConfig, tuning
+from s3fast._engine.client import Bandwidth
 from s3fast.limits import GiB, MiB
 from s3fast.tuning import Machine, instance_gbps, plan, probe
-
-from .proxy import FaultProxy, Faults
 
 _RULES = {
     "GBPS_PER_PROCESS": tuning.GBPS_PER_PROCESS,
@@ -63,6 +62,7 @@ def machine(cpus: int = 2, memory: int | None = 16 * GiB, nic: float | None = No
 # --- probing ---------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_probe_cgroup_v2_and_nic(tmp_path: Path, cpus: None, no_imds: list[float]) -> None:
     write(tmp_path, "/proc/meminfo", "MemTotal: 67108864 kB\nMemAvailable: 33554432 kB\n")
     write(tmp_path, "/sys/fs/cgroup/cpu.max", "400000 100000")
@@ -79,6 +79,7 @@ def test_probe_cgroup_v2_and_nic(tmp_path: Path, cpus: None, no_imds: list[float
     assert m.instance_type is None and "not EC2" in m.instance_from
 
 
+@pytest.mark.unit
 def test_probe_cgroup_v1_and_no_limits(tmp_path: Path, cpus: None, no_imds: list[float]) -> None:
     write(tmp_path, "/proc/meminfo", "MemAvailable: 1048576 kB\n")
     write(tmp_path, "/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "150000")
@@ -98,6 +99,7 @@ def test_probe_cgroup_v1_and_no_limits(tmp_path: Path, cpus: None, no_imds: list
     assert m.cpus == 16 and m.memory == GiB and m.memory_from == "MemAvailable"
 
 
+@pytest.mark.unit
 def test_instance_table() -> None:
     assert instance_gbps("c5n.18xlarge") == 100
     assert instance_gbps("C6IN.32XLARGE") == 200
@@ -109,6 +111,7 @@ def test_instance_table() -> None:
         assert family and all(gbps > 0 for gbps in sizes.values())
 
 
+@pytest.mark.unit
 def test_instance_type_from_env(
     tmp_path: Path, cpus: None, no_imds: list[float], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -122,6 +125,7 @@ def test_instance_type_from_env(
     assert m.nic_gbps is None and "not in" in m.instance_from
 
 
+@pytest.mark.unit
 def test_imds_not_asked_off_ec2_or_when_disabled(
     tmp_path: Path, cpus: None, no_imds: list[float], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -136,15 +140,19 @@ def test_imds_not_asked_off_ec2_or_when_disabled(
     assert "imds=False" in probe(str(tmp_path), imds=False).instance_from
 
 
+@pytest.mark.unit
 def test_this_machine_sends_nothing(no_imds: list[float], monkeypatch: pytest.MonkeyPatch) -> None:
     """This VM is not EC2: the plan is made without asking the metadata service."""
     monkeypatch.delenv("AWS_EC2_METADATA_DISABLED", raising=False)
     if "amazon" in (tuning._read("/", "/sys/devices/virtual/dmi/id/sys_vendor") or "").lower():
         pytest.skip("running on EC2")
     p = plan()
-    assert p.max_concurrency >= 1 and p.processes >= 1
+    assert p.machine.instance_type is None
+    assert "metadata service not asked" in p.machine.instance_from
+    assert p.reasons["max_concurrency"] and p.config.max_concurrency == p.max_concurrency
 
 
+@pytest.mark.unit
 def test_imds_asked_once_on_ec2(
     tmp_path: Path, cpus: None, no_imds: list[float], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -164,6 +172,7 @@ def test_imds_asked_once_on_ec2(
     assert calls == [tuning.IMDS_TIMEOUT]  # cached for the process
 
 
+@pytest.mark.unit
 @pytest.mark.asyncio
 async def test_imds_never_waited_on_from_an_event_loop(
     tmp_path: Path, cpus: None, no_imds: list[float], monkeypatch: pytest.MonkeyPatch
@@ -189,6 +198,7 @@ async def test_imds_never_waited_on_from_an_event_loop(
 # --- the rules -------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_small_machine() -> None:
     p = plan(TransferConfig(), machine=machine(cpus=2, nic=10))
     assert (p.max_concurrency, p.range_size, p.part_size, p.processes) == (32, 8 * MiB, 8 * MiB, 1)
@@ -197,6 +207,7 @@ def test_small_machine() -> None:
     assert 8 * MiB <= p.part_size <= 16 * MiB
 
 
+@pytest.mark.unit
 def test_fast_nic_many_cores() -> None:
     p = plan(TransferConfig(), machine=machine(cpus=72, memory=192 * GiB, nic=100))
     assert p.processes == 6  # ceil(100 / 18)
@@ -211,6 +222,7 @@ def test_fast_nic_many_cores() -> None:
     assert plan(TransferConfig(), machine=machine(cpus=4, nic=None)).processes == 1
 
 
+@pytest.mark.unit
 def test_concurrency_ceiling() -> None:
     """The limiter may raise the plan's connections (4x at most, within the memory budget and
     the open-files limit); a given max_concurrency is fixed."""
@@ -223,6 +235,7 @@ def test_concurrency_ceiling() -> None:
     assert fixed.max_concurrency == fixed.concurrency_ceiling == 7
 
 
+@pytest.mark.unit
 def test_memory_budget_bounds_concurrency() -> None:
     p = plan(TransferConfig(), machine=machine(cpus=8, memory=256 * MiB, nic=10))
     assert p.memory_budget == 64 * MiB
@@ -236,6 +249,7 @@ def test_memory_budget_bounds_concurrency() -> None:
     assert capped.max_concurrency == 4  # 32 MiB / max(1 MiB range, 8 MiB part)
 
 
+@pytest.mark.unit
 def test_config_overrides_plan(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("S3FAST_RANGE_SIZE", "2M")  # not used: an explicit config wins
     cfg = TransferConfig(max_concurrency=7, range_size=1 * MiB, part_size=5 * MiB, max_bandwidth=10)
@@ -245,6 +259,7 @@ def test_config_overrides_plan(monkeypatch: pytest.MonkeyPatch) -> None:
     assert p.reasons["range_size"] == "set by TransferConfig"
 
 
+@pytest.mark.unit
 def test_env_overrides_plan(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("S3FAST_MAX_CONCURRENCY", "5")
     monkeypatch.setenv("S3FAST_RANGE_SIZE", "1M")
@@ -259,6 +274,7 @@ def test_env_overrides_plan(monkeypatch: pytest.MonkeyPatch) -> None:
         TransferConfig.from_env()
 
 
+@pytest.mark.unit
 def test_explain_and_as_dict() -> None:
     p = plan(TransferConfig(), machine=machine(cpus=16, nic=50))
     text = p.explain()
@@ -276,6 +292,7 @@ def test_explain_and_as_dict() -> None:
     assert p.as_dict()["machine"]["cpus"] == 16
 
 
+@pytest.mark.unit
 def test_python_m_s3fast_tuning() -> None:
     import subprocess
     import sys
@@ -293,6 +310,7 @@ def test_python_m_s3fast_tuning() -> None:
     assert not out.stderr
 
 
+@pytest.mark.unit
 def test_bandwidth_bucket() -> None:
     bucket = Bandwidth(1000)
     assert bucket.reserve(500) == 0  # nothing before it
@@ -304,6 +322,7 @@ def test_bandwidth_bucket() -> None:
 # --- the engine uses the plan ---------------------------------------------------------------
 
 
+@pytest.mark.unit
 @pytest.mark.asyncio
 async def test_engine_runs_with_the_plan(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = machine(cpus=40, memory=64 * GiB, nic=50)
@@ -374,101 +393,3 @@ def test_max_bandwidth_caps_get_and_put(seaweed_bucket: str) -> None:
     assert puts_s >= 0.9 * (4 * MiB) / cap, puts_s  # three single PUTs of 2 MiB
     mpu_s = timed(lambda s3: s3.put("mpu", data + data[:MiB]))  # parts of 5 + 2 MiB
     assert mpu_s >= 0.9 * (5 * MiB) / cap, mpu_s
-
-
-# --- throughput-guided concurrency ----------------------------------------------------------
-
-
-async def _drive(limiter: AdaptiveLimiter, serve: Callable[[], object], seconds: float) -> None:
-    """Keep far more requests waiting than the limiter admits, for ``seconds``."""
-    stop = time.monotonic() + seconds
-
-    async def client_task() -> None:
-        while time.monotonic() < stop:
-            await limiter.acquire()
-            try:
-                await serve()  # type: ignore[misc]
-            finally:
-                limiter.release(None, 0)
-
-    await asyncio.gather(*(client_task() for _ in range(limiter.maximum * 2)))
-
-
-@pytest.mark.asyncio
-async def test_limiter_grows_while_throughput_grows() -> None:
-    """A latency-bound service (every request 20 ms, no limit on how many at once): each step
-    up pays, so the limit climbs from its start to the ceiling and stays there."""
-    limiter = AdaptiveLimiter(16, 64)
-    await _drive(limiter, lambda: asyncio.sleep(0.02), 2.5)
-    assert limiter.target == limiter.maximum == 64 and int(limiter.limit) == 64
-    assert limiter.probes >= 6 and limiter.reverted == 0 and limiter.in_flight == 0
-
-
-@pytest.mark.asyncio
-async def test_limiter_keeps_its_level_when_more_does_not_help() -> None:
-    """A capacity-bound service (8 requests served at once, 20 ms each): more in flight only
-    makes each wait longer, so a step up is taken back, and not tried again for a while."""
-    server = asyncio.Semaphore(8)
-
-    async def serve() -> None:
-        async with server:
-            await asyncio.sleep(0.02)
-
-    limiter = AdaptiveLimiter(16, 64)
-    await _drive(limiter, serve, 1.5)
-    assert limiter.target == 16 and int(limiter.limit) == 16
-    assert limiter.probes == limiter.reverted == 1 and limiter.highest == 20
-
-
-@pytest.mark.asyncio
-async def test_limiter_steps_back_when_latency_collapses() -> None:
-    """The service is latency-bound at first (the limit climbs to the ceiling), then
-    saturates: 8 requests served at once, so the other 56 only queue and each waits 8 times
-    longer for no more throughput. The limiter steps back toward its start."""
-    server = asyncio.Semaphore(8)
-    saturated = False
-
-    async def serve() -> None:
-        if not saturated:
-            await asyncio.sleep(0.02)
-            return
-        async with server:
-            await asyncio.sleep(0.02)
-
-    limiter = AdaptiveLimiter(16, 64)
-    await _drive(limiter, serve, 2.5)
-    assert limiter.target == 64 and limiter.stepped_back == 0
-    saturated = True
-    await _drive(limiter, serve, 2.0)
-    # 64 -> 51 -> 40 -> 32 -> 25: at 25, each request waits about 3 times its time at 64
-    assert 16 <= limiter.target <= 32 and int(limiter.limit) <= 32, limiter.target
-    assert limiter.stepped_back >= 3 and limiter.in_flight == 0
-
-
-def test_limiter_throttling_ends_a_probe() -> None:
-    limiter = AdaptiveLimiter(16, 64)
-    limiter._queued = True
-    limiter._window(90.0, 0.1)  # the first window: ignored
-    limiter._window(100.0, 0.1)  # measured at 16: probe 20
-    assert limiter.target == 20 and limiter._phase == "settle"
-    limiter.throttle()  # SlowDown: back to 16, then halved
-    assert limiter.target == 16 and limiter.limit == 8.0 and limiter.reverted == 1
-
-
-@pytest.mark.timeout(120)
-def test_concurrency_grows_against_a_slow_server(seaweed_bucket: str, proxy: FaultProxy) -> None:
-    """Every answer held 100 ms by the proxy (a far-away server): the plan's start leaves
-    throughput on the table, and the limiter raises the number of requests in flight."""
-    data = os.urandom(64 * 1024)
-    one = TransferConfig(processes=1)  # the rest from the plan: the limiter may grow
-    with S3(s3root=f"s3://{seaweed_bucket}", endpoint_url=proxy.url, config=one) as s3:
-        s3.put("k", data)
-        proxy.set(Faults(stall=0.1, seconds=60))
-        ranges = [S3GetObject("k", i * 16, 16) for i in range(1500)]
-        got = s3.get_many(ranges)
-        assert [o.blob for o in got] == [data[i * 16 : i * 16 + 16] for i in range(1500)]
-        stats = s3.stats
-        assert stats.start_limit == s3._aio._engine.plan.max_concurrency
-    proxy.set(Faults())
-    assert stats.highest_limit >= stats.start_limit * 1.5, stats
-    assert stats.limit > stats.start_limit and stats.in_flight == 0, stats

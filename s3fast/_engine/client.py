@@ -6,8 +6,9 @@ signing, request retries for transient errors (``standard`` mode) and XML error 
 Retries: every request is retried by exactly one layer. botocore retries the calls it makes;
 :func:`backoff` paces the engine's own (the lean transport, and bodies that broke off), with
 exponential backoff and full jitter, bounded by ``max_attempts`` and by ``max_retry_time``
-seconds since the request's first try (a hook on botocore's ``needs-retry`` event applies the
-same time bound to botocore's retries). No one sleeps after the last try.
+seconds since the request was first sent (:class:`RetryClock`: the time it queued for a
+slot does not count; hooks on botocore's ``request-created`` and ``needs-retry`` events apply
+the same bound to botocore's retries). No one sleeps after the last try.
 
 Concurrency: :class:`AdaptiveLimiter` is the one limiter. Every request holds a slot. The
 number of slots starts at the plan's ``max_concurrency``, is raised step by step while that
@@ -19,16 +20,15 @@ per ``CUT_INTERVAL``, and grown back by one per window of successes.
 from __future__ import annotations
 
 import asyncio
-import functools
-import inspect
+import contextlib
+import contextvars
 import os
 import random
-import ssl
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -38,9 +38,12 @@ from aiobotocore.config import AioConfig
 from aiobotocore.httpsession import AIOHTTPSession
 from aiobotocore.session import AioSession, get_session
 
+from .. import _fork
 from ..config import TransferConfig
 from ..errors import error_code
-from .http import HttpGetter, TransientHTTPError
+from .creds import Ask, Handed, current, handed_on
+from .http import HttpGetter, ProtocolSurprise, TransientHTTPError
+from .transport import Transport
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -72,24 +75,19 @@ def _shared_session() -> AioSession:
         return _SESSION
 
 
+def _session_after_fork() -> None:
+    # A loop thread of the parent may have held the lock (or been half-way through making a
+    # client) at the fork: a forked child starts a session of its own.
+    global _SESSION, _SESSION_LOCK
+    _fork.orphan(_SESSION)
+    _SESSION, _SESSION_LOCK = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_session_after_fork)
+
+
 ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "METAFLOW_S3_ENDPOINT_URL")
-
-
-def ssl_context(cfg: TransferConfig) -> ssl.SSLContext:
-    """Certificates verified by default: against ``ca_bundle``, else ``AWS_CA_BUNDLE``, else
-    the system store. Turning verification off is explicit (``verify_ssl=False``)."""
-    return _ssl_context(cfg.ca_bundle or os.environ.get("AWS_CA_BUNDLE"), cfg.verify_ssl)
-
-
-@functools.lru_cache(maxsize=8)
-def _ssl_context(cafile: str | None, verify: bool) -> ssl.SSLContext:
-    """One context per CA bundle (loading one costs ~20 ms), shared by the engines of this
-    process (contexts are safe to share between threads)."""
-    ctx = ssl.create_default_context(cafile=cafile)
-    if not verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 def resolve_endpoint(endpoint_url: str | None) -> str | None:
@@ -192,7 +190,14 @@ class AdaptiveLimiter:
       one probe step per window (not below the start) until latency is back in range.
     """
 
-    def __init__(self, start: int, maximum: int | None = None) -> None:
+    def __init__(
+        self,
+        start: int,
+        maximum: int | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock  # seconds; injectable so tests can drive time
         self.start = start
         self.maximum = max(start, maximum or start)
         self.target = start  # where the limit recovers to after a cut; probes move it
@@ -208,7 +213,7 @@ class AdaptiveLimiter:
         self._last_cut = -CUT_INTERVAL
         self._waiters: deque[asyncio.Future[None]] = deque()
         # the current measurement window
-        self._since = self._tick = time.monotonic()
+        self._since = self._tick = self._clock()
         self._work = 0
         self._done = 0
         self._held = 0.0  # slot-seconds held in this window (requests in flight x time)
@@ -225,7 +230,7 @@ class AdaptiveLimiter:
 
     def _count(self, change: int) -> None:
         """``in_flight`` changes by ``change`` now: account the slot-time held so far."""
-        now = time.monotonic()
+        now = self._clock()
         self._held += self.in_flight * (now - self._tick)
         self._tick = now
         self.in_flight += change
@@ -279,7 +284,7 @@ class AdaptiveLimiter:
     def _restart(self) -> None:
         """Idle until now: the window starts afresh, and the first one (a batch warming up)
         is not measured."""
-        self._since = self._tick = time.monotonic()
+        self._since = self._tick = self._clock()
         self._work, self._done, self._held = 0, 0, 0.0
         self._queued, self._clean = False, True
         if self._phase != "settle":
@@ -353,7 +358,7 @@ class AdaptiveLimiter:
         self._clean = False
         if self._next == "probe":  # a probe in progress
             self._revert()
-        now = time.monotonic()
+        now = self._clock()
         if now - self._last_cut >= CUT_INTERVAL and self.limit > 1:
             self._last_cut = now
             self.cuts += 1
@@ -384,6 +389,9 @@ class _Slot:
     async def __aenter__(self) -> Any:
         client = await self._engine.client()
         await self._engine.limiter.acquire()
+        sent = _FIRST_SENT.get()
+        if sent is not None and not sent:  # the retried request's first send
+            sent.append(now())
         return client
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
@@ -391,6 +399,69 @@ class _Slot:
         if self._progress is not None:
             moved += self._progress[0] - self._start
         self._engine.limiter.release(exc, moved)
+
+
+# An upload body that botocore sends over TLS is held up to three times at once: the plain
+# bytes, OpenSSL's buffer of them encrypted, and the encrypted bytes read out of it for the
+# socket (aiohttp writes a body whole; the lean path writes slices under flow control).
+TLS_COPIES = 3
+
+
+class ByteBudget:
+    """At most ``capacity`` bytes held at once (the upload buffers of one engine), granted
+    first come, first served. A request larger than the whole capacity is granted once
+    nothing else is held, so it proceeds alone and nothing deadlocks. Lives on one event
+    loop. ``async with budget.hold(n)``."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(1, capacity)
+        self.held = 0
+        self.peak = 0  # the most bytes held at once (for tests and monitoring)
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    def _fits(self, nbytes: int) -> bool:
+        return self.held == 0 or self.held + nbytes <= self.capacity
+
+    def _grant(self, nbytes: int) -> None:
+        self.held += nbytes
+        self.peak = max(self.peak, self.held)
+
+    async def acquire(self, nbytes: int) -> None:
+        if not self._waiters and self._fits(nbytes):
+            self._grant(nbytes)
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        entry = (nbytes, waiter)
+        self._waiters.append(entry)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release(nbytes)  # granted as we were cancelled: hand the bytes on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(entry)
+                self._wake()  # a big request that left the head may unblock smaller ones
+            raise
+
+    def release(self, nbytes: int) -> None:
+        self.held -= nbytes
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self._fits(self._waiters[0][0]):
+            nbytes, waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._grant(nbytes)
+                waiter.set_result(None)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, nbytes: int) -> AsyncIterator[None]:
+        await self.acquire(nbytes)
+        try:
+            yield
+        finally:
+            self.release(nbytes)
 
 
 class Bandwidth:
@@ -421,17 +492,20 @@ class Engine:
         config: TransferConfig,
         endpoint_url: str | None,
         *,
-        credentials: tuple[str, str, str | None] | None = None,
+        credentials: Handed | None = None,
         region: str | None = None,
         ceiling: int | None = None,
+        ask: Ask | None = None,
     ) -> None:
         from .. import tuning  # lazily: ``python -m s3fast.tuning`` stays a clean entry point
 
         self.plan = tuning.plan(config)
         self.config = self.plan.config
         self.endpoint_url = resolve_endpoint(endpoint_url)
-        # Given by a parent process (worker processes): used as is, no credential chain.
+        # Handed on by the caller (worker processes, loop threads): no credential chain here;
+        # ``ask`` fetches the caller's current set when these come due (see creds.py).
         self._credentials = credentials
+        self._ask = ask
         self._region = region
         # Requests in flight start at the plan's number and may grow to its ceiling (a worker
         # process is given its share of its parent's).
@@ -440,13 +514,16 @@ class Engine:
         )
         rate = self.config.max_bandwidth
         self._bandwidth = Bandwidth(rate) if rate is not None else None
+        # Upload buffers in flight (parts read from files, TLS copies): within the memory
+        # budget whatever the part size, so big parts mean fewer of them at once.
+        self.upload_budget = ByteBudget(self.config.memory_budget)
         self._client: Any = None
         self._client_cm: Any = None
         self.limiter = AdaptiveLimiter(self.config.max_concurrency, self.concurrency)
         self.retries = 0  # requests retried (the engine's, and botocore's)
         self.gave_up = 0  # requests that ran out of attempts or time
         self._start_lock: asyncio.Lock | None = None
-        self._http: HttpGetter | None = None
+        self.transport = Transport()  # which requests take the lean path
         self.conditional_put = True  # cleared if the server rejects If-None-Match
         # The share of whole objects seen lately that were bigger than two ranges (a moving
         # average, from the first size seen): how a checked download of unknown size starts
@@ -512,7 +589,7 @@ class Engine:
         verify: bool | str | None = cfg.ca_bundle or (None if cfg.verify_ssl else False)
         keys: dict[str, Any] = {}
         if self._credentials is not None:
-            access, secret, token = self._credentials
+            access, secret, token, _ = self._credentials
             keys = {
                 "aws_access_key_id": access,
                 "aws_secret_access_key": secret,
@@ -538,33 +615,50 @@ class Engine:
             if shared:
                 _SESSION_LOCK.release()
         self._client_cm = cm
+        if self._credentials is not None and self._credentials[3] is not None:
+            # Expiring credentials: refreshed through the caller before they expire. Both
+            # transports sign with the signer's credentials object.
+            self._client._request_signer._credentials = handed_on(self._credentials, self._ask)
         self._client.meta.events.register_first("needs-retry.s3", self._botocore_retry)
-        if cfg.transport == "http":
-            self._http = HttpGetter(
-                self._client, ssl_context(cfg), (cfg.connect_timeout, cfg.read_timeout)
-            )
+        self._client.meta.events.register_first("request-created.s3", _botocore_sent)
+        await self.transport.start(
+            self._client, cfg.transport == "http", (cfg.connect_timeout, cfg.read_timeout)
+        )
 
-    async def frozen_credentials(self) -> tuple[str, str, str | None] | None:
-        """The client's credentials as they are now ``(access key, secret, token)``, resolved
-        through the chain once; None when there are none. Never logged."""
+    async def frozen_credentials(self) -> Handed | None:
+        """The client's credentials as they are now ``(access key, secret, token, expiry)``,
+        refreshed first when they are due, to hand on to worker processes and loop threads;
+        None when there are none. Never logged."""
+        return await current(await self.client())
+
+    async def upload_cost(self, nbytes: int, bucket: str, operation: str) -> int:
+        """Memory one upload body of ``nbytes`` takes while in flight, charged to
+        :attr:`upload_budget`: the bytes themselves, and when botocore sends it over TLS their
+        encrypted copies too (aiohttp encrypts a whole body into its write buffer at once; the
+        lean path writes a slice at a time under flow control)."""
         client = await self.client()
-        creds = client._request_signer._credentials
-        if creds is None:
-            return None
-        frozen = creds.get_frozen_credentials()
-        if inspect.isawaitable(frozen):
-            frozen = await frozen
-        return (frozen.access_key, frozen.secret_key, frozen.token)
+        if not str(client.meta.endpoint_url).startswith("https:"):
+            return nbytes
+        lean = await self.lean(bucket, operation) is not None
+        return nbytes if lean else nbytes * TLS_COPIES
 
     @property
     def region(self) -> str | None:
         """The region the started client signs for."""
         return self._client.meta.region_name if self._client is not None else self._region
 
-    async def http(self) -> HttpGetter | None:
-        """The lean GET transport, or None when GETs go through botocore."""
+    async def lean(self, bucket: str, operation: str) -> HttpGetter | None:
+        """The lean HTTP path when it takes ``operation`` on ``bucket``, else None (botocore
+        takes it). A failure of the lean path goes to ``self.transport.hand_over``."""
         await self.client()
-        return self._http
+        return await self.transport.lean(bucket, operation)
+
+    async def transport_for(self, bucket: str) -> str:
+        """``"lean"`` or ``"botocore"``: the path requests for ``bucket`` take (decided now if
+        not yet)."""
+        await self.client()
+        await self.transport.lean(bucket, "GetObject")  # decides, if not yet
+        return self.transport.path_for(bucket) or "botocore"
 
     def admitted(self, running: int) -> bool:
         """May a batch start one more object, with ``running`` in progress? Up to the
@@ -591,7 +685,7 @@ class Engine:
         ``max_attempts`` or ``max_retry_time`` is spent, else lets botocore decide."""
         context = request_dict.get("context", {}) if isinstance(request_dict, dict) else {}
         now = time.monotonic()
-        started = context.setdefault("s3fast_started", now)
+        started = context.setdefault("s3fast_started", now)  # set when first sent
         failed = caught_exception is not None
         if response is not None:
             http_response, parsed = response
@@ -634,12 +728,21 @@ class Engine:
                 await asyncio.sleep(delay)
 
     async def close(self) -> None:
-        if self._http is not None:
-            self._http.close()
-            self._http = None
+        self.transport.close()
         cm, self._client_cm, self._client = self._client_cm, None, None
         if cm is not None:
             await cm.__aexit__(None, None, None)
+
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's client, connections and limiter (bound to
+        its event loop; never closed here, see :mod:`s3fast._fork`), keeping the plan and
+        what was learned about the server. The next request starts a client of our own."""
+        _fork.orphan(self._client_cm, self._client, self.transport, self.limiter, self._scouted)
+        self._client = self._client_cm = None
+        self.transport = Transport()
+        self._start_lock = None
+        self._scouted = None
+        self.limiter = AdaptiveLimiter(self.config.max_concurrency, self.concurrency)
 
 
 # Failures that a (ranged) re-request can resume: broken bodies, 5xx answers, timeouts.
@@ -668,6 +771,41 @@ def now() -> float:
     return time.monotonic()
 
 
+def _botocore_sent(request: Any = None, **_: Any) -> None:
+    """botocore's ``request-created`` hook (each attempt, after its slot is taken): the
+    request's retry clock starts at its first attempt (see ``Engine._botocore_retry``)."""
+    context = getattr(request, "context", None)
+    if isinstance(context, dict):
+        context.setdefault("s3fast_started", now())
+
+
+# The retried request's first send, once it happened: a list that a :class:`RetryClock` sets
+# for its task and the first slot taken under it fills.
+_FIRST_SENT: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar(
+    "s3fast_first_sent", default=None
+)
+
+
+class RetryClock:
+    """``max_retry_time``'s clock for one request and its retries: ``with RetryClock() as
+    clock:`` around the retry loop; :attr:`started` is when the request first took a slot
+    (was sent), so waiting in the limiter's queue (long while the server throttles) or for
+    bandwidth does not use up the time to retry."""
+
+    def __enter__(self) -> RetryClock:
+        self._sent: list[float] = []
+        self._entered = now()  # the start if no slot is taken under the clock (one held)
+        self._token = _FIRST_SENT.set(self._sent)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _FIRST_SENT.reset(self._token)
+
+    @property
+    def started(self) -> float:
+        return self._sent[0] if self._sent else self._entered
+
+
 async def backoff(attempt: int, engine: Engine | None = None, started: float | None = None) -> bool:
     """After failed try number ``attempt`` (1-based) of a request first tried at ``started``
     (:func:`now`): if another try may start, sleep (full jitter) and return True; if the
@@ -689,17 +827,20 @@ async def backoff(attempt: int, engine: Engine | None = None, started: float | N
 
 async def retrying(engine: Engine, call: Callable[[], Awaitable[R]]) -> R:
     """``await call()``, retried with :func:`backoff` on transient failures. For the lean
-    transport only: botocore retries its own requests."""
+    transport only: botocore retries its own requests. A :class:`ProtocolSurprise` is not
+    retried: the request belongs to botocore."""
     attempt = 0
-    started = now()
-    while True:
-        try:
-            return await call()
-        except RESUMABLE as exc:
-            engine.limiter.observe(exc)  # a retry inside a held slot (UploadPart)
-            attempt += 1
-            if not await backoff(attempt, engine, started):
+    with RetryClock() as clock:
+        while True:
+            try:
+                return await call()
+            except ProtocolSurprise:
                 raise
+            except RESUMABLE as exc:
+                engine.limiter.observe(exc)  # a retry inside a held slot (UploadPart)
+                attempt += 1
+                if not await backoff(attempt, engine, clock.started):
+                    raise
 
 
 async def bounded_map(

@@ -24,9 +24,12 @@ import contextlib
 import ctypes
 import dataclasses
 import errno
+import functools
 import mmap
 import os
+import re
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -42,14 +45,20 @@ from ..limits import MiB, split
 from ..targets import Targets
 from ..urls import ByteRange, S3Path, parse_content_range
 from .checksums import CRC32, Checksum, combined, full_object
-from .client import RESUMABLE, SCOUT_WAIT, Engine, backoff, bounded_map, now, retrying
-from .http import Digest
+from .client import RESUMABLE, SCOUT_WAIT, Engine, RetryClock, backoff, bounded_map, retrying
+from .http import Digest, ProtocolSurprise
 
 READ_CHUNK = 1 * MiB
 
 
 class _ShortBody(ConnectionError):
     pass
+
+
+class _LengthUnknown(MetaflowS3TransferError):
+    """A response that says neither its length (Content-Length) nor its span (Content-Range):
+    a chunked or close-delimited answer to an unranged GET, whose size is known only at its
+    end. :func:`fetch` then asks for ranges, which carry Content-Range."""
 
 
 @dataclass
@@ -73,17 +82,21 @@ class Head:
 
     @classmethod
     def from_response(cls, resp: dict[str, Any], url: str) -> Head:
-        length = int(resp.get("ContentLength", 0))
+        length = resp.get("ContentLength")  # None: a chunked or close-delimited body
         if resp.get("ContentRange"):
             start, end, total = parse_content_range(resp["ContentRange"], url)
-            if end - start + 1 != length:
+            if length is not None and end - start + 1 != int(length):
                 raise MetaflowS3TransferError(
                     f"{url}: Content-Length {length} does not match "
                     f"Content-Range {resp['ContentRange']}",
                     url,
                 )
+        elif length is None:
+            raise _LengthUnknown(
+                f"{url}: the server sent neither Content-Length nor Content-Range", url
+            )
         else:
-            start, end, total = 0, length - 1, length
+            start, end, total = 0, int(length) - 1, int(length)
         modified = resp.get("LastModified")
         return cls(
             total=total,
@@ -162,7 +175,7 @@ class MemorySink:
         return memoryview(self.buf)[offset : offset + length]
 
     def settled(self, offset: int, length: int) -> None:
-        pass
+        return None
 
     async def commit(self) -> tuple[str | None, bytes | None]:
         blob = self.blob if self.blob is not None else bytes(self.buf)
@@ -173,10 +186,58 @@ class MemorySink:
         self.buf, self.blob = bytearray(), None
 
 
+# Filesystems where a successful ``posix_fallocate`` allocates every block for good, so that
+# writing through a memory map of the file can never find the disk full (which would be
+# SIGBUS, not an error): tmpfs reserves its pages, ext4/xfs allocate real (unwritten)
+# extents, ext2/ext3 get glibc's emulation, which writes every block; overlay (containers'
+# file systems) passes it to its upper layer, which Docker and containerd keep on ext4 or xfs.
+# The blocks are checked after the call too (``st_blocks``). Elsewhere (copy-on-write
+# filesystems such as btrfs or ZFS, where an overwrite needs new blocks; network and FUSE
+# filesystems) a download is written with ``pwrite``, which reports a full disk as ENOSPC.
+MMAP_FILESYSTEMS = frozenset({"tmpfs", "ext2", "ext3", "ext4", "xfs", "overlay"})
+
+
+SPARE_BUFFERS = 4  # unmapped: range buffers a download keeps for reuse
+
+
+@functools.lru_cache(maxsize=64)
+def filesystem_of(directory: str) -> str | None:
+    """The type of the filesystem ``directory`` is on (from ``/proc/self/mountinfo``), or
+    None where that cannot be told."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            mounts = f.read().splitlines()
+    except OSError:
+        return None
+    real = os.path.realpath(directory)
+    best, kind = "", None
+    for line in mounts:
+        fields, _, rest = line.partition(" - ")
+        parts = fields.split()
+        if len(parts) < 5 or not rest:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[4])
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):  # the last of equal mounts is on top
+            best, kind = point, rest.split()[0]
+    return kind
+
+
+def _can_map(directory: str) -> bool:
+    return hasattr(os, "posix_fallocate") and filesystem_of(directory) in MMAP_FILESYSTEMS
+
+
 class FileSink:
-    """A private temp file (``.part`` until complete, then renamed), its blocks allocated
-    up front (so a full disk fails before any byte is written, never half-way) and mapped
-    into memory, so bodies land in the page cache with one copy. Removed unless committed."""
+    """A private temp file (``.part`` until complete, then renamed). Removed unless
+    committed. A download that cannot get its space fails with ENOSPC (an
+    ``MetaflowS3InsufficientDiskSpace``), never with SIGBUS:
+
+    - where the filesystem really allocates what ``posix_fallocate`` asks for
+      (:data:`MMAP_FILESYSTEMS`), the file's blocks are allocated up front (a full disk fails
+      before any byte is written) and the file is mapped into memory, so bodies land in the
+      page cache with one copy;
+    - elsewhere, each range is received into a buffer of its own and written with ``pwrite``
+      when complete (one more copy; a full disk fails that write)."""
 
     def __init__(self, targets: Targets, url: str, tag: str = "") -> None:
         self.targets = targets
@@ -187,6 +248,9 @@ class FileSink:
         self.path: str | None = None
         self.token: int | None = None
         self.size = 0
+        self.buffers: dict[int, bytearray] = {}  # unmapped: offset -> a range in flight
+        self.lock = threading.Lock()  # unmapped: ``fd`` between the loop and the writes
+        self.spare: list[bytearray] = []  # unmapped: written ranges' buffers, for reuse
 
     async def open(self, size: int) -> None:
         directory, self.token = self.targets.reserve(size, self.url)
@@ -214,14 +278,16 @@ class FileSink:
     def _create(part: str, size: int) -> tuple[int, mmap.mmap | None]:
         fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            if not size:
+            if not size or not _can_map(os.path.dirname(part)):
                 return fd, None
             try:
                 os.posix_fallocate(fd, 0, size)
             except OSError as exc:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                    raise
-                os.ftruncate(fd, size)
+                    raise  # ENOSPC, EDQUOT: no room, nothing written
+                return fd, None  # not supported after all: written with pwrite
+            if os.fstat(fd).st_blocks * 512 < size:
+                return fd, None  # reported, not allocated (compressed zeros, say): pwrite
             return fd, mmap.mmap(fd, size)
         except BaseException:
             os.close(fd)
@@ -231,15 +297,29 @@ class FileSink:
     def view(self, offset: int, length: int) -> memoryview:
         if not length:
             return memoryview(bytearray())
-        assert self.map is not None
-        return memoryview(self.map)[offset : offset + length]
+        if self.map is not None:
+            return memoryview(self.map)[offset : offset + length]
+        for start, buf in self.buffers.items():  # a resumed range: the rest of its buffer
+            if start <= offset and offset + length <= start + len(buf):
+                return memoryview(buf)[offset - start : offset - start + length]
+        spare = next((i for i, b in enumerate(self.spare) if len(b) == length), None)
+        buf = self.spare.pop(spare) if spare is not None else bytearray(length)
+        self.buffers[offset] = buf
+        return memoryview(buf)
 
-    def settled(self, offset: int, length: int) -> None:
-        """Bytes ``offset..offset+length`` are complete: drop them from this process's
-        mapping (they stay in the file), so resident memory is bounded by what is in flight,
-        not by what was downloaded."""
-        if self.map is None or not length:
-            return
+    def settled(self, offset: int, length: int) -> asyncio.Future[None] | None:
+        """Bytes ``offset..offset+length`` are complete. Mapped: drop them from this
+        process's mapping (they stay in the file), so resident memory is bounded by what is
+        in flight, not by what was downloaded. Unmapped: a future for writing them to the
+        file on a thread (ENOSPC raises there), which the caller awaits."""
+        if not length:
+            return None
+        if self.map is None:
+            buf = self.buffers.pop(offset)
+            assert len(buf) == length
+            writing = asyncio.get_running_loop().run_in_executor(None, self._write, buf, offset)
+            writing.add_done_callback(lambda done: self._spare(done, buf))
+            return writing
         page = mmap.PAGESIZE
         start = -(-offset // page) * page
         end = offset + length
@@ -247,20 +327,51 @@ class FileSink:
             end = end // page * page
         if end > start:
             self.map.madvise(mmap.MADV_DONTNEED, start, min(end, self.size) - start)
+        return None
+
+    def _spare(self, written: asyncio.Future[None], buf: bytearray) -> None:
+        """A written range's buffer, kept for the next range (its pages already faulted in);
+        not one whose write was cancelled (its thread may still be reading it)."""
+        if written.cancelled() or written.exception() is not None:
+            return
+        if len(self.spare) < SPARE_BUFFERS and self.fd is not None:
+            self.spare.append(buf)
+
+    def _write(self, buf: bytearray, offset: int) -> None:
+        """On a thread: ``buf`` into the file at ``offset``, through a descriptor of its own
+        (a discard may close the sink's meanwhile; a write it no longer wants is skipped)."""
+        with self.lock:
+            if self.fd is None:
+                return
+            fd = os.dup(self.fd)
+        try:
+            with memoryview(buf) as view:
+                done = 0
+                while done < len(buf):
+                    done += os.pwrite(fd, view[done:], offset + done)
+        finally:
+            os.close(fd)
 
     def _close(self) -> None:
+        self.buffers.clear()
+        self.spare.clear()
         mapped, self.map = self.map, None
         if mapped is not None:
             try:
                 mapped.close()
             except BufferError:  # a view is still alive; the map closes when it is collected
                 pass
-        fd, self.fd = self.fd, None
+        with self.lock:
+            fd, self.fd = self.fd, None
         if fd is not None:
             os.close(fd)
 
     async def commit(self) -> tuple[str | None, bytes | None]:
         assert self.path is not None
+        if self.map is None and self.fd is not None and self.size:
+            # Unmapped: every range was written; a short file means one was not.
+            if os.fstat(self.fd).st_size != self.size:
+                raise MetaflowS3TransferError(f"{self.url}: incomplete local file", self.url)
         self._close()
         await asyncio.get_running_loop().run_in_executor(
             None, os.rename, self.path + ".part", self.path
@@ -282,6 +393,13 @@ class FileSink:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(name)
             self._release()
+
+
+def _pwrite_all(fd: int, buf: bytearray, offset: int) -> None:
+    with memoryview(buf) as view:
+        done = 0
+        while done < len(buf):
+            done += os.pwrite(fd, view[done:], offset + done)
 
 
 def _drop_made(made: asyncio.Future[tuple[int, mmap.mmap | None]], part: str) -> None:
@@ -319,9 +437,13 @@ def final_end(brange: ByteRange | None, total: int) -> int:
     return total - 1
 
 
-async def _drain(body: Any, dest: memoryview, progress: list[int], digest: Digest | None) -> None:
+async def _drain(
+    body: Any, dest: memoryview, progress: list[int], digest: Digest | None, whole: bool = True
+) -> None:
     """Copy a botocore response body into ``dest``, advancing ``progress[0]`` and feeding
-    ``digest`` each chunk."""
+    ``digest`` each chunk: exactly ``len(dest)`` bytes, or (not ``whole``) its first
+    ``len(dest)`` bytes. The end of a body with no Content-Length (chunked, or ended by the
+    server closing) is known only when it comes, so a whole body is read to its end."""
     filled = 0
     while filled < len(dest):
         chunk = await body.read(min(READ_CHUNK, len(dest) - filled))
@@ -334,6 +456,8 @@ async def _drain(body: Any, dest: memoryview, progress: list[int], digest: Diges
         progress[0] += len(chunk)
     if filled != len(dest):
         raise _ShortBody(f"body ended after {filled} of {len(dest)} bytes")
+    if whole and await body.read(1):
+        raise ConnectionError(f"the server sent more than the {len(dest)} bytes expected")
 
 
 # Given a response's head: the buffer for its body, and maybe a digest to feed the body.
@@ -354,8 +478,8 @@ async def _exchange(
     body (and maybe a digest fed each chunk of it); ``progress[0]`` advances with every body
     byte that arrives, also on failure. ``checksum`` asks for the object's checksums in the
     response."""
-    http = await engine.http()
-    if http is not None and http.handles(path.bucket):
+    http = await engine.lean(path.bucket, "GetObject")
+    if http is not None:
 
         async def prepare_fields(fields: dict[str, Any]) -> tuple[memoryview, Digest | None]:
             return await prepare(Head.from_response(fields, url))
@@ -366,8 +490,8 @@ async def _exchange(
                     path.bucket, path.key, range_header, etag, prepare_fields, progress, checksum
                 )
             return
-        except botocore.exceptions.ClientError as exc:
-            if not http.redirected(exc, path.bucket):
+        except (botocore.exceptions.ClientError, ProtocolSurprise) as exc:
+            if not engine.transport.hand_over(exc, path.bucket, "GetObject"):
                 raise
     kwargs: dict[str, Any] = {}
     if range_header:
@@ -380,9 +504,10 @@ async def _exchange(
         resp = await client.get_object(Bucket=path.bucket, Key=path.key, **kwargs)
         body = resp["Body"]
         try:
-            dest, digest = await prepare(Head.from_response(resp, url))
+            head = Head.from_response(resp, url)
+            dest, digest = await prepare(head)
             try:
-                await _drain(body, dest, progress, digest)
+                await _drain(body, dest, progress, digest, len(dest) == head.end + 1 - head.start)
             finally:
                 dest.release()
         finally:
@@ -420,32 +545,32 @@ async def _span(
         return sink.view(progress[0] - base, end + 1 - progress[0]), digest
 
     await engine.throttle(end + 1 - start)  # max_bandwidth
-    started = now()
-    while True:
-        piece = None
-        try:
-            await _exchange(
-                engine, path, url, f"bytes={progress[0]}-{end}", etag, prepare, progress
-            )
-            return
-        except RESUMABLE as exc:
-            attempt += 1
-            if not await backoff(attempt, engine, started):
-                raise MetaflowS3TransferError(
-                    f"{url}: gave up after {attempt} attempts at byte {progress[0]} "
-                    f"({type(exc).__name__}: {exc})",
-                    url,
-                ) from exc
-        except botocore.exceptions.ClientError as exc:
-            if error_code(exc) in ("PreconditionFailed", "412"):
-                raise MetaflowS3TransferError(
-                    f"{url}: the object changed during the download (ETag no longer {etag})",
-                    url,
-                ) from exc
-            raise_translated(exc, url)
-        finally:
-            if verifier is not None and piece is not None:
-                verifier.took(piece)
+    with RetryClock() as clock:
+        while True:
+            piece = None
+            try:
+                await _exchange(
+                    engine, path, url, f"bytes={progress[0]}-{end}", etag, prepare, progress
+                )
+                return
+            except RESUMABLE as exc:
+                attempt += 1
+                if not await backoff(attempt, engine, clock.started):
+                    raise MetaflowS3TransferError(
+                        f"{url}: gave up after {attempt} attempts at byte {progress[0]} "
+                        f"({type(exc).__name__}: {exc})",
+                        url,
+                    ) from exc
+            except botocore.exceptions.ClientError as exc:
+                if error_code(exc) in ("PreconditionFailed", "412"):
+                    raise MetaflowS3TransferError(
+                        f"{url}: the object changed during the download (ETag no longer {etag})",
+                        url,
+                    ) from exc
+                raise_translated(exc, url)
+            finally:
+                if verifier is not None and piece is not None:
+                    verifier.took(piece)
 
 
 class _Piece:
@@ -525,7 +650,9 @@ class _Verifier:
             else:
                 with self.sink.view(start - self.base, length) as view:
                     self.pieces[start] = (self.expected.algorithm.of(view), length)
-        self.sink.settled(start - self.base, length)
+        writing = self.sink.settled(start - self.base, length)
+        if writing is not None:
+            await writing
 
     def mismatch(self, url: str) -> str | None:
         """None if the bytes match (or there is nothing to compare with), else why not."""
@@ -599,31 +726,58 @@ async def fetch(
 
     try:
         range_header = None if verify and not ranged else first_range(brange, range_size)
-        attempt, started = 0, now()
-        while True:
-            try:
-                await _exchange(
-                    engine, path, url, range_header, None, prepare, progress, verify and not ranged
-                )
-                break
-            except botocore.exceptions.ClientError as exc:
-                # A whole-object read of an empty object: S3 refuses "bytes=0-N" with 416.
-                if brange is None and range_header and error_code(exc) in ("InvalidRange", "416"):
-                    range_header, ranged = None, False
-                    continue
-                raise
-            except RESUMABLE:
-                if first:  # the body broke off: resume below from the last byte received
+        asked_ranges = False
+        attempt = 0
+        with RetryClock() as clock:
+            while True:
+                try:
+                    await _exchange(
+                        engine,
+                        path,
+                        url,
+                        range_header,
+                        None,
+                        prepare,
+                        progress,
+                        verify and not ranged,
+                    )
                     break
-                if scout is not None:  # its first try failed: the others need not wait more
-                    engine.scouted(scout)
-                attempt += 1
-                if not await backoff(attempt, engine, started):
+                except botocore.exceptions.ClientError as exc:
+                    # A whole-object read of an empty object: S3 refuses "bytes=0-N" with 416.
+                    if (
+                        brange is None
+                        and range_header
+                        and error_code(exc) in ("InvalidRange", "416")
+                    ):
+                        range_header, ranged = None, False
+                        if asked_ranges:  # and unranged, it came without a length: a HEAD's
+                            empty = await head_object(engine, path, url)
+                            if empty.total:
+                                raise
+                            (await prepare(empty))[0].release()
+                            break
+                        continue
                     raise
-            finally:
-                if verifier is not None and piece is not None:
-                    verifier.took(piece)
-                    piece = None
+                except _LengthUnknown:
+                    # An unranged answer of unknown length (chunked or close-delimited): ask for
+                    # ranges instead, whose Content-Range tells the size (the checksum, if any,
+                    # then comes from a HEAD). Once: a server that ignores Range fails here.
+                    if range_header is not None or asked_ranges:
+                        raise
+                    asked_ranges, ranged = True, verify
+                    range_header = first_range(brange, range_size)
+                except RESUMABLE:
+                    if first:  # the body broke off: resume below from the last byte received
+                        break
+                    if scout is not None:  # its first try failed: the others need not wait more
+                        engine.scouted(scout)
+                    attempt += 1
+                    if not await backoff(attempt, engine, clock.started):
+                        raise
+                finally:
+                    if verifier is not None and piece is not None:
+                        verifier.took(piece)
+                        piece = None
         head = first[0]
         await engine.throttle(progress[0] - head.start)  # max_bandwidth: the first range
         if progress[0] <= head.end:
@@ -640,7 +794,9 @@ async def fetch(
             if verifier is not None:
                 await verifier.settle(start, end)
             else:
-                sink.settled(start - head.start, end + 1 - start)
+                writing = sink.settled(start - head.start, end + 1 - start)
+                if writing is not None:
+                    await writing
             if counted is not None:
                 counted(end + 1 - start)
 
@@ -679,9 +835,9 @@ async def head_object(
 ) -> Head:
     """HEAD through the engine's transport; ``etag``: only of that version, ``checksum``:
     with the object's checksums."""
-    http = await engine.http()
     try:
-        if http is not None and http.handles(path.bucket):
+        http = await engine.lean(path.bucket, "HeadObject")
+        if http is not None:
 
             async def one() -> dict[str, Any]:
                 async with engine.slot():
@@ -689,8 +845,8 @@ async def head_object(
 
             try:
                 return Head.from_response(await retrying(engine, one), url)
-            except botocore.exceptions.ClientError as exc:
-                if not http.redirected(exc, path.bucket):
+            except (botocore.exceptions.ClientError, ProtocolSurprise) as exc:
+                if not engine.transport.hand_over(exc, path.bucket, "HeadObject"):
                     raise
         kwargs: dict[str, Any] = {"ChecksumMode": "ENABLED"} if checksum else {}
         if etag:

@@ -2,14 +2,23 @@
 requests that move bytes or are made by the thousand: GET, HEAD, PutObject, UploadPart and
 ListObjectsV2.
 
-The kernel copies response bodies straight into the destination (``get_buffer`` hands out a
-slice of the caller's preallocated buffer or memory-mapped temp file), so each byte is copied
-once. Requests are signed with SigV4 here (the derived key cached per day and region; the
+Responses are framed by llhttp (``httptools``): status line and headers, chunked and
+close-delimited bodies, interim 1xx answers, HTTP/1.0 and the keep-alive rules. A body with a
+Content-Length (what S3 sends) is received by the kernel straight into the destination
+(``get_buffer`` hands out a slice of the caller's preallocated buffer or memory-mapped temp
+file), so each byte is copied once; other bodies are copied in from the parser. Request
+bodies are written a slice at a time under the transport's flow control; big ones are sent
+with ``Expect: 100-continue``. ``read_timeout`` is the longest silence from the server, not a
+deadline. A response the lean path does not take raises :class:`ProtocolSurprise`, and the
+bucket goes to botocore.
+
+Requests are signed with SigV4 here (the derived key cached per day and region; the
 empty-payload hash for GET and HEAD; ``UNSIGNED-PAYLOAD`` plus a signed CRC32 header, which
 the server checks, for uploads). The first GET of a whole object asks for the object's
-checksums (``x-amz-checksum-mode``), which :mod:`.get` checks. Credentials, region and addressing
-(virtual-hosted or path-style, as botocore decides for the bucket) still come from
-aiobotocore, which also keeps every other call. A bucket that answers with a region redirect is handed to botocore.
+checksums (``x-amz-checksum-mode``), which :mod:`.get` checks. Credentials come from
+aiobotocore, which also keeps every other call; where each request goes (endpoint, signing
+region and name, proxy, TLS trust) is botocore's own answer (:mod:`.endpoint`), and which
+requests come here at all is decided in one place, :mod:`.transport`.
 
 Errors are returned in botocore's shape (``ClientError`` with the S3 error code), so the one
 translator in :mod:`s3fast.errors` handles both transports. 5xx and throttling answers raise
@@ -23,6 +32,7 @@ import datetime
 import hashlib
 import hmac
 import inspect
+import logging
 import re
 import ssl
 from collections import deque
@@ -30,30 +40,32 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import quote, unquote_plus, urlsplit
+from urllib.parse import quote, unquote_plus
 from xml.etree import ElementTree
 from xml.sax.saxutils import unescape as xml_unescape
 
 import botocore.exceptions
+import httptools
 
 from .checksums import CRC32, FIELDS
+from .endpoint import Endpoint, Proxy, open_tunnel
+
+logger = logging.getLogger(__name__)
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
-MAX_HEAD = 64 * 1024
+MAX_HEAD = 64 * 1024  # bytes: the most a response head may take; error bodies read up to this
+SCRATCH = 64 * 1024  # bytes: the parser's receive buffer (heads, chunked/close-delimited bodies)
+MAX_LISTING = 64 * 1024 * 1024  # bytes: the most a ListObjectsV2 page may take
+WRITE_CHUNK = 1024 * 1024  # bytes: a request body is written this much at a time (flow control)
+# Request bodies at least this big are sent with "Expect: 100-continue" (as botocore does for
+# S3 uploads over 1 MB), so that an early error answer (403, 400, a redirect) stops them.
+EXPECT_OVER = 1024 * 1024
+CONTINUE_WAIT = 1.0  # seconds: the body goes anyway if no 100 (nor an answer) came by then
 Digest = Callable[[memoryview], None]  # fed each chunk of a body as it lands (checksums)
 _CODE = re.compile(rb"<Code>([^<]*)</Code>")
 _MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
 TRANSIENT_STATUS = {429, 500, 502, 503, 504}
-# Answers that mean "this bucket lives elsewhere": botocore follows them (region redirects);
-# the lean path hands such a bucket over to botocore for good.
-REDIRECT_CODES = {
-    "301",
-    "307",
-    "PermanentRedirect",
-    "TemporaryRedirect",
-    "AuthorizationHeaderMalformed",
-}
 
 
 class TransientHTTPError(ConnectionError):
@@ -65,20 +77,65 @@ class TransientHTTPError(ConnectionError):
         self.code = code
 
 
+def _settle(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class ProtocolSurprise(ConnectionError):
+    """The server answered in a way the lean transport does not take: a malformed response,
+    an unexpected interim status (101), or a body whose length cannot be known where it must
+    be. The request belongs to botocore (see :meth:`.transport.Transport.hand_over`)."""
+
+
 class _Conn(asyncio.BufferedProtocol):
-    """One keep-alive connection; one exchange at a time."""
+    """One keep-alive connection; one exchange at a time.
+
+    Framing is llhttp's (``httptools``): status line, headers (obsolete line folding
+    included), 1xx interim answers, chunked and close-delimited bodies, HTTP/1.0 and the
+    keep-alive rules. Each exchange gets a fresh parser, fed the head of the response. A body
+    with a Content-Length is then received by the kernel straight into the caller's buffer
+    (``get_buffer`` hands out the rest of it), bypassing the parser, which is dropped; the
+    rare chunked or close-delimited body goes through the parser and is copied into the
+    buffer. Whatever the framing, a body longer than the buffer (when the whole body was
+    wanted) or shorter than it raises :class:`ConnectionError`.
+
+    ``read_timeout`` is the longest silence allowed while waiting on the server (for the
+    response, between body bytes, for the socket to take more of a request body); each
+    received chunk restarts it.
+    """
 
     def __init__(self, read_timeout: float) -> None:
-        self.read_timeout = read_timeout  # a stall longer than this raises TimeoutError
+        self.read_timeout = read_timeout
         self.transport: asyncio.Transport | None = None
-        self.buf = bytearray(MAX_HEAD)
-        self.used = 0  # bytes of self.buf holding header (or small body) data
+        self.buf = bytearray(SCRATCH)  # what the parser reads from
+        self.parser: httptools.HttpResponseParser | None = None
+        self.method = "GET"
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.keep_alive = False
+        self.head_done = False  # the final (non-1xx) response head has been parsed
+        self.head_bytes = 0  # bytes fed to the parser before head_done
+        self.continued = False  # a "100 Continue" came
+        self.framing = "none"  # of the body: "length", "chunked", "close" or "none"
+        self.length: int | None = None  # the Content-Length, for "length"
+        self.seen = 0  # body bytes received so far, wherever they went
+        self.complete = False  # the end of the response has been received
+        self.early = bytearray()  # body bytes parsed while no destination was given
+        self.collect = 0  # small_body: gather up to this many body bytes in ``early``
         self.dest: memoryview | None = None  # where body bytes go now
+        self.direct = False  # the kernel receives into ``dest`` (a Content-Length body)
+        self.whole = True  # the whole body is wanted in ``dest`` (else its first bytes)
+        self.overflow = False  # more body bytes came than ``dest`` holds
         self.digest: Digest | None = None  # called with each chunk received into dest
         self.received = 0  # body bytes received into dest
-        self.want = 0  # body bytes expected in dest
+        self.unsent = False  # a request body was not (fully) sent
         self.waiter: asyncio.Future[None] | None = None
-        self.head_end = -1
+        self.ready: Callable[[], bool] | None = None  # what the waiter waits for
+        self.timer: asyncio.TimerHandle | None = None
+        self.last_io = 0.0  # loop time of the last sign of life from the server
+        self.time: Callable[[], float] = lambda: 0.0
+        self.writing_paused = False
         self.lost: BaseException | None = None
         self.active = False  # an exchange is in progress
         self.reusable = False  # set by an exchange that consumed its whole response
@@ -86,51 +143,137 @@ class _Conn(asyncio.BufferedProtocol):
     # -- asyncio protocol --
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.time = asyncio.get_running_loop().time
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self.dest is not None:
-            return self.dest[self.received :]
-        if self.used == len(self.buf):
-            self.buf.extend(bytes(len(self.buf)))
-        return memoryview(self.buf)[self.used :]
+        if self.direct:
+            return self.dest[self.received :]  # type: ignore[index]
+        return memoryview(self.buf)
 
     def buffer_updated(self, nbytes: int) -> None:
-        if not self.active:
+        self.last_io = self.time()
+        if self.direct:
+            dest = self.dest
+            assert dest is not None
+            if self.digest is not None:  # while the chunk is still in the CPU's cache
+                self.digest(dest[self.received : self.received + nbytes])
+            self.received += nbytes
+            self.seen += nbytes
+            if self.received >= len(dest):
+                self.direct = False
+                self.dest = None  # the next bytes (there should be none) go to the parser
+                self.complete = self.seen >= (self.length or 0)
+                self.transport.pause_reading()  # type: ignore[union-attr]
+                self._poke()
+            return
+        if not self.active or self.parser is None:
             self._fail(ConnectionError("unsolicited data on an idle connection"))
             self.transport.close()  # type: ignore[union-attr]
             return
-        if self.dest is not None:
-            if self.digest is not None:  # while the chunk is still in the CPU's cache
-                self.digest(self.dest[self.received : self.received + nbytes])
-            self.received += nbytes
-            if self.received >= self.want:
-                self.dest = None  # the next bytes (there should be none) go to self.buf
-                self.used = self.head_end = 0
-                self.transport.pause_reading()  # type: ignore[union-attr]
-                self._wake()
+        before = self.head_done
+        try:
+            self.parser.feed_data(memoryview(self.buf)[:nbytes])
+        except Exception as exc:
+            self.parser = None
+            # an exception raised by a callback here comes back wrapped
+            inner = exc.__context__ if isinstance(exc, httptools.HttpParserCallbackError) else exc
+            if isinstance(inner, ConnectionError):
+                self._fail(inner)
+            else:
+                self._fail(ProtocolSurprise(f"malformed HTTP response ({exc})"))
             return
-        self.used += nbytes
-        if self.head_end < 0:
-            end = self.buf.find(b"\r\n\r\n", 0, self.used)
-            if end >= 0:
-                self.head_end = end + 4
-                self.transport.pause_reading()  # type: ignore[union-attr]
-                self._wake()
-            elif self.used >= MAX_HEAD * 4:
-                self._fail(ConnectionError("response headers too large"))
-        elif self.used >= self.want + self.head_end:
-            self._wake()
+        if not self.head_done:
+            self.head_bytes += nbytes
+            if self.head_bytes > MAX_HEAD:
+                self._fail(ProtocolSurprise("response headers too large"))
+                return
+        elif not before and self.dest is None and not self.collect:
+            self.transport.pause_reading()  # type: ignore[union-attr]  # until body_into
+        self._poke()
+
+    # llhttp's callbacks, from inside feed_data
+    def on_message_begin(self) -> None:
+        if self.head_done:
+            raise ConnectionError("data after the response")
+        self.headers = {}
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1").strip()
+        self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text
+
+    def on_headers_complete(self) -> None:
+        assert self.parser is not None
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:  # interim: 100 Continue lets the request body go; others skipped
+            if status == 101:
+                raise ProtocolSurprise("the server switched protocols (101)")
+            self.continued = self.continued or status == 100
+            return
+        self.status = status
+        self.head_done = True
+        self.keep_alive = self.parser.should_keep_alive()  # HTTP/1.0 and Connection rules
+        headers = self.headers
+        if self.method == "HEAD" or status in (204, 304):
+            self.framing, self.complete = "none", True
+        elif "transfer-encoding" in headers:  # llhttp refused one with a Content-Length
+            if headers["transfer-encoding"].lower().rsplit(",", 1)[-1].strip() != "chunked":
+                raise ProtocolSurprise(f"transfer coding {headers['transfer-encoding']!r}")
+            self.framing = "chunked"
+        elif "content-length" in headers:
+            self.framing, self.length = "length", int(headers["content-length"])
+            self.complete = self.length == 0
+        else:
+            self.framing, self.keep_alive = "close", False  # the body ends at EOF
+
+    def on_body(self, body: bytes) -> None:
+        n = len(body)
+        self.seen += n
+        dest = self.dest
+        if dest is None:
+            self.early += body
+            return
+        room = len(dest) - self.received
+        if n > room:
+            self.overflow = True
+            body, n = body[:room], room
+        if n:
+            dest[self.received : self.received + n] = body
+            if self.digest is not None:
+                self.digest(dest[self.received : self.received + n])
+            self.received += n
+
+    def on_message_complete(self) -> None:
+        if self.head_done:
+            self.complete = True
 
     def eof_received(self) -> bool:
-        self._fail(ConnectionResetError("the server closed the connection"))
+        if self.head_done and self.framing == "close" and not self.complete:
+            self.complete = True  # a close-delimited body ends here
+            self.parser = None
+            self._poke()
+        else:
+            self._fail(ConnectionResetError("the server closed the connection"))
         return False
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if exc is None and self.head_done and self.framing == "close" and not self.complete:
+            self.complete = True  # TLS without close_notify: the same end
+            self._poke()
         self._fail(exc or ConnectionResetError("connection closed"))
 
-    def _wake(self) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self.last_io = self.time()  # the server took more of the request
+        self._poke()
+
+    def _poke(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done() and self.ready is not None and self.ready():
+            waiter.set_result(None)
 
     def _fail(self, exc: BaseException) -> None:
         if self.lost is None:
@@ -140,77 +283,164 @@ class _Conn(asyncio.BufferedProtocol):
                 exc if isinstance(exc, ConnectionError) else ConnectionError(str(exc))
             )
 
+    def _idle(self) -> None:
+        """The read timer: fails the wait after ``read_timeout`` of silence, else re-arms."""
+        self.timer = None
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return
+        due = self.last_io + self.read_timeout
+        if self.time() >= due:
+            exc = TimeoutError(f"no data from the server for {self.read_timeout:g} s")
+            if self.lost is None:
+                self.lost = exc
+            waiter.set_exception(exc)
+        else:
+            self.timer = asyncio.get_running_loop().call_at(due, self._idle)
+
     # -- used by the pool --
     @property
     def usable(self) -> bool:
         return self.lost is None and self.transport is not None and not self.transport.is_closing()
 
-    async def _wait(self) -> None:
-        if self.lost is not None:
-            raise ConnectionResetError(str(self.lost))
-        self.waiter = asyncio.get_running_loop().create_future()
-        try:
-            async with asyncio.timeout(self.read_timeout):
-                await self.waiter
-        finally:
-            self.waiter = None
+    @property
+    def finished(self) -> bool:
+        """The response was read to its end and the connection may carry another exchange."""
+        return self.complete and self.keep_alive and not self.overflow and not self.unsent
 
-    async def head(self, request: bytes, body: bytes = b"") -> tuple[int, dict[str, str]]:
-        self.used, self.head_end, self.dest, self.received, self.want = 0, -1, None, 0, 0
-        self.active = True
+    async def _wait(self, ready: Callable[[], bool], patience: float | None = None) -> None:
+        """Until ``ready()``, the server silent at most ``read_timeout`` at a time (else
+        TimeoutError); with ``patience``, return after that many seconds anyway."""
+        if ready():
+            return
+        if self.lost is not None:
+            raise (
+                self.lost
+                if isinstance(self.lost, ConnectionError | TimeoutError)
+                else ConnectionResetError(str(self.lost))
+            )
+        loop = asyncio.get_running_loop()
+        self.waiter, self.ready = loop.create_future(), ready
+        self.last_io = self.time()
+        self.timer = loop.call_at(self.last_io + self.read_timeout, self._idle)
+        nudge = None
+        if patience is not None:
+            nudge = loop.call_later(patience, _settle, self.waiter)
+        try:
+            await self.waiter
+        finally:
+            self.waiter = self.ready = None
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            if nudge is not None:
+                nudge.cancel()
+
+    async def _send(self, body: bytes | memoryview) -> None:
+        """Write a request body a slice at a time, waiting while the transport's buffer is
+        full (so a big part is not copied, or encrypted, into it all at once), and stopping
+        early if the server has answered already."""
         assert self.transport is not None
+        view = memoryview(body)
+        for at in range(0, len(view), WRITE_CHUNK):
+            if self.lost is not None:
+                return  # the wait for the answer raises it
+            if self.head_done:  # an early final answer (an error): the rest is not wanted
+                self.unsent = True
+                return
+            self.transport.write(view[at : at + WRITE_CHUNK])
+            if self.writing_paused:
+                await self._wait(lambda: not self.writing_paused or self.head_done)
+
+    async def head(
+        self,
+        request: bytes,
+        body: bytes | memoryview = b"",
+        method: str = "GET",
+        expect: bool = False,
+    ) -> tuple[int, dict[str, str]]:
+        """Send ``request`` (and ``body``), return the final response's status and headers
+        (names lower-case). A request with ``Expect: 100-continue`` sends its body after the
+        server's 100 (or after :data:`CONTINUE_WAIT` without an answer); a final answer before
+        that means the body is not sent."""
+        assert self.transport is not None
+        self.parser = httptools.HttpResponseParser(self)
+        # RFC 9112 5.2: a client must accept obsolete line folding in a response, which
+        # llhttp does only with lenient header values (the values are read, never forwarded).
+        self.parser.set_dangerous_leniencies(lenient_headers=True)
+        self.method = method
+        self.status, self.headers, self.keep_alive = 0, {}, False
+        self.head_done = self.continued = self.complete = self.overflow = self.unsent = False
+        self.head_bytes = self.seen = self.received = self.collect = 0
+        self.framing, self.length, self.early = "none", None, bytearray()
+        self.active = True
         self.transport.write(request)
-        if body:
-            self.transport.write(body)
         self.transport.resume_reading()
-        await self._wait()
-        lines = bytes(self.buf[: self.head_end - 4]).decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
-            raise ConnectionError(f"not an HTTP/1.x response: {lines[0][:80]!r}")
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            raise ConnectionError("chunked responses are not expected for S3 GET")
-        return int(parts[1]), headers
+        if body:
+            if expect:
+                await self._wait(lambda: self.head_done or self.continued, CONTINUE_WAIT)
+            await self._send(body)
+        await self._wait(lambda: self.head_done)
+        return self.status, self.headers
 
     async def body_into(
         self, dest: memoryview, whole: bool = True, digest: Digest | None = None
     ) -> int:
-        """Read ``len(dest)`` body bytes into ``dest`` (``whole``: all the body), calling
-        ``digest`` with each chunk as it lands; returns the bytes received (fewer only when an
-        exception is raised, in which case ``self.received`` says how many)."""
-        extra = self.used - self.head_end
-        take = min(extra, len(dest))
-        dest[:take] = self.buf[self.head_end : self.head_end + take]
-        if digest is not None and take:
-            digest(dest[:take])
-        self.received, self.want = take, len(dest)
-        if take < len(dest):
+        """Read the body into ``dest``, calling ``digest`` with each chunk as it lands:
+        exactly ``len(dest)`` bytes, or (not ``whole``) its first ``len(dest)`` bytes. Returns
+        the bytes received; raises ConnectionError if the body is shorter than ``dest``, or
+        (``whole``) longer; ``self.received`` then says how many bytes landed."""
+        self.received, self.whole, self.overflow = 0, whole, False
+        early, self.early = self.early, bytearray()
+        take = min(len(early), len(dest))
+        if take:
+            dest[:take] = early[:take]
+            if digest is not None:
+                digest(dest[:take])
+        self.received = take
+        self.overflow = len(early) > take
+        # A whole body read so far fills dest: its end (the last chunk, EOF) is still awaited.
+        if not (self.complete or self.overflow or self.lost) and (take < len(dest) or whole):
             self.dest, self.digest = dest, digest
+            self.direct = self.framing == "length" and take < len(dest)
+            if self.direct:
+                self.parser = None  # its bytes now bypass it
             try:
                 assert self.transport is not None
                 self.transport.resume_reading()
-                await self._wait()
+                await self._wait(self._filled)
             finally:
                 self.dest = self.digest = None
-        if extra > take and whole:
-            raise ConnectionError("the server sent more than Content-Length")
+                self.direct = False
+        if self.received < len(dest):
+            raise ConnectionError(f"the body ended after {self.received} of {len(dest)} bytes")
+        if whole and (self.overflow or not self.complete):
+            self.complete = False  # not reusable
+            raise ConnectionError(f"the server sent more than the {len(dest)} bytes expected")
         return self.received
 
-    async def small_body(self, length: int) -> bytes:
-        self.want = length
-        if self.used - self.head_end < length:
+    def _filled(self) -> bool:
+        if self.complete or self.overflow:
+            return True
+        return not self.whole and self.received >= len(self.dest or b"")
+
+    async def small_body(self, limit: int) -> bytes:
+        """The whole body (a listing page, an error document), or its first ``limit`` bytes
+        if longer (the connection is then not reused)."""
+        if not self.complete and self.framing != "none":
+            self.collect = limit
             assert self.transport is not None
             self.transport.resume_reading()
-            await self._wait()
-        return bytes(self.buf[self.head_end : self.head_end + length])
+            await self._wait(lambda: self.complete or len(self.early) >= limit)
+        body, self.early = bytes(self.early[:limit]), bytearray()
+        if not self.complete:
+            self.overflow = True  # not read to its end: not reusable
+        return body
 
     def park(self) -> None:
         """Idle in the pool, reading, so that a close by the server is noticed."""
         self.active = False
+        self.parser = None
         assert self.transport is not None
         self.transport.resume_reading()
 
@@ -223,12 +453,11 @@ class _Conn(asyncio.BufferedProtocol):
 
 
 class _Signer:
-    """SigV4 for S3 requests, with the derived key cached per (secret, day, region)."""
+    """SigV4 for S3 requests, with the derived key cached per (secret, day, region, service)."""
 
-    def __init__(self, credentials: Any, region: str) -> None:
+    def __init__(self, credentials: Any) -> None:
         self.credentials = credentials
-        self.region = region
-        self._keys: dict[tuple[str, str], bytes] = {}
+        self._keys: dict[tuple[str, str, str, str], bytes] = {}
 
     async def frozen(self) -> Any:
         if self.credentials is None:
@@ -238,13 +467,15 @@ class _Signer:
             frozen = await frozen
         return frozen
 
-    def _key(self, secret: str, day: str) -> bytes:
-        key = self._keys.get((secret, day))
+    def _key(self, secret: str, day: str, region: str, service: str) -> bytes:
+        key = self._keys.get((secret, day, region, service))
         if key is None:
             k = hmac.new(("AWS4" + secret).encode(), day.encode(), hashlib.sha256).digest()
-            for part in (self.region, "s3", "aws4_request"):
+            for part in (region, service, "aws4_request"):
                 k = hmac.new(k, part.encode(), hashlib.sha256).digest()
-            self._keys = {(secret, day): k}
+            if len(self._keys) >= 64 or any(s != secret or d != day for s, d, *_ in self._keys):
+                self._keys.clear()  # a new day or a new secret: the old keys are done
+            self._keys[(secret, day, region, service)] = k
             key = k
         return key
 
@@ -256,8 +487,16 @@ class _Signer:
         extra: dict[str, str],
         query: str = "",
         payload: str = EMPTY_SHA256,
+        *,
+        region: str = "us-east-1",
+        service: str = "s3",
+        origin: str = "",
+        unsigned: dict[str, str] | None = None,
     ) -> bytes:
-        """The request head, signed. ``query`` must already be canonical (sorted, encoded)."""
+        """The request head, signed for ``service`` in ``region``. ``query`` must already be
+        canonical (sorted, encoded). ``origin`` ("http://host:port") makes the request target
+        absolute (a request through an HTTP proxy); ``unsigned`` headers are sent but not
+        signed (``Proxy-Authorization``)."""
         creds = await self.frozen()
         now = datetime.datetime.now(datetime.UTC)
         amz_date = now.strftime("%Y%m%dT%H%M%SZ")
@@ -278,17 +517,18 @@ class _Signer:
                 payload,
             ]
         )
-        scope = f"{day}/{self.region}/s3/aws4_request"
+        scope = f"{day}/{region}/{service}/aws4_request"
         to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
         signature = hmac.new(
-            self._key(creds.secret_key, day), to_sign.encode(), hashlib.sha256
+            self._key(creds.secret_key, day, region, service), to_sign.encode(), hashlib.sha256
         ).hexdigest()
         headers["authorization"] = (
             f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, "
             f"SignedHeaders={';'.join(names)}, Signature={signature}"
         )
-        target = f"{path}?{query}" if query else path
+        target = origin + (f"{path}?{query}" if query else path)
         lines = [f"{method} {target} HTTP/1.1"] + [f"{n}: {v}" for n, v in headers.items()]
+        lines += [f"{n}: {v}" for n, v in (unsigned or {}).items()]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
 
 
@@ -307,6 +547,7 @@ def _error(status: int, body: bytes, operation: str = "GetObject") -> Exception:
     )
 
 
+_SPAN = re.compile(r"\s*bytes\s+(\d+)-(\d+)/")
 _TRUNCATED = re.compile(rb"<IsTruncated>\s*true\s*</IsTruncated>")
 _NEXT_TOKEN = re.compile(rb"<NextContinuationToken>([^<]*)</NextContinuationToken>")
 
@@ -349,14 +590,19 @@ def parse_listing(body: bytes) -> tuple[list[tuple[str, int | None]], str | None
     return entries, token if truncated else None
 
 
-def _keep_alive(headers: dict[str, str]) -> bool:
-    return headers.get("connection", "").lower() != "close"
+def body_length(fields: dict[str, Any]) -> int | None:
+    """A GET response's body length, from its ``ContentLength`` or else its ``ContentRange``
+    (a chunked or close-delimited body has no Content-Length); None when neither says."""
+    if fields.get("ContentLength") is not None:
+        return int(fields["ContentLength"])
+    span = _SPAN.match(fields.get("ContentRange") or "")
+    return int(span.group(2)) - int(span.group(1)) + 1 if span else None
 
 
 def response_fields(headers: dict[str, str]) -> dict[str, Any]:
     """The fields of a GET response, named as botocore names them."""
     out: dict[str, Any] = {
-        "ContentLength": int(headers.get("content-length", "0")),
+        "ContentLength": int(headers["content-length"]) if "content-length" in headers else None,
         "ContentRange": headers.get("content-range"),
         "ContentType": headers.get("content-type"),
         "ETag": headers.get("etag"),
@@ -375,48 +621,28 @@ def response_fields(headers: dict[str, str]) -> dict[str, Any]:
 
 
 class HttpGetter:
-    """GETs over pooled keep-alive connections to the endpoints botocore addresses."""
+    """Requests over pooled keep-alive connections, sent where botocore would send them.
+
+    Only :class:`.transport.Transport` decides which requests come here: it gives each
+    (bucket, operation) its route (``routes``) before the first request, from botocore's own
+    endpoint resolution and proxy configuration (:mod:`.endpoint`)."""
 
     def __init__(
         self, client: Any, ssl_context: ssl.SSLContext | None, timeouts: tuple[float, float]
     ) -> None:
         self._client = client
-        self._signer = _Signer(
-            client._request_signer._credentials, client.meta.region_name or "us-east-1"
-        )
+        self._signer = _Signer(client._request_signer._credentials)
         self._ssl = ssl_context
         self._connect_timeout, self._read_timeout = timeouts
         self._idle: dict[tuple[str, str, int], deque[_Conn]] = {}
-        # bucket -> (scheme, host, port, path prefix), as botocore addresses it
-        self._layout: dict[str, tuple[str, str, int, str]] = {}
-        self._elsewhere: set[str] = set()  # buckets left to botocore (region redirects)
+        # (bucket, operation) -> where botocore sends it, and through which proxy
+        self.routes: dict[tuple[str, str], tuple[Endpoint, Proxy | None]] = {}
 
-    def handles(self, bucket: str) -> bool:
-        return bucket not in self._elsewhere
+    def _address(self, bucket: str, operation: str) -> tuple[Endpoint, Proxy | None]:
+        """Where botocore sends ``operation`` on ``bucket`` (set by the transport)."""
+        return self.routes[(bucket, operation)]
 
-    def redirected(self, exc: BaseException, bucket: str) -> bool:
-        """True (and the bucket is left to botocore from now on) if ``exc`` is a redirect."""
-        if isinstance(exc, botocore.exceptions.ClientError):
-            if exc.response.get("Error", {}).get("Code") in REDIRECT_CODES:
-                self._elsewhere.add(bucket)
-                return True
-        return False
-
-    async def _address(self, bucket: str) -> tuple[str, str, int, str]:
-        """Where botocore sends requests for ``bucket``: learned once from a presigned URL."""
-        layout = self._layout.get(bucket)
-        if layout is None:
-            url = await self._client.generate_presigned_url(
-                "get_object", Params={"Bucket": bucket, "Key": "k"}, ExpiresIn=60
-            )
-            parts = urlsplit(url)
-            prefix = parts.path[: -len("k")]  # "/bucket/" (path-style) or "/" (virtual-hosted)
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-            layout = (parts.scheme, parts.hostname or "", port, prefix)
-            self._layout[bucket] = layout
-        return layout
-
-    async def _connect(self, scheme: str, host: str, port: int) -> _Conn:
+    async def _connect(self, scheme: str, host: str, port: int, proxy: Proxy | None) -> _Conn:
         pool = self._idle.setdefault((scheme, host, port), deque())
         while pool:
             conn = pool.pop()
@@ -424,14 +650,34 @@ class HttpGetter:
                 return conn
             conn.close()
         loop = asyncio.get_running_loop()
+        tls = scheme == "https"
         async with asyncio.timeout(self._connect_timeout):
-            _, conn = await loop.create_connection(
-                lambda: _Conn(self._read_timeout),
-                host,
-                port,
-                ssl=self._ssl if scheme == "https" else None,
-                server_hostname=host if scheme == "https" else None,
-            )
+            if proxy is None:
+                _, conn = await loop.create_connection(
+                    lambda: _Conn(self._read_timeout),
+                    host,
+                    port,
+                    ssl=self._ssl if tls else None,
+                    server_hostname=host if tls else None,
+                )
+            elif not tls:  # plain HTTP through the proxy: absolute-form requests, as aiohttp
+                _, conn = await loop.create_connection(
+                    lambda: _Conn(self._read_timeout), proxy.host, proxy.port
+                )
+            else:  # HTTPS: a CONNECT tunnel, then TLS with the endpoint inside it
+                raw = await open_tunnel(proxy, host, port)
+                conn = _Conn(self._read_timeout)
+                try:
+                    transport = await loop.start_tls(
+                        raw, conn, self._ssl or ssl.create_default_context(), server_hostname=host
+                    )
+                except BaseException:
+                    raw.abort()
+                    raise
+                if transport is None:
+                    raw.abort()
+                    raise ConnectionError(f"no TLS session with {host} through the proxy")
+                conn.connection_made(transport)
         return conn
 
     async def _request(
@@ -442,12 +688,28 @@ class HttpGetter:
         extra: dict[str, str],
         query: str = "",
         payload: str = EMPTY_SHA256,
-    ) -> tuple[tuple[str, str, int], bytes]:
-        scheme, host, port, prefix = await self._address(bucket)
-        host_header = host if port in (80, 443) else f"{host}:{port}"
-        path = prefix + quote(key, safe="/~") if key else prefix.rstrip("/") or "/"
-        request = await self._signer.sign(method, host_header, path, extra, query, payload)
-        return (scheme, host, port), request
+        operation: str = "GetObject",
+    ) -> tuple[tuple[str, str, int, Proxy | None], bytes]:
+        endpoint, proxy = self._address(bucket, operation)
+        scheme, host, port = endpoint.scheme, endpoint.host, endpoint.port
+        plain_proxy = proxy is not None and scheme == "http"
+        request = await self._signer.sign(
+            method,
+            endpoint.host_header,
+            endpoint.path(key),
+            extra,
+            query,
+            payload,
+            region=endpoint.signing_region,
+            service=endpoint.signing_name,
+            origin=f"http://{endpoint.host_header}" if plain_proxy else "",
+            unsigned=(
+                {"proxy-authorization": proxy.authorization}
+                if plain_proxy and proxy is not None and proxy.authorization
+                else None
+            ),
+        )
+        return (scheme, host, port, proxy), request
 
     async def list_page(
         self, bucket: str, prefix: str, delimiter: str, token: str | None, max_keys: int | None
@@ -463,14 +725,15 @@ class HttpGetter:
         query = "&".join(
             f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(params.items())
         )
-        where, request = await self._request("GET", bucket, "", {}, query)
+        where, request = await self._request(
+            "GET", bucket, "", {}, query, operation="ListObjectsV2"
+        )
         async with self._borrow(where) as conn:
-            status, headers = await conn.head(request)
-            length = int(headers.get("content-length", "-1"))
-            if length < 0:
-                raise ConnectionError("ListObjectsV2 answered without a Content-Length")
-            body = await conn.small_body(length)
-            conn.reusable = _keep_alive(headers)
+            status, _ = await conn.head(request)
+            body = await conn.small_body(MAX_LISTING if status == 200 else MAX_HEAD)
+            conn.reusable = conn.finished
+            if status == 200 and not conn.complete:
+                raise ProtocolSurprise(f"a ListObjectsV2 page over {MAX_LISTING} bytes")
             if status != 200:
                 raise _error(status, body, "ListObjectsV2")
         return body
@@ -479,7 +742,7 @@ class HttpGetter:
         self,
         bucket: str,
         key: str,
-        data: bytes,
+        data: bytes | memoryview,
         headers: dict[str, str],
         query: str = "",
         operation: str = "PutObject",
@@ -489,14 +752,18 @@ class HttpGetter:
         and the server checks it."""
         crc = CRC32.encode(CRC32.of(data))
         extra = {**headers, "content-length": str(len(data)), "x-amz-checksum-crc32": crc}
-        where, request = await self._request("PUT", bucket, key, extra, query, UNSIGNED_PAYLOAD)
+        where, request = await self._request(
+            "PUT", bucket, key, extra, query, UNSIGNED_PAYLOAD, operation
+        )
+        expect = len(data) >= EXPECT_OVER
+        if expect:  # not signed, as botocore does not sign it
+            request = request[:-2] + b"expect: 100-continue\r\n\r\n"
         async with self._borrow(where) as conn:
-            status, answer = await conn.head(request, data)
-            length = int(answer.get("content-length", "0"))
-            body = await conn.small_body(length) if length <= MAX_HEAD else b""
+            status, answer = await conn.head(request, data, "PUT", expect)
+            body = await conn.small_body(MAX_HEAD)
             if status != 200:  # the server may not have read the whole body: not reusable
                 raise _error(status, body, operation)
-            conn.reusable = _keep_alive(answer) and length <= MAX_HEAD
+            conn.reusable = conn.finished
             if not answer.get("etag"):
                 raise ConnectionError(f"{operation} answered without an ETag")
             return {
@@ -506,13 +773,13 @@ class HttpGetter:
             }
 
     async def upload_part(
-        self, bucket: str, key: str, upload_id: str, number: int, data: bytes
+        self, bucket: str, key: str, upload_id: str, number: int, data: bytes | memoryview
     ) -> dict[str, Any]:
         query = f"partNumber={number}&uploadId={quote(upload_id, safe='-_.~')}"
         return await self.put(bucket, key, data, {}, query, "UploadPart")
 
     @asynccontextmanager
-    async def _borrow(self, where: tuple[str, str, int]) -> AsyncIterator[_Conn]:
+    async def _borrow(self, where: tuple[str, str, int, Proxy | None]) -> AsyncIterator[_Conn]:
         """A pooled connection for one exchange. It goes back to the pool only if the
         exchange set ``conn.reusable`` (the response was consumed and keep-alive allowed)."""
         conn = await self._connect(*where)
@@ -522,7 +789,7 @@ class HttpGetter:
         finally:
             if conn.reusable and conn.usable:
                 conn.park()
-                self._idle[where].append(conn)
+                self._idle[where[:3]].append(conn)
             else:
                 conn.close()
 
@@ -534,12 +801,14 @@ class HttpGetter:
         extra = {"x-amz-checksum-mode": "ENABLED"} if checksum else {}
         if etag:
             extra["if-match"] = f'"{etag}"'
-        where, request = await self._request("HEAD", bucket, key, extra)
+        where, request = await self._request("HEAD", bucket, key, extra, operation="HeadObject")
         async with self._borrow(where) as conn:
-            status, headers = await conn.head(request)
-            conn.reusable = _keep_alive(headers)
+            status, headers = await conn.head(request, method="HEAD")
+            conn.reusable = conn.finished
             if status != 200:
                 raise _error(status, b"", "HeadObject")
+            if "content-length" not in headers:
+                raise ProtocolSurprise("HeadObject answered without a Content-Length")
             return response_fields(headers)
 
     async def get(
@@ -565,21 +834,22 @@ class HttpGetter:
         where, request = await self._request("GET", bucket, key, extra)
         async with self._borrow(where) as conn:
             status, headers = await conn.head(request)
-            length = int(headers.get("content-length", "0"))
             if status not in (200, 206):
-                body = await conn.small_body(length) if length <= MAX_HEAD else b""
-                conn.reusable = _keep_alive(headers) and length <= MAX_HEAD
+                body = await conn.small_body(MAX_HEAD)
+                conn.reusable = conn.finished
                 raise _error(status, body)
-            dest, digest = await prepare(response_fields(headers))
-            whole = len(dest) == length
+            fields = response_fields(headers)
+            length = body_length(fields)  # None: known only at its end
+            dest, digest = await prepare(fields)
+            whole = length is None or len(dest) == length
             try:
-                if len(dest) > length:
+                if length is not None and len(dest) > length:
                     raise ConnectionError(f"buffer of {len(dest)} bytes for a body of {length}")
                 await conn.body_into(dest, whole, digest)
             finally:
                 progress[0] += conn.received
                 dest.release()
-            conn.reusable = _keep_alive(headers) and whole
+            conn.reusable = conn.finished
 
     def close(self) -> None:
         for pool in self._idle.values():

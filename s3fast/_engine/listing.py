@@ -10,7 +10,7 @@ import botocore.exceptions
 from ..errors import raise_translated
 from ..urls import S3Path
 from .client import Engine, retrying
-from .http import HttpGetter, parse_listing, peek_token
+from .http import HttpGetter, ProtocolSurprise, parse_listing, peek_token
 
 
 @dataclass(frozen=True)
@@ -73,13 +73,13 @@ async def list_prefix(
     only the first ``limit`` of them."""
     entries: list[Entry] = []
     try:
-        http = await engine.http()
-        if http is not None and http.handles(path.bucket):
+        http = await engine.lean(path.bucket, "ListObjectsV2")
+        if http is not None:
             try:
                 await _list_http(engine, http, path, delimiter, limit, entries)
                 return entries
-            except botocore.exceptions.ClientError as exc:
-                if not http.redirected(exc, path.bucket):
+            except (botocore.exceptions.ClientError, ProtocolSurprise) as exc:
+                if not engine.transport.hand_over(exc, path.bucket, "ListObjectsV2"):
                     raise
                 entries.clear()
         async with engine.slot() as client:

@@ -11,8 +11,10 @@ What needs the GIL per request (signing, headers, scheduling) is small next to t
 
 - **Loops** are started on the first big batch (daemon threads, one uvloop each) and reused
   until the client closes. Each runs its own :class:`Engine` (connection pool and adaptive
-  limiter, with its share of the client's concurrency), made with the caller's credentials
-  frozen once per batch (a refreshed set gives the loop a new engine).
+  limiter, with its share of the client's concurrency), handed the caller's credentials with
+  their expiry; expiring ones are refreshed before they expire by asking the caller's engine,
+  on the caller's loop (each loop keeps its own refreshable copy: botocore's refresh lock
+  belongs to one event loop), so a long batch never signs with expired keys.
 - **Splitting** is as for worker processes: by size when sizes are known, else round-robin.
   Results come back in input order.
 - **Progress** is reported per range on the caller's loop.
@@ -26,10 +28,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import threading
 from collections.abc import Callable
 from typing import Any
 
+from .. import _fork
 from ..config import TransferConfig
 from ..errors import MetaflowS3NotFound
 from ..urls import ByteRange, parse
@@ -96,9 +100,15 @@ class Loops:
                 thread.start()
                 self._loops.append(_Loop(loop, thread))
 
-    async def _engine_for(self, slot: _Loop, creds: Credentials | None) -> Engine:
-        """Run on ``slot``'s loop: its engine for these credentials."""
-        if slot.engine is None or creds != slot.creds:
+    async def _engine_for(
+        self, slot: _Loop, creds: Credentials | None, caller: asyncio.AbstractEventLoop
+    ) -> Engine:
+        """Run on ``slot``'s loop: its engine for these credentials (expiring ones refresh
+        themselves through the caller's engine, so the engine stays)."""
+        refreshing = (
+            creds is not None and slot.creds is not None and bool(creds[3] and slot.creds[3])
+        )
+        if slot.engine is None or (creds != slot.creds and not refreshing):
             old, slot.engine = slot.engine, None
             if old is not None:
                 await old.close()
@@ -109,9 +119,16 @@ class Loops:
                 credentials=creds,
                 region=self.engine.region,
                 ceiling=ceiling,
+                ask=functools.partial(self._ask, caller),
             )
             slot.creds = creds
         return slot.engine
+
+    async def _ask(self, caller: asyncio.AbstractEventLoop) -> Credentials | None:
+        """Run on a loop thread: the caller's current credentials, fetched on its loop
+        (refreshed there when due)."""
+        asking = asyncio.run_coroutine_threadsafe(self.engine.frozen_credentials(), caller)
+        return await asyncio.wrap_future(asking)
 
     async def get(
         self,
@@ -143,7 +160,7 @@ class Loops:
 
         def work(slot: _Loop, idxs: list[int]) -> Callable[[], Any]:
             async def share() -> None:
-                engine = await self._engine_for(slot, creds)
+                engine = await self._engine_for(slot, creds, caller)
 
                 async def one(idx: int) -> None:
                     url, brange = jobs[idx]
@@ -186,6 +203,13 @@ class Loops:
             await asyncio.shield(asyncio.wait(waits))  # every share has stopped
             raise
         return results
+
+    def after_fork(self) -> None:
+        """In a forked child: the loop threads did not come along (their loops, engines and
+        connections are the parent's; see :mod:`s3fast._fork`). The next big batch starts
+        loops of our own."""
+        _fork.orphan(self._loops, self._lock)
+        self._loops, self._lock = [], None
 
     async def close(self) -> None:
         loops, self._loops = self._loops, []

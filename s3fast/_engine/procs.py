@@ -10,10 +10,12 @@ do listings of many prefixes (the workers parse the pages).
   reused until the client closes. Each talks to the parent over one socketpair: length-prefixed
   pickles. A weakref finalizer (run at interpreter exit too) terminates them if the client is
   never closed; a parent that dies closes the sockets, and workers exit at EOF.
-- **Credentials** are resolved once, in the parent (the standard chain), and sent frozen
-  (access key, secret, session token) with every batch, never in argv or the environment; a
-  changed set (refreshed credentials) gives the worker a new client. Region and endpoint are
-  the parent's.
+- **Credentials** are resolved in the parent (the standard chain) and sent (access key,
+  secret, session token, expiry) with every batch, never in argv or the environment.
+  Expiring ones are refreshed as the parent's are: when a worker's set comes within
+  botocore's refresh window, the worker asks the parent for its current set over the socket
+  (the parent's provider refreshes it), so a batch that runs for hours never signs with
+  expired keys (``creds.py``). Region and endpoint are the parent's.
 - **Splitting**: by size when sizes are known (listings, local files): largest first onto the
   least loaded worker; else round-robin. Each worker streams results back as objects finish,
   with the bytes its ranges and parts moved (what is done in one turn of its loop goes in one
@@ -58,6 +60,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
+from .. import _fork
 from ..config import TransferConfig
 from ..errors import (
     MetaflowS3AccessDenied,
@@ -69,6 +72,7 @@ from ..limits import MiB
 from ..targets import Targets, free_bytes, local_name, margin
 from ..urls import ByteRange, S3Path, parse
 from .client import Engine, bounded_map
+from .creds import Handed
 from .get import Fetched, FileSink, MemorySink, _writable_bytes, fetch
 from .listing import Entry, ListRequest, list_prefix
 from .put import Source, put
@@ -85,7 +89,8 @@ _ENTRY = "from s3fast._engine.procs import worker_main; worker_main()"
 
 log = logging.getLogger(__name__)
 
-Credentials = tuple[str, str, str | None]
+Credentials = Handed  # (access key, secret, token, expiry): see creds.py
+ASK_TIMEOUT = 60.0  # seconds a worker waits for the parent's credentials
 
 
 def processes_for(engine: Engine) -> int:
@@ -97,14 +102,17 @@ def processes_for(engine: Engine) -> int:
 def share_of(config: TransferConfig, engine: Engine, size: int) -> tuple[TransferConfig, int]:
     """One of ``size`` workers' (processes' or loop threads') config and concurrency ceiling:
     one process each, a share of the client's concurrency (the plan's at least 16 each, a
-    given one split exactly), its ceiling and its ``max_bandwidth`` (a cap for the client as a
-    whole)."""
+    given one split exactly), its ceiling, its ``max_bandwidth`` (a cap for the client as a
+    whole) and its memory budget (a given one is the client's, split; the plan's is already
+    per process)."""
     start = math.ceil(engine.config.max_concurrency / size)
+    budget = engine.config.memory_budget
     share = dataclasses.replace(
         config,
         processes=1,
         max_concurrency=max(1, start) if config.max_concurrency else max(16, start),
         max_bandwidth=max(1, config.max_bandwidth // size) if config.max_bandwidth else None,
+        memory_budget=max(1, budget // size) if config.memory_budget else budget,
     )
     return share, math.ceil(engine.concurrency / size)
 
@@ -219,8 +227,8 @@ class _StagedSink:
     def view(self, offset: int, length: int) -> memoryview:
         return cast(memoryview, self._sink.view(offset, length))
 
-    def settled(self, offset: int, length: int) -> None:
-        self._sink.settled(offset, length)
+    def settled(self, offset: int, length: int) -> asyncio.Future[None] | None:
+        return cast("asyncio.Future[None] | None", self._sink.settled(offset, length))
 
     async def commit(self) -> tuple[str | None, bytes | None]:
         return cast(tuple[str | None, bytes | None], await self._sink.commit())
@@ -248,19 +256,45 @@ class _Worker:
         self.finished: dict[int, list[tuple[int, Any]]] = {}
         self.moved: dict[int, int] = {}
         self.flush_soon: asyncio.Handle | None = None
+        self.asks: dict[int, asyncio.Future[Credentials | None]] = {}
+        self.ask_ids = itertools.count(1)
 
     def engine_for(self, creds: Credentials | None) -> Engine:
-        if self.engine is None or creds != self.creds:
+        # Expiring credentials refresh themselves through the parent (``ask``): the engine,
+        # and its connections, stay. Others: a changed set gets a new engine.
+        refreshing = (
+            creds is not None and self.creds is not None and bool(creds[3] and self.creds[3])
+        )
+        if self.engine is None or (creds != self.creds and not refreshing):
             self.engine = Engine(
                 self.config,
                 self.endpoint_url,
                 credentials=creds,
                 region=self.region,
                 ceiling=self.ceiling,
+                ask=self.ask,
             )
             self.creds = creds
             self.engines.append(self.engine)
         return self.engine
+
+    async def ask(self) -> Credentials | None:
+        """The parent's current credentials (refreshed there when due)."""
+        number = next(self.ask_ids)
+        answer = asyncio.get_running_loop().create_future()
+        self.asks[number] = answer
+        try:
+            _send(self.writer, ("creds?", number))
+            await self.writer.drain()
+            async with asyncio.timeout(ASK_TIMEOUT):
+                return await answer
+        finally:
+            self.asks.pop(number, None)
+
+    def answered(self, number: int, creds: Credentials | None) -> None:
+        answer = self.asks.get(number)
+        if answer is not None and not answer.done():
+            answer.set_result(creds)
 
     def flush(self) -> None:
         if self.flush_soon is not None:
@@ -402,6 +436,8 @@ async def _serve(sock: socket.socket) -> None:
                 task = worker.batches.get(msg[1])
                 if task is not None:
                     task.cancel()
+            elif msg[0] == "creds":
+                worker.answered(msg[1], msg[2])
             else:
                 op, batch, creds, jobs, opts = msg
                 task = asyncio.ensure_future(worker.run(op, batch, creds, jobs, opts))
@@ -513,6 +549,7 @@ class Pool:
         self._lock: asyncio.Lock | None = None
         self._broken = False
         self._finalizer: weakref.finalize | None = None
+        self._answering: set[asyncio.Task[None]] = set()
 
     def wanted(self, count: int) -> bool:
         """Is a batch of ``count`` objects worth fanning out?"""
@@ -576,6 +613,11 @@ class Pool:
         try:
             while True:
                 msg = await _recv(proc.reader)
+                if msg[0] == "creds?":
+                    task = asyncio.ensure_future(self._answer(proc, msg[1]))
+                    self._answering.add(task)
+                    task.add_done_callback(self._answering.discard)
+                    continue
                 queue = self._batches.get(msg[1])
                 if queue is not None:
                     queue.put_nowait((idx, msg))
@@ -584,6 +626,16 @@ class Pool:
         self._broken = True
         for queue in self._batches.values():
             queue.put_nowait((idx, ("lost", 0)))
+
+    async def _answer(self, proc: _Proc, number: int) -> None:
+        """A worker's credentials came due: send it the current set (this process's
+        provider refreshes them first when they are due here too)."""
+        try:
+            creds = await self.engine.frozen_credentials()
+        except Exception as exc:  # the worker keeps what it has; botocore decides
+            log.warning("could not refresh AWS credentials for a worker process: %s", exc)
+            creds = None
+        _send(proc.writer, ("creds", number, creds))
 
     async def close(self) -> None:
         """Ask every worker to finish (running batches are cancelled and cleaned up), wait
@@ -604,6 +656,10 @@ class Pool:
             if proc.pump is not None:
                 proc.pump.cancel()
         await asyncio.gather(*(p.pump for p in procs if p.pump), return_exceptions=True)
+        answering = list(self._answering)
+        for task in answering:
+            task.cancel()
+        await asyncio.gather(*answering, return_exceptions=True)
         for proc in procs:
             proc.writer.close()
             with contextlib.suppress(Exception):
@@ -611,6 +667,16 @@ class Pool:
         if self._finalizer is not None:
             self._finalizer.detach()
             self._finalizer = None
+
+    def after_fork(self) -> None:
+        """In a forked child: the workers are the parent's. Forget them without a word to them
+        (no exit message, no signal: see :mod:`s3fast._fork`), and never kill them at exit;
+        the next big batch starts workers of our own."""
+        finalizer, self._finalizer = self._finalizer, None
+        _fork.orphan(
+            self._procs, self._batches, self._lock, finalizer.detach() if finalizer else None
+        )
+        self._procs, self._batches, self._lock, self._broken = [], {}, None, False
 
     async def _batch(
         self,

@@ -30,6 +30,7 @@ from ..limits import MAX_PUT_OBJECT_SIZE, part_size_for
 from ..urls import S3Path
 from .checksums import CRC32, combined
 from .client import Engine, bounded_map, retrying
+from .http import ProtocolSurprise
 
 ABORT_TIMEOUT = 15.0
 _PRECONDITION = ("PreconditionFailed", "412", "ConditionalRequestConflict")
@@ -40,7 +41,7 @@ _UNSUPPORTED = ("NotImplemented", "501")
 class Source:
     """Bytes to upload: exactly one of ``data``, ``path`` or ``fileobj``."""
 
-    data: bytes | None = None
+    data: bytes | memoryview | None = None  # a memoryview: flat, of bytes (``"B"``)
     path: str | None = None
     fileobj: io.IOBase | None = None
 
@@ -77,10 +78,12 @@ class _Reader:
             os.close(self.fd)
             self.fd = None
 
-    async def read(self, offset: int, size: int) -> bytes:
+    async def read(self, offset: int, size: int) -> bytes | memoryview:
         src = self.source
-        if src.data is not None:
-            return src.data[offset : offset + size]
+        if src.data is not None:  # a view of the caller's bytes, never a copy
+            if offset == 0 and size == len(src.data):
+                return src.data
+            return memoryview(src.data)[offset : offset + size]
         loop = asyncio.get_running_loop()
         if self.fd is not None:
             data = await loop.run_in_executor(None, _pread_all, self.fd, size, offset)
@@ -95,6 +98,11 @@ class _Reader:
                 f"read {len(data)} (the source changed during the upload?)"
             )
         return data
+
+
+def _for_botocore(body: bytes | memoryview) -> bytes:
+    """botocore takes ``bytes`` bodies, not views: the fallback transport copies a view once."""
+    return body if isinstance(body, bytes) else bytes(body)
 
 
 def _pread_all(fd: int, size: int, offset: int) -> bytes:
@@ -177,7 +185,9 @@ async def put(
         async with _Reader(source) as reader:
             if size < engine.config.multipart_threshold and size <= MAX_PUT_OBJECT_SIZE:
                 await engine.throttle(size)  # max_bandwidth
-                sent = await _put_single(engine, path, url, reader, size, extra, overwrite)
+                cost = await engine.upload_cost(size, path.bucket, "PutObject")
+                async with engine.upload_budget.hold(cost):
+                    sent = await _put_single(engine, path, url, reader, size, extra, overwrite)
                 if sent and on_bytes is not None:
                     on_bytes(size)
                 return sent
@@ -202,9 +212,9 @@ async def _put_single(
     body = await reader.read(0, size)
     conditional = not overwrite and engine.conditional_put
     try:
-        http = await engine.http()
-        headers = _http_headers(extra)
-        if http is not None and http.handles(path.bucket) and headers is not None:
+        headers = _http_headers(extra)  # None: headers the lean path does not send
+        http = await engine.lean(path.bucket, "PutObject") if headers is not None else None
+        if http is not None and headers is not None:
             if conditional:
                 headers["if-none-match"] = "*"
 
@@ -215,14 +225,14 @@ async def _put_single(
             try:
                 await retrying(engine, one)
                 return True
-            except botocore.exceptions.ClientError as exc:
-                if not http.redirected(exc, path.bucket):
+            except (botocore.exceptions.ClientError, ProtocolSurprise) as exc:
+                if not engine.transport.hand_over(exc, path.bucket, "PutObject"):
                     raise
         async with engine.slot(len(body)) as client:
             await client.put_object(
                 Bucket=path.bucket,
                 Key=path.key,
-                Body=body,
+                Body=_for_botocore(body),
                 ChecksumAlgorithm="CRC32",
                 **extra,
                 **({"IfNoneMatch": "*"} if conditional else {}),
@@ -274,27 +284,27 @@ async def _put_multipart(
     except asyncio.CancelledError:  # the server may have made the upload already
         await asyncio.shield(_abort_once_created(engine, path, creating))
         raise
-    http = await engine.http()
     try:
 
-        async def send(client: Any, number: int, data: bytes) -> dict[str, Any]:
+        async def send(client: Any, number: int, data: bytes | memoryview) -> dict[str, Any]:
             """UploadPart over the lean transport (retrying its transient failures; botocore
             retries its own), or through botocore."""
-            if http is not None and http.handles(path.bucket):
+            http = await engine.lean(path.bucket, "UploadPart")
+            if http is not None:
                 try:
                     return await retrying(
                         engine,
                         lambda: http.upload_part(path.bucket, path.key, upload_id, number, data),
                     )
-                except botocore.exceptions.ClientError as exc:
-                    if not http.redirected(exc, path.bucket):
+                except (botocore.exceptions.ClientError, ProtocolSurprise) as exc:
+                    if not engine.transport.hand_over(exc, path.bucket, "UploadPart"):
                         raise
             resp: dict[str, Any] = await client.upload_part(
                 Bucket=path.bucket,
                 Key=path.key,
                 UploadId=upload_id,
                 PartNumber=number,
-                Body=data,
+                Body=_for_botocore(data),
                 ChecksumAlgorithm="CRC32",
             )
             return resp
@@ -302,9 +312,16 @@ async def _put_multipart(
         async def upload(span: tuple[int, int, int]) -> dict[str, Any]:
             number, offset, length = span
             await engine.throttle(length)  # max_bandwidth
-            async with engine.slot(length) as client:
-                data = await reader.read(offset, length)
-                resp = await send(client, number, data)
+            # The part's buffers (read from a file; over TLS, encrypted) count against the
+            # memory budget from before the read until the part is sent: big parts, fewer
+            # at once. Taken before the request slot, so no slot waits on memory.
+            cost = await engine.upload_cost(length, path.bucket, "UploadPart")
+            async with engine.upload_budget.hold(cost):
+                async with engine.slot(length) as client:
+                    data: bytes | memoryview | None = await reader.read(offset, length)
+                    assert data is not None
+                    resp = await send(client, number, data)
+                    data = None  # the part's buffer goes before its budget does
             crc = CRC32.decode(resp.get("ChecksumCRC32") or "")
             if crc is None:
                 raise MetaflowS3Exception(f"{url}: part {number} came back without its CRC32")

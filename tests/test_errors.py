@@ -1,62 +1,62 @@
-"""Where metaflow.S3 is wrong, s3fast is right: one test per deliberate difference, plus the
-permanent errors that must fail fast (SeaweedFS verifies signatures and permissions)."""
+"""Errors: one base class, one translator from botocore's errors, permanent errors that fail
+fast (SeaweedFS checks signatures and permissions), and no secret in any message or repr."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 
+import botocore.exceptions
 import pytest
 
 from s3fast import (
     S3,
-    AsyncS3,
     MetaflowS3AccessDenied,
     MetaflowS3Exception,
     MetaflowS3InvalidRange,
     MetaflowS3NotFound,
     S3GetObject,
 )
+from s3fast.errors import translate
 from s3fast.testing import READER, Identity
 
 FAST = 10.0  # seconds: "fails fast" means no retry storm
 
 
-def test_recursive_calls_skip_sibling_prefixes(bucket: str, boto: object) -> None:
-    for key in ["data/dir/a", "data/dir/sub/b", "data/dir", "data/dir_v2/c", "data/dirt"]:
-        boto.put_object(Bucket=bucket, Key=key, Body=key.encode())  # type: ignore[attr-defined]
-    with S3(s3root=f"s3://{bucket}/data") as s3:
-        got = {o.url.split("/data/", 1)[1] for o in s3.get_recursive(["dir"])}
-        assert got == {"dir", "dir/a", "dir/sub/b"}
-        assert {o.key for o in s3.list_recursive(["dir"])} == {"a", "sub/b"}
-    with S3(s3root=f"s3://{bucket}/data/dir") as s3:
-        # the root object itself keeps its full URL as key, as in metaflow
-        assert {o.key for o in s3.get_all()} == {f"s3://{bucket}/data/dir", "a", "sub/b"}
+@pytest.mark.unit
+def test_every_error_shares_one_base() -> None:
+    import s3fast
+
+    errors = [getattr(s3fast, n) for n in s3fast.__all__ if n.startswith("MetaflowS3")]
+    assert len(errors) == 8
+    assert all(issubclass(e, MetaflowS3Exception) for e in errors)
 
 
-@pytest.mark.asyncio
-async def test_overwrite_false_is_atomic(bucket: str) -> None:
-    async with AsyncS3(s3root=f"s3://{bucket}") as s3:
-        results = await asyncio.gather(
-            *(s3.put_many([("race", f"writer-{i}")], overwrite=False) for i in range(12))
-        )
-        winners = [i for i, r in enumerate(results) if r]
-        assert len(winners) == 1, results
-        assert (await s3.get("race", in_memory=True)).text == f"writer-{winners[0]}"
+def _client_error(code: str, status: int) -> botocore.exceptions.ClientError:
+    return botocore.exceptions.ClientError(
+        {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        "GetObject",
+    )
 
 
-def test_put_to_missing_bucket_raises(bucket: str, tmp_path: object) -> None:
-    import pathlib
-
-    f = pathlib.Path(str(tmp_path)) / "x"
-    f.write_bytes(b"x")
-    with S3(s3root="s3://s3fast-no-such-bucket/p") as s3:
-        with pytest.raises(MetaflowS3NotFound, match="s3fast-no-such-bucket"):
-            s3.put_many([("a", "x"), ("b", "y")])
-        with pytest.raises(MetaflowS3NotFound, match="s3fast-no-such-bucket"):
-            s3.put_files([("a", str(f))])
-        with pytest.raises(MetaflowS3NotFound, match="s3fast-no-such-bucket"):
-            s3.get_recursive(["p"])
+@pytest.mark.unit
+def test_translate() -> None:
+    url = "s3://b/k"
+    cases = [
+        ("NoSuchKey", 404, MetaflowS3NotFound),
+        ("404", 404, MetaflowS3NotFound),
+        ("NoSuchBucket", 404, MetaflowS3NotFound),
+        ("AccessDenied", 403, MetaflowS3AccessDenied),
+        ("SignatureDoesNotMatch", 403, MetaflowS3AccessDenied),
+        ("InvalidAccessKeyId", 403, MetaflowS3AccessDenied),
+        ("InvalidRange", 416, MetaflowS3InvalidRange),
+    ]
+    for code, status, cls in cases:
+        err = translate(_client_error(code, status), url)
+        assert type(err) is cls and url in str(err) and err.url == url  # type: ignore[attr-defined]
+    err = translate(botocore.exceptions.NoCredentialsError(), url)
+    assert isinstance(err, MetaflowS3AccessDenied) and "credentials" in str(err)
+    boom = ValueError("not an I/O error")
+    assert translate(boom, url) is boom
 
 
 def test_invalid_range_raises_at_once(bucket: str, boto: object) -> None:
@@ -73,13 +73,6 @@ def test_invalid_range_raises_at_once(bucket: str, boto: object) -> None:
         ]:
             with pytest.raises(MetaflowS3InvalidRange):
                 s3.get(bad)
-
-
-def test_zero_byte_objects_exist_in_listings(bucket: str, boto: object) -> None:
-    boto.put_object(Bucket=bucket, Key="p/empty", Body=b"")  # type: ignore[attr-defined]
-    with S3(s3root=f"s3://{bucket}/p") as s3:
-        (obj,) = s3.list_paths()
-        assert obj.exists and obj.size == 0  # metaflow.S3 reports exists=False here
 
 
 def _with_identity(monkeypatch: pytest.MonkeyPatch, ident: Identity | None) -> None:
@@ -141,14 +134,6 @@ def test_no_such_bucket_fails_fast(seaweed_bucket: str) -> None:
             with pytest.raises(MetaflowS3NotFound, match="s3fast-missing-bucket"):
                 call()
         assert time.monotonic() - start < FAST
-
-
-def test_every_error_shares_one_base() -> None:
-    import s3fast
-
-    errors = [getattr(s3fast, n) for n in s3fast.__all__ if n.startswith("MetaflowS3")]
-    assert len(errors) == 8
-    assert all(issubclass(e, MetaflowS3Exception) for e in errors)
 
 
 def test_secrets_never_appear_in_errors_or_reprs(
