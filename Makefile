@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.s3fast-installed
 
-.PHONY: venv test test-fast bench bench-quick soak lint format clean
+.PHONY: venv test test-fast test-metaflow-suite bench bench-quick soak lint format clean
 
 venv: $(STAMP)
 
@@ -21,6 +21,13 @@ test: $(STAMP)
 # The unit tests: no server, no network; well under a minute.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m unit
+
+# Metaflow's own S3 suite against s3fast on a local SeaweedFS (~10 min). SUITE: a Metaflow
+# checkout or its test/data; ARGS="--impl metaflow" runs it against metaflow.S3 (~40 min),
+# ARGS="--impl metaflow --write-expected" records metaflow.S3's failures for `make test`.
+SUITE ?= ../shared/metaflow-tests
+test-metaflow-suite: $(STAMP)
+	$(BIN)/python -m tests.metaflow_suite --suite "$(SUITE)" $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

@@ -318,6 +318,11 @@ class FaultProxy:
             self._count(fault.kind)  # random cuts and flips are counted when they fire
         return fault
 
+    def request_head(self, head: bytes, method: str, target: str, headers: dict[str, str]) -> bytes:
+        """The request head sent upstream (``headers`` are lower-cased); a subclass may
+        rewrite it. Headers the client signed must stay as they are."""
+        return head
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self._writers.add(writer)
@@ -363,7 +368,7 @@ class FaultProxy:
                     responder = asyncio.ensure_future(
                         self._responses(up_reader, writer, pending, open_requests, done)
                     )
-                up_writer.write(head)
+                up_writer.write(self.request_head(head, method, target, headers))
                 pending.put_nowait((method, fault))
                 await self._body(reader, up_writer, headers, self._seen)
         except (ConnectionError, asyncio.IncompleteReadError, _Framing, TimeoutError):

@@ -1,0 +1,5 @@
+from __future__ import annotations
+
+from .runner import main
+
+raise SystemExit(main())
