@@ -168,7 +168,10 @@ def translate(exc: BaseException, url: str | None) -> BaseException:
         | TimeoutError
         | asyncio.IncompleteReadError,
     ):
-        return MetaflowS3TransferError(f"{where}: {type(exc).__name__}: {exc}", url)
+        # The engine retries every transient failure: one that reaches here outlasted them.
+        return MetaflowS3TransferError(
+            f"{where}: failed after retries: {type(exc).__name__}: {exc}", url
+        )
     return exc
 
 
