@@ -28,9 +28,9 @@ import sys
 import tempfile
 import threading
 
-from .config import metaflow_tempdir
 from .errors import MetaflowS3InsufficientDiskSpace
 from .limits import MiB
+from .metaflow_settings import metaflow_tempdir
 
 TMPFS_CANDIDATES = ("/dev/shm",)
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")

@@ -80,8 +80,8 @@ def join(root: str | None, key: Any, *, in_flow: bool = False) -> str:
 
 def datatools_root() -> str | None:
     """The root for ``run=`` addressing: ``S3FAST_DATATOOLS_S3ROOT``, else Metaflow's
-    ``DATATOOLS_S3ROOT`` (see :func:`s3fast.config.datatools_root`), read now."""
-    from .config import datatools_root as configured
+    ``DATATOOLS_S3ROOT`` (see :func:`s3fast.metaflow_settings.datatools_root`), read now."""
+    from .metaflow_settings import datatools_root as configured
 
     return configured()
 
