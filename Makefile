@@ -40,13 +40,13 @@ soak: $(STAMP)
 	$(BIN)/python -m benchmarks.soak $(SOAK_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check s3fast tests benchmarks examples
-	$(BIN)/ruff format --check s3fast tests benchmarks examples
+	$(BIN)/ruff check s3fast tests benchmarks examples metaflow_extensions
+	$(BIN)/ruff format --check s3fast tests benchmarks examples metaflow_extensions
 	$(BIN)/mypy s3fast
 
 format: $(STAMP)
-	$(BIN)/ruff format s3fast tests benchmarks examples
-	$(BIN)/ruff check --fix s3fast tests benchmarks examples
+	$(BIN)/ruff format s3fast tests benchmarks examples metaflow_extensions
+	$(BIN)/ruff check --fix s3fast tests benchmarks examples metaflow_extensions
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
