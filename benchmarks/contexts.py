@@ -32,6 +32,16 @@ from .worker import Ctx, WrongData, _digest
 PUTS = 4  # objects per put_many / get_many in a metadata round
 
 
+def _time_contexts(ctx: Ctx, one: Callable[[], bytes]) -> None:
+    """Warm ``one`` (a context + 1 KiB GET) once, time it until ``min_time``, check its bytes."""
+    one()
+    blob = None
+    for _ in ctx.repeat():
+        with ctx.timed():
+            blob = one()
+    _check_one(ctx, blob)
+
+
 def _check_one(ctx: Ctx, blob: Any) -> None:
     """A context GETs the first tiny object: check it alone."""
     key, size, sha = ctx.objects[0]
@@ -211,12 +221,7 @@ def run_boto3(ctx: Ctx) -> None:
             finally:
                 s3.close()
 
-        one()
-        blob = None
-        for _ in ctx.repeat():
-            with ctx.timed():
-                blob = one()
-        _check_one(ctx, blob)
+        _time_contexts(ctx, one)
         return
 
     r = _Round(ctx)
@@ -274,12 +279,7 @@ def run_obstore(ctx: Ctx) -> None:
         def one() -> bytes:
             return bytes(obs.get(obstore_store(ctx), key).bytes())
 
-        one()
-        blob = None
-        for _ in ctx.repeat():
-            with ctx.timed():
-                blob = one()
-        _check_one(ctx, blob)
+        _time_contexts(ctx, one)
         return
 
     r = _Round(ctx)
