@@ -849,11 +849,18 @@ class AsyncS3:
         progress: ProgressCallback | None = None,
         sizes: list[int] | None = None,
     ) -> list[tuple[str, str]]:
-        seen: set[str] = set()
-        for _, url, _, _, _, _ in items:
-            if url in seen:
-                raise MetaflowS3URLException(f"{url}: the same key appears twice in one call", url)
-            seen.add(url)
+        # A key given more than once (metaflow.S3 accepts it): the last one is uploaded, as
+        # one call after another would leave it, and every entry of it is reported.
+        last = {item[1]: i for i, item in enumerate(items)}
+        if len(last) < len(items):
+            sent = await self._put_batch(
+                [items[i] for i in sorted(last.values())],
+                overwrite,
+                progress,
+                [sizes[i] for i in sorted(last.values())] if sizes is not None else None,
+            )
+            uploaded = {url for _, url in sent}
+            return [(item[0], item[1]) for item in items if item[1] in uploaded]
         tracker = None
         if progress is not None:
             if sizes is None:

@@ -192,8 +192,18 @@ def test_put_many_and_files(bucket: str, tmp_path: object) -> None:
             s3.put_files([("x", str(tmp / "does-not-exist"))])
         with pytest.raises(MetaflowS3InvalidObject):
             s3.put_many([("x", 42)])
-        with pytest.raises(MetaflowS3URLException, match="twice"):
-            s3.put_many([("dup", "a"), ("dup", "b")])
+        # The same key twice (metaflow.S3 accepts it): the last value is stored, and every
+        # entry reported, as two calls in a row would leave it.
+        res = s3.put_many([("dup", "a"), ("other", "o"), ("dup", "b")])
+        assert [k for k, _ in res] == ["dup", "other", "dup"]
+        assert s3.get("dup").text == "b" and s3.get("other").text == "o"
+        assert s3.put_many([("dup", "c"), ("dup", "d")], overwrite=False) == []
+        assert s3.get("dup").text == "b"
+        dups = [tmp / "dup1", tmp / "dup2"]
+        for path, text in zip(dups, ["first", "second"], strict=True):
+            path.write_text(text)
+        res = s3.put_files([("pf", str(dups[0])), ("pf", str(dups[1]))])
+        assert [k for k, _ in res] == ["pf", "pf"] and s3.get("pf").text == "second"
 
 
 def test_overwrite_false(bucket: str) -> None:

@@ -18,7 +18,7 @@ from .. import _bridge, _fork
 from ..config import TransferConfig
 from .budget import TLS_COPIES, Bandwidth, ByteBudget
 from .creds import Ask, Handed, current, handed_on
-from .faults import FaultInjector
+from .faults import FaultInjector, is_injected
 from .http import HttpGetter
 from .limiter import THROTTLE_CODES, THROTTLE_STATUS, AdaptiveLimiter
 from .retry import botocore_sent, note_sent
@@ -324,10 +324,11 @@ class Engine:
         caught_exception: BaseException | None = None,
         request_dict: Any = None,
         **_: Any,
-    ) -> bool | None:
+    ) -> bool | float | None:
         """botocore's ``needs-retry`` hook, called after every attempt of its requests before
         its own retry handler: counts throttling toward the limiter, vetoes a retry once
-        ``max_attempts`` or ``max_retry_time`` is spent, else lets botocore decide."""
+        ``max_attempts`` or ``max_retry_time`` is spent, retries an injected failure at once,
+        else lets botocore decide."""
         context = request_dict.get("context", {}) if isinstance(request_dict, dict) else {}
         now = time.monotonic()
         started = context.setdefault("s3fast_started", now)  # set when first sent
@@ -345,7 +346,7 @@ class Engine:
             self.gave_up += 1
             return False
         self.retries += 1
-        return None
+        return 0.0 if is_injected(caught_exception) else None
 
     def stats(self) -> TransferStats:
         lim = self.limiter

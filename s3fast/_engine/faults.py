@@ -6,7 +6,8 @@ transport's request builder (``HttpGetter._request``) and botocore's ``before-se
 An injected failure looks like a connection that broke before an answer came: the lean
 transport raises :class:`~s3fast._engine.http.TransientHTTPError`, botocore gets
 :class:`InjectedFault` (an ``HTTPClientError``, which its retry handler retries). Both are
-retried, counted and given up exactly as real failures are.
+retried, counted and given up exactly as real failures are, except that no backoff sleep
+precedes their retry (metaflow.S3 does not sleep after its faked failures either).
 
 Semantics, as in metaflow.S3: a rate below 100 makes that percentage (at most 90) of tries
 fail, and never the last try a request has (so the data still arrives, after retries); 100
@@ -27,7 +28,20 @@ MAX_RATE = 90  # percent, below 100: as metaflow.S3 caps it
 
 
 class InjectedFault(botocore.exceptions.HTTPClientError):
+    """An injected failure on botocore's path."""
+
     fmt = "Injected failure (inject_failure_rate={rate}%) for {url}"
+
+
+class InjectedHTTPError(TransientHTTPError):
+    """An injected failure on the lean transport."""
+
+
+def is_injected(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is an injected failure: retried at once, without the backoff sleep
+    (as metaflow.S3 does not sleep between retries of its faked failures), so a test at 90%
+    costs retries, not minutes."""
+    return isinstance(exc, (InjectedFault, InjectedHTTPError))
 
 
 class FaultInjector:
@@ -55,7 +69,7 @@ class FaultInjector:
     def check(self, method: str, url: str, detail: str = "") -> None:
         """A request of the lean transport goes out: maybe raise a transient failure."""
         if self._fails((method, url, detail)):
-            raise TransientHTTPError(
+            raise InjectedHTTPError(
                 f"injected failure (inject_failure_rate={self.rate}%) for {method} {url}",
                 500,
                 "InternalError",

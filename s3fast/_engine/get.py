@@ -253,7 +253,7 @@ async def _span(
                 return
             except RESUMABLE as exc:
                 attempt += 1
-                if not await backoff(attempt, engine, clock.started):
+                if not await backoff(attempt, engine, clock.started, exc):
                     raise MetaflowS3TransferError(
                         f"{url}: gave up after {attempt} attempts at byte {progress[0]} "
                         f"({type(exc).__name__}: {exc})",
@@ -464,13 +464,13 @@ async def fetch(
                         raise
                     asked_ranges, ranged = True, verify
                     range_header = first_range(brange, range_size)
-                except RESUMABLE:
+                except RESUMABLE as exc:
                     if first:  # the body broke off: resume below from the last byte received
                         break
                     if scout is not None:  # its first try failed: the others need not wait more
                         engine.scouted(scout)
                     attempt += 1
-                    if not await backoff(attempt, engine, clock.started):
+                    if not await backoff(attempt, engine, clock.started, exc):
                         raise
                 finally:
                     if verifier is not None and piece is not None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import aiohttp
 import botocore.exceptions
 
+from .faults import is_injected
 from .http import ProtocolSurprise
 
 if TYPE_CHECKING:
@@ -98,14 +99,20 @@ class RetryClock:
         return self._sent[0] if self._sent else self._entered
 
 
-async def backoff(attempt: int, engine: Engine | None = None, started: float | None = None) -> bool:
+async def backoff(
+    attempt: int,
+    engine: Engine | None = None,
+    started: float | None = None,
+    failure: BaseException | None = None,
+) -> bool:
     """After failed try number ``attempt`` (1-based) of a request first tried at ``started``
-    (:func:`now`): if another try may start, sleep (full jitter) and return True; if the
-    attempts (``max_attempts``) or the time (``max_retry_time``) are spent, or the sleep would
-    end past that time, return False at once: no sleep after the last try.
+    (:func:`now`), failed with ``failure``: if another try may start, sleep (full jitter; not
+    after an injected failure) and return True; if the attempts (``max_attempts``) or the time
+    (``max_retry_time``) are spent, or the sleep would end past that time, return False at
+    once: no sleep after the last try.
 
     Without ``engine``: just the sleep (the caller bounds the attempts)."""
-    delay = backoff_delay(attempt)
+    delay = 0.0 if is_injected(failure) else backoff_delay(attempt)
     if engine is not None:
         cfg = engine.config
         elapsed = now() - (started if started is not None else now())
@@ -131,5 +138,5 @@ async def retrying(engine: Engine, call: Callable[[], Awaitable[R]]) -> R:
             except RESUMABLE as exc:
                 engine.limiter.observe(exc)  # a retry inside a held slot (UploadPart)
                 attempt += 1
-                if not await backoff(attempt, engine, clock.started):
+                if not await backoff(attempt, engine, clock.started, exc):
                     raise
