@@ -22,7 +22,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m unit
 
-# Metaflow's own S3 suite against s3fast on a local SeaweedFS (~10 min). SUITE: a Metaflow
+# Metaflow's own S3 suite against s3fast on a local SeaweedFS (~4 min). SUITE: a Metaflow
 # checkout or its test/data; ARGS="--impl metaflow" runs it against metaflow.S3 (~40 min),
 # ARGS="--impl metaflow --write-expected" records metaflow.S3's failures for `make test`.
 SUITE ?= ../shared/metaflow-tests

@@ -2,14 +2,13 @@
 SeaweedFS: s3fast passes every test that metaflow.S3 itself passes on the same server
 (metaflow.S3's failures there are recorded in tests/metaflow_suite/metaflow_failures.txt).
 
-One slow test (~10 minutes on two cores). The suite is not part of this project: it is taken
+One slow test (about 4 minutes on two cores). The suite is not part of this project: it is taken
 from ``$S3FAST_METAFLOW_SUITE`` or ``../shared/metaflow-tests``, and the test is skipped
 without it. ``make test-metaflow-suite`` runs the same with pytest's output in full.
 """
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 
 import pytest
@@ -27,14 +26,7 @@ SUITE_ARG = default_suite()  # read before the fixtures clear S3FAST_* variables
 SUITE = find_suite(SUITE_ARG)
 
 
-# Opt-in for now: in one run of `make test` on 2026-11-29 a `get_many` under
-# `inject_failure_rate` (test_s3.py::test_put_files) never returned; until that is found and
-# fixed, `make test-metaflow-suite` (or S3FAST_RUN_METAFLOW_SUITE=1) runs it.
-RUN = os.environ.get("S3FAST_RUN_METAFLOW_SUITE", "") not in ("", "0")
-
-
 @pytest.mark.timeout(3600)
-@pytest.mark.skipif(not RUN, reason="opt-in: S3FAST_RUN_METAFLOW_SUITE=1 (see the comment above)")
 @pytest.mark.skipif(SUITE is None, reason=f"Metaflow's S3 test suite is not at {SUITE_ARG}")
 def test_s3fast_passes_what_metaflow_passes() -> None:
     assert SUITE is not None
