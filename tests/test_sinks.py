@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from s3fast._engine.sinks import KILL_SWITCH, MemorySink, writable_bytes
+from s3fast._engine.sinks import KILL_SWITCH, MemorySink, _huge_page_size, writable_bytes
 
 pytestmark = pytest.mark.unit
 
@@ -26,6 +26,42 @@ def test_bytes_are_written_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_kill_switch_turns_ctypes_off(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     monkeypatch.setenv(KILL_SWITCH, value)
     assert writable_bytes(8192) is None
+
+
+def _vma_flags(address: int) -> set[str]:
+    """The ``VmFlags`` of the mapping of this process that holds ``address``."""
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split(" ", 1)[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = lo <= address < hi
+            elif inside and line.startswith("VmFlags:"):
+                return set(line.split()[1:])
+    return set()
+
+
+@pytest.mark.skipif(
+    sys.implementation.name != "cpython" or _huge_page_size() == 0,
+    reason="CPython on a kernel with transparent huge pages",
+)
+def test_large_bodies_ask_for_huge_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(KILL_SWITCH, raising=False)
+    huge = _huge_page_size()
+    direct = writable_bytes(8 * huge)
+    assert direct is not None
+    blob, view = direct
+    data = id(blob) + sys.getsizeof(b"") - 1
+    middle = (data + 4 * huge) & ~(huge - 1)  # inside the advised whole huge pages
+    assert "hg" in _vma_flags(middle)  # MADV_HUGEPAGE
+    view[:] = b"\x01" * len(view)  # and the bytes are still the caller's, intact
+    view.release()
+    assert blob.count(1) == 8 * huge
+    small = writable_bytes(huge // 2)  # too small to hold a whole huge page: no advice
+    assert small is not None
+    assert "hg" not in _vma_flags(id(small[0]) + sys.getsizeof(b""))
+    small[1].release()
 
 
 def test_small_bodies_are_copied(monkeypatch: pytest.MonkeyPatch) -> None:

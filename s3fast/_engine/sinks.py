@@ -59,8 +59,48 @@ def writable_bytes(size: int) -> tuple[bytes, memoryview] | None:
     if size < 4096 or _killed() or not _bytes_writable():
         return None
     blob = bytes(size)
-    array = (ctypes.c_ubyte * size).from_address(id(blob) + _BYTES_OFFSET)
+    start = id(blob) + _BYTES_OFFSET
+    _huge_pages(start, size)
+    array = (ctypes.c_ubyte * size).from_address(start)
     return blob, memoryview(array).cast("B")
+
+
+def _huge_pages(address: int, size: int) -> None:
+    """Ask Linux for transparent huge pages (``MADV_HUGEPAGE``) for the whole huge pages
+    inside ``[address, address + size)``, before anything is written there: a large new
+    ``bytes`` is fresh memory from ``mmap``, and filling it page by page costs one fault per
+    4 KiB (an eighth of the client's CPU on a GET into memory, measured); huge pages take one
+    per 2 MiB. Nothing happens where the kernel has no THP or where it is set to ``never``."""
+    huge = _huge_page_size()
+    if not huge or size < 2 * huge:
+        return
+    lo = (address + huge - 1) & ~(huge - 1)
+    hi = (address + size) & ~(huge - 1)
+    if hi > lo:
+        _madvise(lo, hi - lo, mmap.MADV_HUGEPAGE)
+
+
+@functools.cache
+def _huge_page_size() -> int:
+    if not hasattr(mmap, "MADV_HUGEPAGE"):
+        return 0
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0
+
+
+def _madvise(address: int, length: int, advice: int) -> None:
+    try:
+        _libc().madvise(ctypes.c_void_p(address), ctypes.c_size_t(length), advice)
+    except (OSError, AttributeError):  # advice only: nothing changes without it
+        pass
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def _killed() -> bool:
