@@ -50,3 +50,74 @@ def test_listing_token_is_found_before_the_parse() -> None:
     assert peek_token(page("true", None)) is None
     with pytest.raises(ConnectionError, match="without a continuation token"):
         parse_listing(page("true", None))
+
+
+def _listing_page(entries: list[tuple[str, int | None]], *, pretty: bool = False) -> bytes:
+    """A ListObjectsV2 page as S3 writes it (``pretty``: indented, as some servers do)."""
+    from xml.sax.saxutils import escape
+
+    def text(value: str) -> str:  # XML 1.0 keeps a raw CR out of text: S3 writes &#13;
+        return escape(value, {'"': "&quot;", "'": "&apos;"}).replace("\r", "&#13;")
+
+    sep = "\n  " if pretty else ""
+    parts = [
+        f"<Contents>{sep}<Key>{text(k)}</Key><LastModified>2026-11-29T12:00:00.000Z"
+        f"</LastModified><ETag>&quot;abc&quot;</ETag><Size>{s}</Size><Owner><ID>x</ID>"
+        "</Owner><StorageClass>STANDARD</StorageClass></Contents>"
+        if s is not None
+        else f"<CommonPrefixes><Prefix>{text(k)}</Prefix></CommonPrefixes>"
+        for k, s in entries
+    ]
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+        f"<Name>b</Name><Prefix>p&amp;/</Prefix><KeyCount>{len(entries)}</KeyCount>"
+        "<MaxKeys>1000</MaxKeys><IsTruncated>true</IsTruncated>"
+        "<NextContinuationToken>t&amp;1</NextContinuationToken>"
+        + sep.join(parts)
+        + "</ListBucketResult>\n"
+    ).encode()
+
+
+@pytest.mark.unit
+def test_listing_scan_reads_what_the_xml_parser_reads() -> None:
+    """The fast scan of a page (no tree) gives the XML parser's result for every key S3 can
+    hold in a page, and leaves any page outside the plain shape to the parser."""
+    import random
+
+    from s3fast._engine.http import _parse_listing_tree, _scan_listing, parse_listing
+
+    rng = random.Random(7)
+    alphabet = "ab/ &<>\"'=;#%+\t\n\r\x7fé😀\u2028&amp;&#13;"
+    for pretty in (False, True):
+        for _ in range(200):
+            entries: list[tuple[str, int | None]] = [
+                ("".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12))), size)
+                for size in rng.choices([0, 1, 2**40, None], k=rng.randint(0, 20))
+            ]
+            entries.sort(key=lambda e: e[1] is None)  # objects first, then prefixes
+            body = _listing_page(entries, pretty=pretty)
+            scanned = _scan_listing(body)
+            assert scanned is not None  # the plain shape is read by the scan...
+            assert scanned == _parse_listing_tree(body)  # ...with the parser's result
+            assert scanned[0] == entries and scanned[2] == "t&1"
+
+    plain = _listing_page([("k&x", 5), ("d/", None)])
+    assert _scan_listing(plain) is not None
+    odd = {
+        "an attribute": plain.replace(b"<Contents>", b'<Contents a="1">'),
+        "a comment": plain.replace(b"<Name>", b"<!-- c --><Name>"),
+        "CDATA": plain.replace(b"<Key>k&amp;x</Key>", b"<Key><![CDATA[k&x]]></Key>"),
+        "a prefixed name": plain.replace(b"<Name>b</Name>", b"<s3:Name>b</s3:Name>").replace(
+            b"<ListBucketResult ", b'<ListBucketResult xmlns:s3="urn:s3" '
+        ),
+        "an empty element": plain.replace(b"<Owner><ID>x</ID></Owner>", b"<Owner/>"),
+        "a raw CR": plain.replace(b"k&amp;x", b"k\r\nx"),
+        "a KeyCount that disagrees": plain.replace(b"<KeyCount>2<", b"<KeyCount>3<"),
+        "an unclosed root": plain.replace(b"</ListBucketResult>", b""),
+        "another encoding": plain.replace(b'encoding="UTF-8"', b'encoding="ISO-8859-1"'),
+    }
+    for what, body in odd.items():
+        assert _scan_listing(body) is None, what
+        if what != "an unclosed root":
+            assert parse_listing(body)[0] == [(k, s) for k, s in _parse_listing_tree(body)[0]], what

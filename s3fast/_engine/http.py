@@ -559,9 +559,109 @@ def peek_token(body: bytes) -> str | None:
     return xml_unescape(found.group(1).decode(), {"&quot;": '"', "&apos;": "'"}) if found else None
 
 
+# A ListObjectsV2 page in the shape S3 sends (see :func:`_scan_listing`): the fields read,
+# the two containers, and any markup outside that shape.
+_LISTING_TOKENS = re.compile(
+    rb"<(/?)(Contents|CommonPrefixes)>"
+    rb"|<(Key|Size|Prefix|EncodingType|IsTruncated|NextContinuationToken|KeyCount)>([^<]*)</\3>"
+)
+_ODD_MARKUP = re.compile(rb"<(?!/?[A-Za-z][A-Za-z0-9]*>)")
+_ROOT = re.compile(rb'\A(?:<\?xml version="1\.0" encoding="UTF-8"\?>)?\s*<ListBucketResult[^<>]*>')
+_ENTITY = re.compile(r"&(?:(amp|lt|gt|quot|apos)|#([0-9]{1,7})|#x([0-9a-fA-F]{1,6}));")
+_NAMED = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'"}
+
+
+def _text(raw: bytes) -> str | None:
+    """Element text as an XML parser gives it; None for what only a parser should judge."""
+    text = raw.decode()
+    if "&" not in text:
+        return text
+    found = 0
+
+    def one(m: re.Match[str]) -> str:
+        nonlocal found
+        found += 1
+        if m.group(1):
+            return _NAMED[m.group(1)]
+        return chr(int(m.group(2)) if m.group(2) else int(m.group(3), 16))
+
+    try:
+        out = _ENTITY.sub(one, text)
+    except (ValueError, OverflowError):
+        return None
+    return out if found == text.count("&") else None
+
+
+def _scan_listing(
+    body: bytes,
+) -> tuple[list[tuple[str, int | None]], bool, str | None, bool] | None:
+    """:func:`parse_listing`'s fields read straight from the bytes, about 4x faster than
+    building a tree (listing is bound by this parse on a fast server): ``(entries, truncated,
+    token, url_encoded)``, or None whenever the page is not in the plain shape S3 and the
+    servers that copy it send (UTF-8, no attributes past the root, no comments, CDATA, raw
+    carriage returns, namespace prefixes or entities other than XML's own, a closed root,
+    and a ``KeyCount``, where present, that matches); the XML parser reads those."""
+    root = _ROOT.match(body)
+    if (
+        root is None
+        or b"\r" in body
+        or not body.rstrip().endswith(b"</ListBucketResult>")
+        or _ODD_MARKUP.search(body, root.end()) is not None
+    ):
+        return None
+    objects: list[tuple[str, int | None]] = []
+    prefixes: list[tuple[str, int | None]] = []
+    truncated, url_encoded, token, count = False, False, None, None
+    box, key, size = b"", None, 0
+    for close, container, tag, raw in _LISTING_TOKENS.findall(body, root.end()):
+        if container:
+            if not close:
+                box, key, size = container, None, 0
+                continue
+            if container != box or key is None:
+                return None
+            (objects if box == b"Contents" else prefixes).append(
+                (key, size if box == b"Contents" else None)
+            )
+            box = b""
+            continue
+        text = _text(raw)
+        if text is None:
+            return None
+        if (box, tag) in ((b"Contents", b"Key"), (b"CommonPrefixes", b"Prefix")):
+            key = text
+        elif box == b"Contents" and tag == b"Size":
+            size = int(text or 0)
+        elif box:
+            return None  # a field that belongs outside the containers
+        elif tag == b"EncodingType":
+            url_encoded = text == "url"
+        elif tag == b"IsTruncated":
+            truncated = text.strip() == "true"
+        elif tag == b"NextContinuationToken":
+            token = text
+        elif tag == b"KeyCount":
+            count = int(text)
+    if box or (count is not None and count != len(objects) + len(prefixes)):
+        return None
+    return objects + prefixes, truncated, token, url_encoded
+
+
 def parse_listing(body: bytes) -> tuple[list[tuple[str, int | None]], str | None]:
     """A ListObjectsV2 page: ``(key, size)`` of objects then ``(prefix, None)`` of common
     prefixes, and the continuation token (None on the last page)."""
+    entries, truncated, token, url_encoded = _scan_listing(body) or _parse_listing_tree(body)
+    if url_encoded:  # decoded as botocore decodes them
+        entries = [(unquote_plus(key), size) for key, size in entries]
+    if truncated and not token:
+        raise ConnectionError("a truncated listing without a continuation token")
+    return entries, token if truncated else None
+
+
+def _parse_listing_tree(
+    body: bytes,
+) -> tuple[list[tuple[str, int | None]], bool, str | None, bool]:
+    """:func:`_scan_listing`'s result, by the XML parser: any page it reads."""
     root = ElementTree.fromstring(body)
     url_encoded = False
     truncated = False
@@ -582,12 +682,7 @@ def parse_listing(body: bytes) -> tuple[list[tuple[str, int | None]], str | None
             truncated = (child.text or "").strip() == "true"
         elif tag == "NextContinuationToken":
             token = child.text
-    entries = objects + prefixes
-    if url_encoded:  # decoded as botocore decodes them
-        entries = [(unquote_plus(key), size) for key, size in entries]
-    if truncated and not token:
-        raise ConnectionError("a truncated listing without a continuation token")
-    return entries, token if truncated else None
+    return objects + prefixes, truncated, token, url_encoded
 
 
 def body_length(fields: dict[str, Any]) -> int | None:
