@@ -20,8 +20,14 @@ class Entry:
     size: int | None  # None for a common prefix ("directory")
 
 
-# One listing to make: (url for errors, path, delimiter, limit), as list_prefix takes them.
-ListRequest = tuple[str, S3Path, str, int | None]
+@dataclass(frozen=True, slots=True)
+class ListRequest:
+    """One listing to make, as :func:`list_prefix` takes it (``url``: named in errors)."""
+
+    url: str
+    path: S3Path
+    delimiter: str
+    limit: int | None
 
 
 async def _list_http(

@@ -473,10 +473,11 @@ class Pool:
         return done
 
     async def list_many(self, requests: list[ListRequest]) -> list[list[Entry]]:
-        """Listings of ``(url, path, delimiter, limit)`` requests (as ``list_prefix``), in input
-        order; round-robin across the workers, whose pages are parsed there."""
+        """Listings of ``requests`` (as ``list_prefix``), in input order; round-robin across
+        the workers, whose pages are parsed there."""
         jobs = [
-            (i, url, p.bucket, p.key, d, limit) for i, (url, p, d, limit) in enumerate(requests)
+            (i, r.url, r.path.bucket, r.path.key, r.delimiter, r.limit)
+            for i, r in enumerate(requests)
         ]
         parts = [[jobs[i] for i in idxs] for idxs in assign(len(jobs), self.size)]
         listed: list[list[Entry]] = [[] for _ in requests]
