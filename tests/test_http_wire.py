@@ -1,4 +1,4 @@
-"""The lean HTTP/1.1 transport against responses that HTTP/1.1 allows and S3 servers (or what
+"""The lean path (HTTP/1.1) against responses that HTTP/1.1 allows and S3 servers (or what
 stands between them and the client) send: chunked and close-delimited bodies, HTTP/1.0
 answers, interim 1xx answers, folded headers, slow and stalled bodies; ``Expect:
 100-continue`` on big uploads; IPv6 literal endpoints. Every download must come back

@@ -1,4 +1,4 @@
-"""The zero-copy GET transport against SeaweedFS: keep-alive reuse, bodies that break off,
+"""The lean path against SeaweedFS: keep-alive reuse, bodies that break off,
 503 bursts, stalls (through a fault-injecting proxy), and HTTPS with a self-signed CA."""
 
 from __future__ import annotations

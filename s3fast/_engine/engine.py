@@ -19,7 +19,7 @@ from ..config import TransferConfig
 from .budget import TLS_COPIES, Bandwidth, ByteBudget
 from .creds import Ask, Handed, current, handed_on
 from .faults import FaultInjector, is_injected
-from .http import HttpGetter
+from .http import LeanHttp
 from .limiter import THROTTLE_CODES, THROTTLE_STATUS, AdaptiveLimiter
 from .retry import botocore_sent, note_sent
 from .session import (
@@ -292,8 +292,8 @@ class Engine:
         """The region the started client signs for."""
         return self._client.meta.region_name if self._client is not None else self._region
 
-    async def lean(self, bucket: str, operation: str) -> HttpGetter | None:
-        """The lean HTTP path when it takes ``operation`` on ``bucket``, else None (botocore
+    async def lean(self, bucket: str, operation: str) -> LeanHttp | None:
+        """The lean path when it takes ``operation`` on ``bucket``, else None (botocore
         takes it). A failure of the lean path goes to ``self.transport.hand_over``."""
         await self.client()
         return await self.transport.lean(bucket, operation)

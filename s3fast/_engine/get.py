@@ -13,7 +13,7 @@ object expected to span several ranges, read ranged from the start) that a HEAD 
 version brought. A mismatch is fetched again once, then raised.
 
 Retries: on the botocore transport, botocore retries whole requests and this layer retries
-only broken bodies, so the two never overlap; on the lean transport (``http.py``), which has
+only broken bodies, so the two never overlap; on the lean path (``http.py``), which has
 no retries of its own, this layer also retries 5xx answers and failed connections.
 """
 

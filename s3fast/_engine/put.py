@@ -139,7 +139,7 @@ def _extra(
 
 
 def _http_headers(extra: dict[str, Any]) -> dict[str, str] | None:
-    """``extra`` as PutObject headers for the lean transport; None if a value is not ASCII
+    """``extra`` as PutObject headers for the lean path; None if a value is not ASCII
     (botocore then sends the request)."""
     headers = {}
     if extra.get("ContentType"):
@@ -289,7 +289,7 @@ async def _put_multipart(
     try:
 
         async def send(client: Any, number: int, data: bytes | memoryview) -> dict[str, Any]:
-            """UploadPart over the lean transport (retrying its transient failures; botocore
+            """UploadPart over the lean path (retrying its transient failures; botocore
             retries its own), or through botocore."""
             http = await engine.lean(path.bucket, "UploadPart")
             if http is not None:
