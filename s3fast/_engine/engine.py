@@ -366,7 +366,7 @@ class Engine:
             gave_up=self.gave_up,
         )
 
-    async def throttle(self, nbytes: int) -> None:
+    async def pace(self, nbytes: int) -> None:
         """Wait for ``nbytes`` of the ``max_bandwidth`` budget; returns at once when unset."""
         if self._bandwidth is not None and nbytes > 0:
             delay = self._bandwidth.reserve(nbytes)

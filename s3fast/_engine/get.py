@@ -488,7 +488,7 @@ class Download:
                         self.piece = None
         head = self.head
         assert head is not None
-        await engine.throttle(progress[0] - head.start)  # max_bandwidth: the first range
+        await engine.pace(progress[0] - head.start)  # max_bandwidth: the first range
         if progress[0] <= head.end:
             await self._span(progress[0], head.end, 1)
         return head
@@ -537,7 +537,7 @@ class Download:
         etag = self.head.etag if self.head is not None else None
         one = _Range(self, start, end)
         progress = one.progress
-        await engine.throttle(end + 1 - start)  # max_bandwidth
+        await engine.pace(end + 1 - start)  # max_bandwidth
         with RetryClock() as clock:
             while True:
                 one.piece = None
