@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import warnings
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -43,8 +44,8 @@ class TransferStats:
 
     ``limit`` is the number of requests currently allowed in flight. It starts at
     ``start_limit`` (the plan's or the given ``max_concurrency``) and moves between 1 and
-    ``max_concurrency`` (the ceiling: the given ``max_concurrency``, else what the memory
-    budget allows); ``lowest_limit`` and ``highest_limit`` are how far it went; ``probes``
+    ``concurrency_ceiling`` (the given ``max_concurrency``, else what the memory budget
+    allows); ``lowest_limit`` and ``highest_limit`` are how far it went; ``probes``
     how often it was raised to test for more throughput, ``probes_reverted`` how many of those
     did not pay, ``stepped_back`` how often it was lowered because latency collapsed;
     ``throttled`` the overload answers seen (429, 502, 503, 504, throttling codes);
@@ -52,7 +53,7 @@ class TransferStats:
     engine's own, plus those botocore retried); ``gave_up`` the requests that ran out of
     attempts or time."""
 
-    max_concurrency: int
+    concurrency_ceiling: int
     start_limit: int
     limit: int
     lowest_limit: int
@@ -65,6 +66,17 @@ class TransferStats:
     limit_cuts: int
     retries: int
     gave_up: int
+
+    @property
+    def max_concurrency(self) -> int:
+        """Deprecated: ``concurrency_ceiling`` (``TransferConfig.max_concurrency`` is where
+        the limit starts, this the most it may reach)."""
+        warnings.warn(
+            "TransferStats.max_concurrency is deprecated: use concurrency_ceiling",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.concurrency_ceiling
 
 
 SIZE_WEIGHT = 0.25  # weight of the newest object in Engine's moving share of big objects
@@ -351,7 +363,7 @@ class Engine:
     def stats(self) -> TransferStats:
         lim = self.limiter
         return TransferStats(
-            max_concurrency=lim.maximum,
+            concurrency_ceiling=lim.maximum,
             start_limit=self.config.max_concurrency,
             limit=int(lim.limit),
             lowest_limit=lim.lowest,
