@@ -37,7 +37,7 @@ from .errors import (
 from .limits import USER_METADATA_KEY
 from .objects import RangeInfo, S3Object, S3PutObject
 from .progress import ProgressCallback, Tracker, on_bytes
-from .targets import Targets
+from .targets import TempDirs
 from .urls import ByteRange, S3Path, byte_range, join, parse, resolve_root
 
 T = TypeVar("T")
@@ -206,7 +206,7 @@ class AsyncS3:
             endpoint_url, role, session_vars, client_params, external_client, inject_failure_rate
         )
         self._engine = Engine(self._config, endpoint, spec=spec)
-        self._targets = Targets(tmproot)
+        self._temp_dirs = TempDirs(tmproot)
         self._procs = Pool(processes_for(self._engine), self._config, self._engine)
         self._loops = Loops(processes_for(self._engine), self._config, self._engine)
         self._closed = False
@@ -231,13 +231,13 @@ class AsyncS3:
             finally:
                 await self._engine.close()
         finally:
-            self._targets.close()
+            self._temp_dirs.close()
 
     @property
     def tmpdirs(self) -> list[str]:
         """The private temp dirs this client has made (removed by ``close``)."""
         self._fork_check()
-        return self._targets.dirs
+        return self._temp_dirs.dirs
 
     @property
     def config(self) -> TransferConfig:
@@ -281,7 +281,7 @@ class AsyncS3:
         self._engine.after_fork()
         self._procs.after_fork()
         self._loops.after_fork()
-        self._targets = self._targets.for_child()
+        self._temp_dirs = self._temp_dirs.for_child()
 
     # --- addressing --------------------------------------------------------------------
 
@@ -333,7 +333,7 @@ class AsyncS3:
         sink = (
             MemorySink()
             if in_memory
-            else FileSink(self._targets, url, brange.tag() if brange else "")
+            else FileSink(self._temp_dirs, url, brange.tag() if brange else "")
         )
         try:
             got = await fetch(self._engine, parse(url), url, brange, sink, on_bytes(tracker), size)
@@ -433,7 +433,7 @@ class AsyncS3:
         elif self._procs.wanted(len(jobs)):
             fetched = await self._procs.get(
                 pairs,
-                self._targets,
+                self._temp_dirs,
                 return_missing=return_missing,
                 in_memory=in_memory,
                 sizes=sizes,

@@ -60,7 +60,7 @@ from ..errors import (
     MetaflowS3AccessDenied,
     MetaflowS3TransferError,
 )
-from ..targets import Targets
+from ..targets import TempDirs
 from ..urls import ByteRange
 from . import fanout
 from .engine import Engine
@@ -399,7 +399,7 @@ class Pool:
     async def get(
         self,
         jobs: list[tuple[str, ByteRange | None]],
-        targets: Targets,
+        temp_dirs: TempDirs,
         *,
         return_missing: bool,
         in_memory: bool,
@@ -409,9 +409,9 @@ class Pool:
     ) -> list[Fetched | None]:
         """Download ``(url, range)`` jobs; results in input order (None: missing).
         ``on_bytes(n)`` as ranges complete, ``on_object()`` as objects do (progress)."""
-        roots = targets.all_dirs()
+        roots = temp_dirs.all_dirs()
         items = [
-            (i, url, brange, targets.number(), sizes[i] if sizes else None)
+            (i, url, brange, temp_dirs.number(), sizes[i] if sizes else None)
             for i, (url, brange) in enumerate(jobs)
         ]
         parts = [[items[i] for i in idxs] for idxs in assign(len(items), self.size, sizes)]
