@@ -56,7 +56,7 @@ class _LengthUnknown(MetaflowS3TransferError):
 
 
 @dataclass
-class Head:
+class ResponseMeta:
     """What a response says about the object, and the span (inclusive) it carries."""
 
     total: int
@@ -75,7 +75,7 @@ class Head:
         return self.start == 0 and self.end == self.total - 1
 
     @classmethod
-    def from_response(cls, resp: dict[str, Any], url: str) -> Head:
+    def from_response(cls, resp: dict[str, Any], url: str) -> ResponseMeta:
         length = resp.get("ContentLength")  # None: a chunked or close-delimited body
         if resp.get("ContentRange"):
             start, end, total = parse_content_range(resp["ContentRange"], url)
@@ -108,7 +108,7 @@ class Head:
 
 @dataclass
 class Fetched:
-    head: Head
+    head: ResponseMeta
     offset: int
     length: int
     path: str | None
@@ -159,7 +159,7 @@ async def _drain(
 
 
 # Given a response's head: the buffer for its body, and maybe a digest to feed the body.
-Prepare = Callable[[Head], Awaitable[tuple[memoryview, Digest | None]]]
+Prepare = Callable[[ResponseMeta], Awaitable[tuple[memoryview, Digest | None]]]
 
 
 async def _exchange(
@@ -180,7 +180,7 @@ async def _exchange(
     if http is not None:
 
         async def prepare_fields(fields: dict[str, Any]) -> tuple[memoryview, Digest | None]:
-            return await prepare(Head.from_response(fields, url))
+            return await prepare(ResponseMeta.from_response(fields, url))
 
         try:
             async with engine.slot(progress=progress):
@@ -202,7 +202,7 @@ async def _exchange(
         resp = await client.get_object(Bucket=path.bucket, Key=path.key, **kwargs)
         body = resp["Body"]
         try:
-            head = Head.from_response(resp, url)
+            head = ResponseMeta.from_response(resp, url)
             dest, digest = await prepare(head)
             try:
                 await _drain(body, dest, progress, digest, len(dest) == head.end + 1 - head.start)
@@ -240,7 +240,7 @@ class _Verifier:
         expected: Checksum | None,
         base: int,
         sink: Sink,
-        pending: asyncio.Future[Head] | None = None,
+        pending: asyncio.Future[ResponseMeta] | None = None,
     ) -> None:
         self.expected = expected
         self.pending = pending
@@ -320,7 +320,7 @@ class _Range:
         self.progress = [start]
         self.piece: _Piece | None = None
 
-    async def prepare(self, head: Head) -> tuple[memoryview, Digest | None]:
+    async def prepare(self, head: ResponseMeta) -> tuple[memoryview, Digest | None]:
         download, at, end = self.download, self.progress[0], self.end
         if (head.start, head.end) != (at, end):
             raise MetaflowS3TransferError(
@@ -366,11 +366,11 @@ class Download:
         self.ranged = False  # read in ranges from the first request on
         self.scout: asyncio.Future[None] | None = None  # set when this download is the scout
         self.progress = [0]  # the first response's body bytes received, absolute
-        self.head: Head | None = None  # the first response's, once its body starts
+        self.head: ResponseMeta | None = None  # the first response's, once its body starts
         self.base = 0  # where the sink starts, absolute
         self.last = 0  # the last byte wanted, absolute
         self.verifier: _Verifier | None = None
-        self.checksum: asyncio.Task[Head] | None = None  # the HEAD bringing the checksum
+        self.checksum: asyncio.Task[ResponseMeta] | None = None  # the HEAD bringing the checksum
         self.piece: _Piece | None = None  # the first response's body checksum
 
     async def run(self) -> Fetched:
@@ -404,7 +404,7 @@ class Download:
             with contextlib.suppress(TimeoutError):  # a slow scout holds no one for long
                 await asyncio.wait_for(asyncio.shield(waiting), SCOUT_WAIT)
 
-    async def _prepare(self, head: Head) -> tuple[memoryview, Digest | None]:
+    async def _prepare(self, head: ResponseMeta) -> tuple[memoryview, Digest | None]:
         """The first response's head: the size, the sink, and how its body is checked."""
         engine, brange = self.engine, self.brange
         self.last = final_end(brange, head.total)
@@ -426,7 +426,7 @@ class Download:
         self.progress[0] = head.start
         return self.sink.view(0, head.end + 1 - head.start), piece.update if piece else None
 
-    async def _first(self) -> Head:
+    async def _first(self) -> ResponseMeta:
         """The first request, which learns the object's size (and the first range's bytes,
         resumed where its body broke off)."""
         engine, path, url, brange = self.engine, self.path, self.url, self.brange
@@ -493,7 +493,7 @@ class Download:
             await self._span(progress[0], head.end, 1)
         return head
 
-    async def _rest(self, head: Head) -> None:
+    async def _rest(self, head: ResponseMeta) -> None:
         """The ranges after the first, in parallel, each settled (checked, written) as it
         completes; all of them fetched again once if the whole does not match its checksum."""
         rest = split(head.end + 1, self.last, self.range_size)
@@ -589,7 +589,7 @@ async def fetch(
 
 async def head_object(
     engine: Engine, path: S3Path, url: str, etag: str | None = None, checksum: bool = False
-) -> Head:
+) -> ResponseMeta:
     """HEAD through the engine's transport; ``etag``: only of that version, ``checksum``:
     with the object's checksums."""
     try:
@@ -601,7 +601,7 @@ async def head_object(
                     return await http.head(path.bucket, path.key, etag, checksum)
 
             try:
-                return Head.from_response(await retrying(engine, one), url)
+                return ResponseMeta.from_response(await retrying(engine, one), url)
             except (botocore.exceptions.ClientError, ProtocolSurprise) as exc:
                 if not engine.transport.hand_over(exc, path.bucket, "HeadObject"):
                     raise
@@ -609,7 +609,7 @@ async def head_object(
         if etag:
             kwargs["IfMatch"] = f'"{etag}"'
         async with engine.slot() as client:
-            return Head.from_response(
+            return ResponseMeta.from_response(
                 await client.head_object(Bucket=path.bucket, Key=path.key, **kwargs), url
             )
     except botocore.exceptions.ClientError as exc:
