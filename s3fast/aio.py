@@ -422,7 +422,11 @@ class AsyncS3:
         pairs = [(job.url, job.brange) for job in jobs]
         moved, finished = on_bytes(tracker), tracker.add_objects if tracker is not None else None
         fetched: list[Fetched | None] | None = None
-        if in_memory and self._loops.wanted(len(jobs)) and await self._bodies_are_big(jobs, sizes):
+        if (
+            in_memory
+            and self._loops.worth_fanning_out(len(jobs))
+            and await self._bodies_are_big(jobs, sizes)
+        ):
             fetched = await self._loops.get(
                 pairs,
                 return_missing=return_missing,
@@ -430,7 +434,7 @@ class AsyncS3:
                 on_bytes=moved,
                 on_object=finished,
             )
-        elif self._procs.wanted(len(jobs)):
+        elif self._procs.worth_fanning_out(len(jobs)):
             fetched = await self._procs.get(
                 pairs,
                 self._temp_dirs,
@@ -450,16 +454,16 @@ class AsyncS3:
         written: list[str] = []
         known = sizes or [None] * len(jobs)
 
-        async def one(sized: tuple[_GetJob, int | None]) -> S3Object:
-            job, size = sized
+        async def one(job_size: tuple[_GetJob, int | None]) -> S3Object:
+            job, size = job_size
             obj = await self._download(job, return_missing, return_info, in_memory, tracker, size)
             if obj.path:
                 written.append(obj.path)
             return obj
 
         try:
-            sized = list(zip(jobs, known, strict=True))
-            return await self._map(one, sized, lambda sized: sized[0].url)
+            with_sizes = list(zip(jobs, known, strict=True))
+            return await self._map(one, with_sizes, lambda job_size: job_size[0].url)
         except BaseException:
             for path in written:
                 with contextlib.suppress(OSError):
@@ -568,7 +572,7 @@ class AsyncS3:
         """Listings of ``requests`` (see ``list_prefix``), in input order, in parallel: in
         worker processes, which parse the pages, when there are many prefixes and
         ``processes > 1``."""
-        if self._procs.wanted(len(requests)):
+        if self._procs.worth_fanning_out(len(requests)):
             return await self._procs.list_many(requests)
 
         async def one(request: ListRequest) -> list[Entry]:
@@ -886,7 +890,7 @@ class AsyncS3:
                 loop = asyncio.get_running_loop()
                 sizes = await loop.run_in_executor(None, _sizes, [item.source for item in items])
             tracker = Tracker.of(progress, len(items), sum(sizes))
-        if sizes is not None and self._procs.wanted(len(items)):
+        if sizes is not None and self._procs.worth_fanning_out(len(items)):
             # Local files only (sizes known): uploaded by worker processes.
             done = await self._procs.put_files(
                 [(i.url, i.source.path, i.content_type, i.metadata, i.encryption) for i in items],

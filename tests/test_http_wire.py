@@ -511,7 +511,7 @@ async def test_retry_time_starts_when_a_request_is_sent(
     async with AsyncS3(
         s3root=f"s3://{seaweed_bucket}", endpoint_url=proxy.url, config=config
     ) as s3:
-        await s3.get("dir/b")  # sizes seen: no scout first
+        await s3.get("dir/b")  # sizes seen: no download goes first
         proxy.set(
             Faults(stall=2.0, times=1, match="dir/a"),
             also=(Faults(answer=INTERNAL, times=1, match="small"),),

@@ -71,7 +71,7 @@ def test_keep_alive_reuses_one_connection(
     assert proxy.connections == 1
 
 
-def test_a_new_client_scouts_one_object_before_the_rest(
+def test_a_new_client_downloads_one_object_first_for_its_size(
     seaweed_bucket: str, data: dict[str, bytes], proxy: FaultProxy
 ) -> None:
     """A new client's batch of checked downloads: one object goes first (unranged, its
@@ -84,7 +84,7 @@ def test_a_new_client_scouts_one_object_before_the_rest(
         assert [o.blob for o in objs] == list(data.values())
     assert proxy.kinds["GET whole"] == 1 and proxy.kinds["HEAD"] == len(data) - 1
     ranges = sum(-(-len(v) // (256 * 1024)) for v in data.values())
-    assert proxy.kinds["GET ranged"] == ranges - 1  # every range but the scout's first
+    assert proxy.kinds["GET ranged"] == ranges - 1  # every range but the first download's first
     small = {f"s{i}": os.urandom(1000) for i in range(8)}
     with S3(s3root=f"s3://{seaweed_bucket}") as s3:
         s3.put_many(list(small.items()))
@@ -93,8 +93,8 @@ def test_a_new_client_scouts_one_object_before_the_rest(
         objs = s3.get_many(list(small), in_memory=True)
         assert [o.blob for o in objs] == list(small.values())
     assert dict(proxy.kinds) == {"GET whole": len(small)}
-    # A scout whose answer is slow holds the others for a second at most: they go ahead
-    # unranged, as if no scout had been sent.
+    # A first download whose answer is slow holds the others for a second at most: they go
+    # ahead unranged, as if none had gone first.
     proxy.set(Faults(stall=3.0, times=1))
     with _client(seaweed_bucket, proxy, max_concurrency=8) as s3:
         objs = s3.get_many(list(data), in_memory=True)

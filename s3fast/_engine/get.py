@@ -37,7 +37,7 @@ from ..limits import MiB, split
 from ..urls import ByteRange, S3Path, parse_content_range
 from .batch import bounded_map
 from .checksums import CRC32, Checksum, combined, full_object
-from .engine import SCOUT_WAIT, Engine
+from .engine import FIRST_DOWNLOAD_WAIT, Engine
 from .http import Digest, ProtocolSurprise
 from .retry import RESUMABLE, RetryClock, backoff, retrying
 from .sinks import Sink
@@ -364,7 +364,8 @@ class Download:
         self.range_size = engine.config.range_size
         self.verify = brange is None and engine.config.verify_checksums
         self.ranged = False  # read in ranges from the first request on
-        self.scout: asyncio.Future[None] | None = None  # set when this download is the scout
+        # set when this is the engine's first download (see _wait_for_first_download)
+        self.goes_first: asyncio.Future[None] | None = None
         self.progress = [0]  # the first response's body bytes received, absolute
         self.head: ResponseMeta | None = None  # the first response's, once its body starts
         self.base = 0  # where the sink starts, absolute
@@ -375,16 +376,16 @@ class Download:
 
     async def run(self) -> Fetched:
         engine, url = self.engine, self.url
-        if self.verify and self.size is None and not engine.sized:
-            await self._wait_for_scout()
+        if self.verify and self.size is None and not engine.knows_sizes:
+            await self._wait_for_first_download()
         self.ranged = self.verify and engine.expects_big(self.size)
         try:
             head = await self._first()
             await self._rest(head)
             local, blob = await self.sink.commit()
         except BaseException as exc:
-            if self.scout is not None:
-                engine.scouted(self.scout)
+            if self.goes_first is not None:
+                engine.end_first_download(self.goes_first)
             if self.checksum is not None:  # stop the HEAD, or take its failure: none left unread
                 self.checksum.cancel()
                 await asyncio.gather(self.checksum, return_exceptions=True)
@@ -393,16 +394,16 @@ class Download:
         length = max(0, self.last - head.start + 1)
         return Fetched(head=head, offset=head.start, length=length, path=local, blob=blob)
 
-    async def _wait_for_scout(self) -> None:
+    async def _wait_for_first_download(self) -> None:
         """Nothing known of sizes yet (a new client): the first download goes alone until its
         response tells a size, so the others start the way that size says (a batch of big
         objects then drops no connection). One round trip, once per engine."""
-        waiting, mine = self.engine.scout()
-        if mine:
-            self.scout = waiting
+        waiting, first = self.engine.first_download()
+        if first:
+            self.goes_first = waiting
         else:
-            with contextlib.suppress(TimeoutError):  # a slow scout holds no one for long
-                await asyncio.wait_for(asyncio.shield(waiting), SCOUT_WAIT)
+            with contextlib.suppress(TimeoutError):  # a slow first one holds no one for long
+                await asyncio.wait_for(asyncio.shield(waiting), FIRST_DOWNLOAD_WAIT)
 
     async def _prepare(self, head: ResponseMeta) -> tuple[memoryview, Digest | None]:
         """The first response's head: the size, the sink, and how its body is checked."""
@@ -477,8 +478,8 @@ class Download:
                 except RESUMABLE as exc:
                     if self.head is not None:  # the body broke off: resume below
                         break
-                    if self.scout is not None:  # its first try failed: the others need not wait
-                        engine.scouted(self.scout)
+                    if self.goes_first is not None:  # its first try failed: no more waiting
+                        engine.end_first_download(self.goes_first)
                     attempt += 1
                     if not await backoff(attempt, engine, clock.started, exc):
                         raise

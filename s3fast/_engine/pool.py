@@ -189,7 +189,7 @@ class Pool:
         self._finalizer: weakref.finalize | None = None
         self._answering: set[asyncio.Task[None]] = set()
 
-    def wanted(self, count: int) -> bool:
+    def worth_fanning_out(self, count: int) -> bool:
         """Is a batch of ``count`` objects worth fanning out?"""
         return self.size > 1 and count >= fanout.MIN_BATCH
 
