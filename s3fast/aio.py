@@ -18,7 +18,7 @@ from ._engine.batch import bounded_map
 from ._engine.copy import copy_object
 from ._engine.delete import Failed, delete_object, delete_objects
 from ._engine.engine import Engine, TransferStats
-from ._engine.fanout import INLINE_MAX, processes_for
+from ._engine.fanout import THREADS_ABOVE, processes_for
 from ._engine.get import Fetched, fetch, head_object
 from ._engine.listing import Entry, ListRequest, list_prefix
 from ._engine.loops import Loops
@@ -493,7 +493,7 @@ class AsyncS3:
             known = [n for n in await asyncio.gather(*map(size_of, urls)) if n is not None]
         if not known:
             return False
-        return sorted(known)[len(known) // 2] > INLINE_MAX
+        return sorted(known)[len(known) // 2] > THREADS_ABOVE
 
     async def iter_get_many(
         self,
