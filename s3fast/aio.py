@@ -704,7 +704,7 @@ class AsyncS3:
         ]
         listed = await self._list_many(requests)
         return [
-            S3Object(url, f"s3://{path.bucket}/{e.key}", None, e.size)
+            S3Object(url, f"s3://{path.bucket}/{e.key}", None, size=e.size)
             for url, path, entries in zip(prefixes, paths, listed, strict=True)
             for e in entries
         ]
@@ -721,12 +721,11 @@ class AsyncS3:
             self._s3root,
             url,
             None,
-            head.total,
-            head.content_type,
-            head.metadata,
-            None,
-            head.last_modified,
-            head.encryption,
+            size=head.total,
+            content_type=head.content_type,
+            metadata=head.metadata,
+            last_modified=head.last_modified,
+            encryption=head.encryption,
             etag=head.etag,
             version_id=head.version_id,
         )
@@ -1190,7 +1189,7 @@ def _to_object(prefix: str | None, url: str, got: Fetched, return_info: bool) ->
             prefix,
             url,
             got.path,
-            got.length,
+            size=got.length,
             blob=got.blob,
             etag=head.etag,
             version_id=head.version_id,
@@ -1199,12 +1198,12 @@ def _to_object(prefix: str | None, url: str, got: Fetched, return_info: bool) ->
         prefix,
         url,
         got.path,
-        got.length,
-        head.content_type,
-        head.metadata,
-        RangeInfo(head.total, got.offset, got.length),
-        head.last_modified,
-        head.encryption,
+        size=got.length,
+        content_type=head.content_type,
+        metadata=head.metadata,
+        range_info=RangeInfo(head.total, got.offset, got.length),
+        last_modified=head.last_modified,
+        encryption=head.encryption,
         blob=got.blob,
         etag=head.etag,
         version_id=head.version_id,
