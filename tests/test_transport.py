@@ -24,6 +24,7 @@ from s3fast.limits import MiB
 from s3fast.testing import SeaweedFS
 from s3fast.urls import parse
 
+from ._internals import engine_of
 from .conftest import Server, open_uploads, self_signed
 from .proxy import REDIRECT, SLOWDOWN, FaultProxy, Faults
 
@@ -325,7 +326,7 @@ def test_ranged_download_is_checked_against_a_head(
     proxy.set(Faults())
     with _client(seaweed_bucket, proxy, transport=transport, range_size=64 * 1024) as s3:
         assert s3.get(key, in_memory=True).blob == carried[key]
-        engine = s3._aio._engine
+        engine = engine_of(s3)
         assert engine.expects_big(None)  # an object over two ranges: it learned
         proxy.set(Faults(flip_at=1000, close=True, times=1))
         obj = s3.get(key)
@@ -379,7 +380,7 @@ def test_no_tls_connection_outlives_its_loop(bucket: str, boto: object) -> None:
             task.cancel()
             copy = asyncio.ensure_future(
                 copy_object(
-                    s3._engine,
+                    engine_of(s3),
                     parse(f"s3://{bucket}/big"),
                     parse(f"s3://{bucket}/copy"),
                     multipart_threshold=6 * MiB,
