@@ -34,7 +34,7 @@ class InjectedFault(botocore.exceptions.HTTPClientError):
 
 
 class InjectedHTTPError(TransientHTTPError):
-    """An injected failure on the lean transport."""
+    """An injected failure on the lean path."""
 
 
 def is_injected(exc: BaseException | None) -> bool:
