@@ -1,4 +1,4 @@
-"""The lean transport's cost per exchange (``s3fast._engine.http._Conn``), with no S3 server:
+"""The lean path's cost per exchange (``s3fast._engine.http._Conn``), with no S3 server:
 a loopback server answers every GET on one keep-alive connection with a canned S3-like
 response (15 headers) and a 4 KiB or 16 MiB body. Prints microseconds per exchange, wall and
 CPU (client and server share the process, so compare runs, not absolute figures).

@@ -18,7 +18,7 @@ from ._engine.batch import bounded_map
 from ._engine.copy import copy_object
 from ._engine.delete import Failed, delete_object, delete_objects
 from ._engine.engine import Engine, TransferStats
-from ._engine.fanout import INLINE_MAX, processes_for
+from ._engine.fanout import THREADS_ABOVE, processes_for
 from ._engine.get import Fetched, fetch, head_object
 from ._engine.listing import Entry, ListRequest, list_prefix
 from ._engine.loops import Loops
@@ -37,15 +37,34 @@ from .errors import (
 from .limits import USER_METADATA_KEY
 from .objects import RangeInfo, S3Object, S3PutObject
 from .progress import ProgressCallback, Tracker, on_bytes
-from .targets import Targets
+from .targets import TempDirs
 from .urls import ByteRange, S3Path, byte_range, join, parse, resolve_root
 
 T = TypeVar("T")
 SIZE_SAMPLE = 4  # objects asked with HEAD to tell big bodies from small when sizes are unknown
 R = TypeVar("R")
 PutValue = str | bytes | bytearray | memoryview | io.RawIOBase | io.BufferedIOBase
-# (key as given, url, source, content type, user metadata, encryption)
-_PutItem = tuple[Any, str, Source, str | None, dict[str, str] | None, str | None]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _PutItem:
+    """One object of a batch upload, checked."""
+
+    key: Any  # as given
+    url: str
+    source: Source
+    content_type: str | None
+    metadata: dict[str, str] | None  # user metadata, encoded
+    encryption: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _GetJob:
+    """One object (or range) of a batch download; ``prefix``: what its key is relative to."""
+
+    prefix: str | None
+    url: str
+    brange: ByteRange | None
 
 
 def _in_flow() -> bool:
@@ -187,7 +206,7 @@ class AsyncS3:
             endpoint_url, role, session_vars, client_params, external_client, inject_failure_rate
         )
         self._engine = Engine(self._config, endpoint, spec=spec)
-        self._targets = Targets(tmproot)
+        self._temp_dirs = TempDirs(tmproot)
         self._procs = Pool(processes_for(self._engine), self._config, self._engine)
         self._loops = Loops(processes_for(self._engine), self._config, self._engine)
         self._closed = False
@@ -212,13 +231,13 @@ class AsyncS3:
             finally:
                 await self._engine.close()
         finally:
-            self._targets.close()
+            self._temp_dirs.close()
 
     @property
     def tmpdirs(self) -> list[str]:
         """The private temp dirs this client has made (removed by ``close``)."""
         self._fork_check()
-        return self._targets.dirs
+        return self._temp_dirs.dirs
 
     @property
     def config(self) -> TransferConfig:
@@ -262,7 +281,7 @@ class AsyncS3:
         self._engine.after_fork()
         self._procs.after_fork()
         self._loops.after_fork()
-        self._targets = self._targets.for_child()
+        self._temp_dirs = self._temp_dirs.for_child()
 
     # --- addressing --------------------------------------------------------------------
 
@@ -303,19 +322,18 @@ class AsyncS3:
 
     async def _download(
         self,
-        prefix: str | None,
-        url: str,
-        brange: ByteRange | None,
+        job: _GetJob,
         return_missing: bool,
         return_info: bool,
         in_memory: bool,
         tracker: Tracker | None = None,
         size: int | None = None,
     ) -> S3Object:
+        url, brange = job.url, job.brange
         sink = (
             MemorySink()
             if in_memory
-            else FileSink(self._targets, url, brange.tag() if brange else "")
+            else FileSink(self._temp_dirs, url, brange.tag() if brange else "")
         )
         try:
             got = await fetch(self._engine, parse(url), url, brange, sink, on_bytes(tracker), size)
@@ -327,7 +345,7 @@ class AsyncS3:
             raise
         if tracker is not None:
             tracker.add_objects()
-        return _to_object(prefix, url, got, return_info)
+        return _to_object(job.prefix, url, got, return_info)
 
     async def get(
         self,
@@ -355,10 +373,8 @@ class AsyncS3:
         S3Object
         """
         self._check_open()
-        url, brange = self._request(key)
-        return await self._download(
-            self._s3root, url, brange, return_missing, return_info, in_memory
-        )
+        job = _GetJob(self._s3root, *self._request(key))
+        return await self._download(job, return_missing, return_info, in_memory)
 
     async def get_many(
         self,
@@ -386,27 +402,31 @@ class AsyncS3:
         List[S3Object]
         """
         self._check_open()
-        jobs = [(self._s3root, *self._request(key)) for key in _as_list(keys, "keys")]
+        jobs = [_GetJob(self._s3root, *self._request(key)) for key in _as_list(keys, "keys")]
         tracker = Tracker.of(progress, len(jobs))
         return await self._download_batch(jobs, return_missing, return_info, in_memory, tracker)
 
     async def _download_batch(
         self,
-        jobs: list[tuple[str | None, str, ByteRange | None]],
+        jobs: list[_GetJob],
         return_missing: bool,
         return_info: bool,
         in_memory: bool,
         tracker: Tracker | None = None,
         sizes: list[int | None] | None = None,
     ) -> list[S3Object]:
-        """Download ``(prefix, url, range)`` jobs in parallel (when the batch is big and
-        ``processes > 1``: into memory on that many event loops in threads of this process,
-        into files in worker processes). If one fails, the files the others already wrote
+        """Download ``jobs`` in parallel (when the batch is big and ``processes > 1``: into
+        memory on that many event loops in threads of this process, into files in worker
+        processes). If one fails, the files the others already wrote
         are removed: a failed batch leaves nothing behind."""
-        pairs = [(url, brange) for _, url, brange in jobs]
+        pairs = [(job.url, job.brange) for job in jobs]
         moved, finished = on_bytes(tracker), tracker.add_objects if tracker is not None else None
         fetched: list[Fetched | None] | None = None
-        if in_memory and self._loops.wanted(len(jobs)) and await self._bodies_are_big(jobs, sizes):
+        if (
+            in_memory
+            and self._loops.worth_fanning_out(len(jobs))
+            and await self._bodies_are_big(jobs, sizes)
+        ):
             fetched = await self._loops.get(
                 pairs,
                 return_missing=return_missing,
@@ -414,10 +434,10 @@ class AsyncS3:
                 on_bytes=moved,
                 on_object=finished,
             )
-        elif self._procs.wanted(len(jobs)):
+        elif self._procs.worth_fanning_out(len(jobs)):
             fetched = await self._procs.get(
                 pairs,
-                self._targets,
+                self._temp_dirs,
                 return_missing=return_missing,
                 in_memory=in_memory,
                 sizes=sizes,
@@ -426,35 +446,31 @@ class AsyncS3:
             )
         if fetched is not None:
             return [
-                S3Object(self._s3root, url, None)
+                S3Object(self._s3root, job.url, None)
                 if got is None
-                else _to_object(prefix, url, got, return_info)
-                for (prefix, url, _), got in zip(jobs, fetched, strict=True)
+                else _to_object(job.prefix, job.url, got, return_info)
+                for job, got in zip(jobs, fetched, strict=True)
             ]
         written: list[str] = []
         known = sizes or [None] * len(jobs)
 
-        async def one(job: tuple[str | None, str, ByteRange | None, int | None]) -> S3Object:
-            prefix, url, brange, size = job
-            obj = await self._download(
-                prefix, url, brange, return_missing, return_info, in_memory, tracker, size
-            )
+        async def one(job_size: tuple[_GetJob, int | None]) -> S3Object:
+            job, size = job_size
+            obj = await self._download(job, return_missing, return_info, in_memory, tracker, size)
             if obj.path:
                 written.append(obj.path)
             return obj
 
         try:
-            sized = [(*job, size) for job, size in zip(jobs, known, strict=True)]
-            return await self._map(one, sized, lambda job: job[1])
+            with_sizes = list(zip(jobs, known, strict=True))
+            return await self._map(one, with_sizes, lambda job_size: job_size[0].url)
         except BaseException:
             for path in written:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
             raise
 
-    async def _bodies_are_big(
-        self, jobs: list[tuple[str | None, str, ByteRange | None]], sizes: list[int | None] | None
-    ) -> bool:
+    async def _bodies_are_big(self, jobs: list[_GetJob], sizes: list[int | None] | None) -> bool:
         """Should an in-memory batch run on event loops in threads (big bodies: the copy from
         the socket, made outside the GIL, is the work) rather than in worker processes (small
         bodies: Python per request is the work, and the GIL would serialise it; their bodies
@@ -463,9 +479,10 @@ class AsyncS3:
         (one round trip; a failed HEAD counts as unknown)."""
         known = [n for n in sizes or [] if n is not None]
         if not known:
-            known = [b.length for _, _, b in jobs if b is not None and b.length and b.length > 0]
+            ranges = [job.brange for job in jobs]
+            known = [b.length for b in ranges if b is not None and b.length and b.length > 0]
         if not known:
-            urls = list(dict.fromkeys(url for _, url, b in jobs if b is None))[:SIZE_SAMPLE]
+            urls = list(dict.fromkeys(j.url for j in jobs if j.brange is None))[:SIZE_SAMPLE]
 
             async def size_of(url: str) -> int | None:
                 try:
@@ -476,7 +493,7 @@ class AsyncS3:
             known = [n for n in await asyncio.gather(*map(size_of, urls)) if n is not None]
         if not known:
             return False
-        return sorted(known)[len(known) // 2] > INLINE_MAX
+        return sorted(known)[len(known) // 2] > THREADS_ABOVE
 
     async def iter_get_many(
         self,
@@ -512,7 +529,7 @@ class AsyncS3:
         S3Object
         """
         self._check_open()
-        jobs = [(self._s3root, *self._request(key)) for key in _as_list(keys, "keys")]
+        jobs = [_GetJob(self._s3root, *self._request(key)) for key in _as_list(keys, "keys")]
         tracker = Tracker.of(progress, len(jobs))
         window = min(self._engine.config.max_concurrency, max(1, len(jobs)))  # bounded memory
         ready: asyncio.Queue[S3Object] = asyncio.Queue(maxsize=window)
@@ -520,7 +537,7 @@ class AsyncS3:
 
         async def worker() -> None:
             for job in feed:
-                obj = await self._download(*job, return_missing, return_info, in_memory, tracker)
+                obj = await self._download(job, return_missing, return_info, in_memory, tracker)
                 try:
                     await ready.put(obj)
                 except BaseException:
@@ -552,15 +569,20 @@ class AsyncS3:
                 _unlink(ready.get_nowait().path)
 
     async def _list_many(self, requests: list[ListRequest]) -> list[list[Entry]]:
-        """Listings of ``(url, path, delimiter, limit)`` requests (see ``list_prefix``), in
-        input order, in parallel: in worker processes, which parse the pages, when there are
-        many prefixes and ``processes > 1``."""
-        if self._procs.wanted(len(requests)):
+        """Listings of ``requests`` (see ``list_prefix``), in input order, in parallel: in
+        worker processes, which parse the pages, when there are many prefixes and
+        ``processes > 1``."""
+        if self._procs.worth_fanning_out(len(requests)):
             return await self._procs.list_many(requests)
 
         async def one(request: ListRequest) -> list[Entry]:
-            url, path, delimiter, limit = request
-            return await list_prefix(self._engine, path, url, delimiter=delimiter, limit=limit)
+            return await list_prefix(
+                self._engine,
+                request.path,
+                request.url,
+                delimiter=request.delimiter,
+                limit=request.limit,
+            )
 
         return await bounded_map(one, requests, self._engine.concurrency)
 
@@ -573,10 +595,10 @@ class AsyncS3:
         for url, path, named in zip(prefix_urls, paths, exact, strict=True):
             if named:
                 # The exact object, if any, sorts first among keys starting with its name.
-                requests.append((url, path, "", 1))
-                requests.append((url, S3Path(path.bucket, path.key + "/"), "", None))
+                requests.append(ListRequest(url, path, "", 1))
+                requests.append(ListRequest(url, S3Path(path.bucket, path.key + "/"), "", None))
             else:
-                requests.append((url, path, "", None))
+                requests.append(ListRequest(url, path, "", None))
         listed = iter(await self._list_many(requests))
         trees = []
         for path, named in zip(paths, exact, strict=True):
@@ -613,8 +635,8 @@ class AsyncS3:
         self._check_open()
         prefixes = [self._url(key) for key in _as_list(keys, "keys")]
         trees = await self._list_trees(prefixes)
-        jobs: list[tuple[str | None, str, ByteRange | None]] = [
-            (self._s3root if return_info else prefix, url, None)
+        jobs = [
+            _GetJob(self._s3root if return_info else prefix, url, None)
             for prefix, tree in zip(prefixes, trees, strict=True)
             for url, _ in tree
         ]
@@ -676,12 +698,13 @@ class AsyncS3:
             paths.append(
                 path if path.key[-1:] in ("", "/") else S3Path(path.bucket, path.key + "/")
             )
-        requests: list[ListRequest] = [
-            (url, path, delimiter, None) for url, path in zip(prefixes, paths, strict=True)
+        requests = [
+            ListRequest(url, path, delimiter, None)
+            for url, path in zip(prefixes, paths, strict=True)
         ]
         listed = await self._list_many(requests)
         return [
-            S3Object(url, f"s3://{path.bucket}/{e.key}", None, e.size)
+            S3Object(url, f"s3://{path.bucket}/{e.key}", None, size=e.size)
             for url, path, entries in zip(prefixes, paths, listed, strict=True)
             for e in entries
         ]
@@ -698,12 +721,11 @@ class AsyncS3:
             self._s3root,
             url,
             None,
-            head.total,
-            head.content_type,
-            head.metadata,
-            None,
-            head.last_modified,
-            head.encryption,
+            size=head.total,
+            content_type=head.content_type,
+            metadata=head.metadata,
+            last_modified=head.last_modified,
+            encryption=head.encryption,
             etag=head.etag,
             version_id=head.version_id,
         )
@@ -831,7 +853,7 @@ class AsyncS3:
             key, value, content_type, metadata, encryption = _unpack(entry, field)
             url, source = self._checked_target(key, value, make_source)
             items.append(
-                (
+                _PutItem(
                     key,
                     url,
                     source,
@@ -851,7 +873,7 @@ class AsyncS3:
     ) -> list[tuple[str, str]]:
         # A key given more than once (metaflow.S3 accepts it): the last one is uploaded, as
         # one call after another would leave it, and every entry of it is reported.
-        last = {item[1]: i for i, item in enumerate(items)}
+        last = {item.url: i for i, item in enumerate(items)}
         if len(last) < len(items):
             sent = await self._put_batch(
                 [items[i] for i in sorted(last.values())],
@@ -860,43 +882,42 @@ class AsyncS3:
                 [sizes[i] for i in sorted(last.values())] if sizes is not None else None,
             )
             uploaded = {url for _, url in sent}
-            return [(item[0], item[1]) for item in items if item[1] in uploaded]
+            return [(item.key, item.url) for item in items if item.url in uploaded]
         tracker = None
         if progress is not None:
             if sizes is None:
                 loop = asyncio.get_running_loop()
-                sizes = await loop.run_in_executor(None, _sizes, [item[2] for item in items])
+                sizes = await loop.run_in_executor(None, _sizes, [item.source for item in items])
             tracker = Tracker.of(progress, len(items), sum(sizes))
-        if sizes is not None and self._procs.wanted(len(items)):
+        if sizes is not None and self._procs.worth_fanning_out(len(items)):
             # Local files only (sizes known): uploaded by worker processes.
             done = await self._procs.put_files(
-                [(url, src.path, ct, meta, enc) for _, url, src, ct, meta, enc in items],
+                [(i.url, i.source.path, i.content_type, i.metadata, i.encryption) for i in items],
                 overwrite,
                 list[int | None](sizes),
                 on_bytes=on_bytes(tracker),
                 on_object=tracker.add_objects if tracker is not None else None,
             )
-            return [(item[0], item[1]) for item, ok in zip(items, done, strict=True) if ok]
+            return [(item.key, item.url) for item, ok in zip(items, done, strict=True) if ok]
 
         async def one(item: _PutItem) -> bool:
-            _, url, source, content_type, metadata, encryption = item
             sent = await put(
                 self._engine,
-                parse(url),
-                url,
-                source,
+                parse(item.url),
+                item.url,
+                item.source,
                 overwrite=overwrite,
-                content_type=content_type,
-                metadata=metadata,
-                encryption=encryption,
+                content_type=item.content_type,
+                metadata=item.metadata,
+                encryption=item.encryption,
                 on_bytes=on_bytes(tracker),
             )
             if tracker is not None:
                 tracker.add_objects()
             return sent
 
-        done = await self._map(one, items, lambda item: item[1])
-        return [(item[0], item[1]) for item, ok in zip(items, done, strict=True) if ok]
+        done = await self._map(one, items, lambda item: item.url)
+        return [(item.key, item.url) for item, ok in zip(items, done, strict=True) if ok]
 
     async def put_many(
         self,
@@ -1168,7 +1189,7 @@ def _to_object(prefix: str | None, url: str, got: Fetched, return_info: bool) ->
             prefix,
             url,
             got.path,
-            got.length,
+            size=got.length,
             blob=got.blob,
             etag=head.etag,
             version_id=head.version_id,
@@ -1177,12 +1198,12 @@ def _to_object(prefix: str | None, url: str, got: Fetched, return_info: bool) ->
         prefix,
         url,
         got.path,
-        got.length,
-        head.content_type,
-        head.metadata,
-        RangeInfo(head.total, got.offset, got.length),
-        head.last_modified,
-        head.encryption,
+        size=got.length,
+        content_type=head.content_type,
+        metadata=head.metadata,
+        range_info=RangeInfo(head.total, got.offset, got.length),
+        last_modified=head.last_modified,
+        encryption=head.encryption,
         blob=got.blob,
         etag=head.etag,
         version_id=head.version_id,

@@ -94,8 +94,9 @@ class TransferConfig:
         first GET of such a download is unranged (S3 sends the checksum only then); for an
         object over two ranges it reads one range and drops its connection.
     transport : str
-        ``"http"`` (default): GET, HEAD, PutObject, UploadPart and ListObjectsV2 go over s3fast's own
-        zero-copy HTTP/1.1 pool; ``"botocore"``: every request goes through aiobotocore.
+        ``"http"`` (default): GET, HEAD, PutObject, UploadPart and ListObjectsV2 take the lean
+        path (s3fast's own zero-copy HTTP/1.1 pool) where they can; ``"botocore"``: every
+        request goes through aiobotocore.
     max_bandwidth : int, optional
         Bytes per second for all transfers of one client together (GET ranges, PUTs and
         parts), enforced by a token bucket before each request. Default ``None``: unlimited.

@@ -293,7 +293,7 @@ async def _anext(agen: AsyncGenerator[S3Object, None]) -> S3Object:
 
 
 def _remove_temp_dirs(aio: AsyncS3) -> None:
-    aio._targets.close()
+    aio._temp_dirs.close()
 
 
 def _remove_files(objs: list[S3Object]) -> None:

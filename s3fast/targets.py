@@ -6,10 +6,10 @@ The root is chosen in this order: the ``tmproot`` argument, ``S3FAST_TMPDIR``,
 covers the download with a margin, falling back to the system temp dir.
 
 Each root gets one private directory (mode 0700, files 0600) per client, made on first use and
-removed by :meth:`Targets.close` (or at exit). Local names are ``<n>-<sanitized leaf>``: they
+removed by :meth:`TempDirs.close` (or at exit). Local names are ``<n>-<sanitized leaf>``: they
 never derive from a key in a way that can leave the directory.
 
-A client used in a forked child gets dirs of its own (:meth:`Targets.for_child`), made inside
+A client used in a forked child gets dirs of its own (:meth:`TempDirs.for_child`), made inside
 the parent's (made there for the parent if it had none yet): the child removes its own when it
 closes or exits, and what a child leaves (one that ends with ``os._exit()``, as the children of
 Metaflow's ``parallel_map`` do) goes with the parent's. A child never removes the parent's.
@@ -106,10 +106,10 @@ class _Root:
         return self._margin
 
 
-class Targets:
+class TempDirs:
     """Private temp dirs and space reservations for one client. Thread-safe."""
 
-    def __init__(self, tmproot: str | None = None, *, parent: Targets | None = None) -> None:
+    def __init__(self, tmproot: str | None = None, *, parent: TempDirs | None = None) -> None:
         self._roots: list[_Root]
         explicit = _explicit_root(tmproot) if parent is None else None
         if parent is not None:
@@ -128,10 +128,10 @@ class Targets:
         self._token = secrets.token_hex(6)
         self._at_exit: multiprocessing.util.Finalize | None = None
 
-    def for_child(self) -> Targets:
-        """In a forked child: its own Targets (see the module's doc); this one stays the
+    def for_child(self) -> TempDirs:
+        """In a forked child: its own TempDirs (see the module's doc); this one stays the
         parent's."""
-        return Targets(parent=self)
+        return TempDirs(parent=self)
 
     def _path(self, root: _Root) -> str:
         return os.path.join(root.inside or root.base, f"{_DIR_PREFIX}{self._pid}.{self._token}")

@@ -18,6 +18,7 @@ from s3fast import S3, AsyncS3, MetaflowS3AccessDenied
 from s3fast._engine import session
 from s3fast.testing import READER
 
+from ._internals import botocore_client
 from .conftest import Server
 
 
@@ -56,13 +57,13 @@ def test_second_context_loads_nothing(seaweed: Server, seaweed_bucket: str, call
     root = f"s3://{seaweed_bucket}"
     with S3(s3root=root) as s3:
         assert s3.get("k").blob == b"x" * 1024
-        first = s3._aio._engine._client
+        first = botocore_client(s3)
     sessions = session.loads
     calls.model_files.clear()
     calls.listings.clear()
     with S3(s3root=root) as s3:
         assert s3.get("k").blob == b"x" * 1024
-        assert s3._aio._engine._client is first  # the started client, borrowed again
+        assert botocore_client(s3) is first  # the started client, borrowed again
     assert calls.model_files == []
     assert session.loads == sessions
     # No directory scanned (the download's own private temp dir aside).
@@ -94,12 +95,12 @@ def test_credentials_do_not_leak_between_contexts(
     root = f"s3://{seaweed_bucket}"
     with S3(s3root=root) as s3:
         s3.put("a", b"admin")
-        admin = s3._aio._engine._client
+        admin = botocore_client(s3)
     for name, value in READER.env().items():
         monkeypatch.setenv(name, value)
     with S3(s3root=root) as s3:
         assert s3.get("a").blob == b"admin"
-        assert s3._aio._engine._client is not admin
+        assert botocore_client(s3) is not admin
         with pytest.raises(MetaflowS3AccessDenied):
             s3.put("b", b"reader")
     params = {
@@ -113,7 +114,7 @@ def test_credentials_do_not_leak_between_contexts(
         s3.put("c", b"reader")
     with S3(s3root=root) as s3:
         s3.put("d", b"admin again")
-        assert s3._aio._engine._client is admin
+        assert botocore_client(s3) is admin
 
 
 def test_failure_injection_gets_its_own_client(seaweed: Server, seaweed_bucket: str) -> None:

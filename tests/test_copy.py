@@ -14,6 +14,7 @@ from s3fast._engine.copy import _create, copy_object
 from s3fast.limits import MiB
 from s3fast.urls import parse
 
+from ._internals import engine_of
 from .conftest import Server, keys_in, open_uploads
 from .proxy import FaultProxy, Faults
 
@@ -44,7 +45,7 @@ async def test_multipart_copy_with_upload_part_copy(bucket: str) -> None:
         await s3.put("big", data, metadata={"kind": "big"}, content_type="application/x-big")
         done: list[int] = []
         await copy_object(
-            s3._engine,
+            engine_of(s3),
             parse(f"s3://{bucket}/big"),
             parse(f"s3://{bucket}/big-copy"),
             multipart_threshold=6 * MiB,
@@ -65,7 +66,7 @@ async def test_multipart_copy_aborts_when_cancelled(bucket: str, boto: object) -
         await s3.put("big", data)
         task = asyncio.ensure_future(
             copy_object(
-                s3._engine,
+                engine_of(s3),
                 parse(f"s3://{bucket}/big"),
                 parse(f"s3://{bucket}/copy"),
                 multipart_threshold=6 * MiB,
@@ -96,7 +97,9 @@ async def test_cancel_while_creating_the_upload_still_aborts(
         proxy.set(Faults(stall=1.5, times=1))
         config = TransferConfig(transport="botocore", max_concurrency=1)
         async with AsyncS3(endpoint_url=proxy.url, config=config) as s3:
-            task = asyncio.ensure_future(_create(s3._engine, parse(f"s3://{seaweed_bucket}/c"), {}))
+            task = asyncio.ensure_future(
+                _create(engine_of(s3), parse(f"s3://{seaweed_bucket}/c"), {})
+            )
             for _ in range(100):
                 if await asyncio.to_thread(open_uploads, boto, seaweed_bucket):
                     break

@@ -27,6 +27,7 @@ from s3fast import S3, TransferConfig
 from s3fast.limits import KiB, MiB
 from s3fast.testing import ADMIN, WRITER
 
+from ._internals import loop_slots, worker_pids
 from .conftest import Server
 
 # botocore refreshes credentials 15 minutes before they expire (its advisory window), and
@@ -194,7 +195,7 @@ def test_worker_processes_sign_with_refreshed_credentials(
         assert _calls(rotating) == 1
         tap.signed.clear()
         done = s3.put_files(paths)
-        assert len(s3._aio._procs.pids) == 2  # the batch ran in worker processes
+        assert len(worker_pids(s3)) == 2  # the batch ran in worker processes
     assert [k for k, _ in done] == list(blobs)
     assert _calls(rotating) >= 2  # refreshed during the batch
     puts = tap.keys("PUT")
@@ -220,7 +221,7 @@ def test_loop_threads_sign_with_refreshed_credentials(
         assert _calls(rotating) == 1
         tap.signed.clear()
         got = s3.get_many([f"g{i:02d}" for i in range(COUNT)], in_memory=True)
-        assert s3._aio._loops._loops and not s3._aio._procs.pids  # in loop threads
+        assert loop_slots(s3) and not worker_pids(s3)  # in loop threads
         assert [o.blob for o in got] == list(blobs.values())
     assert _calls(rotating) >= 2
     gets = tap.keys("GET")

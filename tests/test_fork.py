@@ -23,6 +23,7 @@ import pytest
 from s3fast import S3, AsyncS3
 from s3fast._engine.fanout import MIN_BATCH
 
+from ._internals import loop_slots, worker_pids
 from .test_api import SMALL_PARTS
 
 # Python 3.12+ warns on every fork of a process with threads (s3fast's loop thread is one)
@@ -168,8 +169,8 @@ def test_forked_child_with_worker_processes_and_loop_threads(
         got = s3.get_many(list(small))  # into files: worker processes
         assert _contents([o.path for o in got if o.path]) == list(small.values())
         assert [o.blob for o in s3.get_many(list(big), in_memory=True)] == list(big.values())
-        workers = s3._aio._procs.pids
-        threads = [slot.thread for slot in s3._aio._loops._loops]
+        workers = worker_pids(s3)
+        threads = [slot.thread for slot in loop_slots(s3)]
         assert len(workers) == 2 and len(threads) == 2
 
         def child() -> dict[str, Any]:
@@ -186,8 +187,8 @@ def test_forked_child_with_worker_processes_and_loop_threads(
                 "blobs": blobs,
                 "put": put,
                 "listed": sorted(o.url.split("/fork/", 1)[1] for o in s3.list_recursive(["c"])),
-                "workers": s3._aio._procs.pids,
-                "threads": len(s3._aio._loops._loops),
+                "workers": worker_pids(s3),
+                "threads": len(loop_slots(s3)),
                 "dirs": s3.tmpdirs,
             }
 
@@ -204,7 +205,7 @@ def test_forked_child_with_worker_processes_and_loop_threads(
         got = s3.get_many([f"c/{i}" for i in range(MIN_BATCH)])
         assert _contents([o.path for o in got if o.path]) == [b"c%d" % i for i in range(MIN_BATCH)]
         assert [o.blob for o in s3.get_many(list(big), in_memory=True)] == list(big.values())
-        assert s3._aio._procs.pids == workers
+        assert worker_pids(s3) == workers
     finally:
         s3.close()
     assert not any(map(_alive, workers))

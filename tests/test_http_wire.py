@@ -1,4 +1,4 @@
-"""The lean HTTP/1.1 transport against responses that HTTP/1.1 allows and S3 servers (or what
+"""The lean path (HTTP/1.1) against responses that HTTP/1.1 allows and S3 servers (or what
 stands between them and the client) send: chunked and close-delimited bodies, HTTP/1.0
 answers, interim 1xx answers, folded headers, slow and stalled bodies; ``Expect:
 100-continue`` on big uploads; IPv6 literal endpoints. Every download must come back
@@ -511,7 +511,7 @@ async def test_retry_time_starts_when_a_request_is_sent(
     async with AsyncS3(
         s3root=f"s3://{seaweed_bucket}", endpoint_url=proxy.url, config=config
     ) as s3:
-        await s3.get("dir/b")  # sizes seen: no scout first
+        await s3.get("dir/b")  # sizes seen: no download goes first
         proxy.set(
             Faults(stall=2.0, times=1, match="dir/a"),
             also=(Faults(answer=INTERNAL, times=1, match="small"),),

@@ -15,6 +15,7 @@ import pytest
 from s3fast import S3, S3GetObject, TransferConfig
 from s3fast._engine.limiter import CUT_INTERVAL, AdaptiveLimiter
 
+from ._internals import engine_of
 from .proxy import FaultProxy, Faults
 
 
@@ -187,7 +188,7 @@ def test_concurrency_grows_against_a_slow_server(seaweed_bucket: str, proxy: Fau
         got = s3.get_many(ranges)
         assert [o.blob for o in got] == [data[i * 16 : i * 16 + 16] for i in range(1500)]
         stats = s3.stats
-        assert stats.start_limit == s3._aio._engine.plan.max_concurrency
+        assert stats.start_limit == engine_of(s3).plan.max_concurrency
     proxy.set(Faults())
     assert stats.highest_limit >= stats.start_limit * 1.5, stats
     assert stats.limit > stats.start_limit and stats.in_flight == 0, stats

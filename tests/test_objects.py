@@ -13,12 +13,12 @@ def test_s3object_fields() -> None:
         "s3://b/root",
         "s3://b/root/a/b",
         None,
-        5,
-        "text/plain",
-        {"metaflow-user-attributes": '{"x": 1}', "other": "y"},
-        RangeInfo(10, 2, -1),
-        1.5,
-        "AES256",
+        size=5,
+        content_type="text/plain",
+        metadata={"metaflow-user-attributes": '{"x": 1}', "other": "y"},
+        range_info=RangeInfo(10, 2, -1),
+        last_modified=1.5,
+        encryption="AES256",
     )
     assert obj.key == "a/b" and obj.prefix == "s3://b/root"
     assert obj.metadata == {"x": 1} and obj.range_info == RangeInfo(10, 2, 10)

@@ -36,6 +36,7 @@ from s3fast._engine.fanout import MIN_BATCH, assign
 from s3fast._engine.session import close_idle_clients
 from s3fast.limits import MiB
 
+from ._internals import engine_of, loop_slots, restart_workers, worker_pids
 from .conftest import Server, open_uploads
 from .test_api import AWKWARD, SMALL_PARTS, sha
 from .test_metaflow_conformance import _fields
@@ -126,13 +127,13 @@ def test_get_many_same_as_one_process(seeded: str, in_memory: bool) -> None:
     with S3(s3root=seeded, config=TWO) as s3:
         got = _snapshot(s3, keys, in_memory)
         # worker processes (files; small bodies into memory) or loops in threads (big bodies)
-        pids = s3._aio._procs.pids
-        threads = [slot.thread for slot in s3._aio._loops._loops]
+        pids = worker_pids(s3)
+        threads = [slot.thread for slot in loop_slots(s3)]
         assert len(pids) + len(threads) == 2
         assert all(map(_alive, pids)) and all(t.is_alive() for t in threads)
         assert _snapshot(s3, keys, in_memory) == want  # the pool is reused
-        assert s3._aio._procs.pids == pids
-        assert [slot.thread for slot in s3._aio._loops._loops] == threads
+        assert worker_pids(s3) == pids
+        assert [slot.thread for slot in loop_slots(s3)] == threads
         dirs = s3.tmpdirs
     assert got == want
     assert not any(map(_alive, pids)) and not any(t.is_alive() for t in threads)
@@ -143,7 +144,7 @@ def test_get_many_same_as_one_process(seeded: str, in_memory: bool) -> None:
 def test_recursive_calls_same_as_one_process(seeded: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """get_recursive / get_all / get_many with every option, every field but the local path
     (test_metaflow_conformance holds one process to metaflow.S3's results)."""
-    monkeypatch.setattr(s3fast._engine.fanout, "MIN_BATCH", 1)  # fan out even tiny batches
+    monkeypatch.setattr(engine_of(s3fast).fanout, "MIN_BATCH", 1)  # fan out even tiny batches
 
     def run(config: TransferConfig) -> list[object]:
         out: list[object] = []
@@ -157,7 +158,7 @@ def test_recursive_calls_same_as_one_process(seeded: str, monkeypatch: pytest.Mo
                         s3.get_many(["dir/child", "nope"], return_missing=True, **kw),
                     ):
                         out += [(_fields(o), o.path is None) for o in objs]
-            assert len(s3._aio._procs.pids) == (2 if config.processes == 2 else 0)
+            assert len(worker_pids(s3)) == (2 if config.processes == 2 else 0)
         return out
 
     assert run(TWO) == run(SMALL_PARTS)
@@ -175,7 +176,7 @@ def test_listings_same_as_one_process(seeded: str) -> None:
                 [(o.url, o.key, o.prefix, o.exists, o.size) for o in objs]
                 for objs in (s3.list_paths(prefixes), s3.list_recursive(prefixes))
             ]
-            assert len(s3._aio._procs.pids) == (2 if config.processes == 2 else 0)
+            assert len(worker_pids(s3)) == (2 if config.processes == 2 else 0)
         with S3(config=config) as s3:
             urls = [f"{seeded}/{p}" for p in prefixes[1:]]
             with pytest.raises(MetaflowS3NotFound) as err:
@@ -191,7 +192,7 @@ def test_listings_same_as_one_process(seeded: str) -> None:
     with S3(config=TWO) as s3:
         s3.put_many([(url, b"x") for url in scratch])
         deleted = s3.delete_recursive([f"{seeded}-del{i}" for i in range(MIN_BATCH)])
-        assert sorted(deleted) == sorted(scratch) and len(s3._aio._procs.pids) == 2
+        assert sorted(deleted) == sorted(scratch) and len(worker_pids(s3)) == 2
         assert s3.list_recursive([f"{seeded}-del{i}" for i in range(MIN_BATCH)]) == []
 
 
@@ -221,12 +222,12 @@ def test_workers_report_progress_as_they_go(
     with S3(s3root=f"s3://{seaweed_bucket}", config=TWO) as s3:
         seen: list[Progress] = []
         s3.put_files(pairs, progress=seen.append)
-        assert len(s3._aio._procs.pids) == 2
+        assert len(worker_pids(s3)) == 2
         check(seen, total)
         seen = []
         objs = s3.get_many(list(data), in_memory=in_memory, progress=seen.append)
         assert [o.blob for o in objs] == list(data.values())
-        assert s3._aio._loops._loops == []  # all of it went through the worker processes
+        assert loop_slots(s3) == []  # all of it went through the worker processes
         check(seen, None)
 
 
@@ -257,7 +258,7 @@ def test_put_files_then_get_back(bucket: str, tmp_path: pathlib.Path) -> None:
         pairs[3] = S3PutObject("up/3", path=files["up/3"][0], metadata={"a": 1}, content_type="x/y")
         res = s3.put_files(pairs)
         assert res == [(k, f"{root}/{k}") for k in files]
-        assert len(s3._aio._procs.pids) == 2
+        assert len(worker_pids(s3)) == 2
         assert s3.put_files(pairs, overwrite=False) == []  # all there already
         info = s3.info("up/3")
         assert info.metadata == {"a": 1} and info.content_type == "x/y"
@@ -289,11 +290,11 @@ async def test_async_pool_lifecycle(seaweed_seeded: str) -> None:
     cfg = TransferConfig(processes=2, max_concurrency=2, range_size=64 * 1024)
     async with AsyncS3(s3root=seeded, config=cfg) as s3:
         assert (
-            await s3.get_many(["plain.txt"], in_memory=True) and s3._procs.pids == []
+            await s3.get_many(["plain.txt"], in_memory=True) and worker_pids(s3) == []
         )  # small: in-process
         objs = await s3.get_many(list(AWKWARD))
         assert [sha(o.blob) for o in objs] == [sha(v) for v in AWKWARD.values()]
-        pids = s3._procs.pids
+        pids = worker_pids(s3)
         assert len(pids) == 2
         # a cancelled batch is cleaned up everywhere; the pool keeps working
         kept = [sorted(os.listdir(d)) for d in s3.tmpdirs]  # the files of the call above
@@ -303,17 +304,17 @@ async def test_async_pool_lifecycle(seaweed_seeded: str) -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
         assert [sorted(os.listdir(d)) for d in s3.tmpdirs] == kept
-        assert s3._procs.pids == pids
+        assert worker_pids(s3) == pids
         assert len(await s3.get_many(list(AWKWARD))) == len(AWKWARD)
     assert not any(map(_alive, pids))
-    assert s3._procs.pids == []
+    assert worker_pids(s3) == []
 
 
 @pytest.mark.asyncio
 async def test_a_dead_worker_fails_the_batch_and_the_pool_restarts(
     seaweed_bucket: str, seaweed: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(s3fast._engine.fanout, "MIN_BATCH", 2)
+    monkeypatch.setattr(engine_of(s3fast).fanout, "MIN_BATCH", 2)
     boto = seaweed.client()
     for i in range(8):
         boto.put_object(Bucket=seaweed_bucket, Key=f"k{i}", Body=os.urandom(8 * MiB))  # type: ignore[attr-defined]
@@ -322,7 +323,7 @@ async def test_a_dead_worker_fails_the_batch_and_the_pool_restarts(
     cfg = TransferConfig(processes=2, max_concurrency=2, range_size=64 * 1024)
     async with AsyncS3(s3root=f"s3://{seaweed_bucket}", config=cfg) as s3:
         await s3.get_many(keys[:2])
-        pids = s3._procs.pids
+        pids = worker_pids(s3)
         task = asyncio.ensure_future(s3.get_many(keys))
         await asyncio.sleep(0.1)  # 512 requests in a row for each worker
         os.kill(pids[0], signal.SIGKILL)
@@ -330,7 +331,7 @@ async def test_a_dead_worker_fails_the_batch_and_the_pool_restarts(
             await task
         objs = await s3.get_many(keys[:2])  # a fresh pool
         assert [o.size for o in objs] == [8 * MiB] * 2
-        assert len(s3._procs.pids) == 2 and not set(s3._procs.pids) & set(pids)
+        assert len(worker_pids(s3)) == 2 and not set(worker_pids(s3)) & set(pids)
         dirs = s3.tmpdirs
     assert not any(map(_alive, pids)) and not any(map(os.path.exists, dirs))
 
@@ -415,7 +416,7 @@ def test_workers_get_the_parents_credentials(
         s3.get_many(list(AWKWARD)[:MIN_BATCH])
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "unknown")
-        s3._aio._procs._broken = True  # restart the workers, with this environment
+        restart_workers(s3)  # restart the workers, with this environment
         for in_memory in (False, True):  # worker processes; event loops in threads
             objs = s3.get_many(list(AWKWARD), in_memory=in_memory)
             assert [hashlib.sha256(o.blob or b"").hexdigest() for o in objs] == [
@@ -489,8 +490,8 @@ async def test_loops_cancel_and_fail_together(seaweed_bucket: str, seaweed: Serv
     async with AsyncS3(s3root=f"s3://{seaweed_bucket}", config=cfg) as s3:
         objs = await s3.get_many(keys, in_memory=True)
         assert [o.size for o in objs] == [3 * MiB + i for i in range(12)]
-        assert s3._procs.pids == [] and len(s3._loops._loops) == 2
-        loops = [slot.loop for slot in s3._loops._loops]
+        assert worker_pids(s3) == [] and len(loop_slots(s3)) == 2
+        loops = [slot.loop for slot in loop_slots(s3)]
 
         def busy() -> int:  # tasks still running on the loops
             return sum(len(asyncio.all_tasks(loop)) for loop in loops)
@@ -508,7 +509,7 @@ async def test_loops_cancel_and_fail_together(seaweed_bucket: str, seaweed: Serv
         assert busy() == 0
         got = await s3.get_many([*keys, "m/nope"], in_memory=True, return_missing=True)
         assert [o.exists for o in got] == [True] * 12 + [False]
-        threads = [slot.thread for slot in s3._loops._loops]
+        threads = [slot.thread for slot in loop_slots(s3)]
     assert not any(t.is_alive() for t in threads) and all(loop.is_closed() for loop in loops)
 
 
@@ -522,7 +523,7 @@ def test_loops_report_progress_on_the_callers_thread(seaweed_bucket: str, seawee
             progress=lambda p: seen.append((p, threading.current_thread().name)),
         )
         assert [o.blob for o in objs] == list(data.values())
-        assert len(s3._aio._loops._loops) == 2
+        assert len(loop_slots(s3)) == 2
     assert seen[-1][0] == Progress(10, 10, sum(map(len, data.values())), None)
     assert {name for _, name in seen} == {"s3fast-loop"}  # the sync facade's loop, not s3fast-io-N
     done = [p.bytes_done for p, _ in seen]
@@ -540,12 +541,12 @@ def test_in_memory_batches_go_where_their_bodies_are_cheapest(
     seaweed.seed(seaweed_bucket, {f"small/{i}": os.urandom(1000) for i in range(8)})
     with S3(s3root=root, config=TWO) as s3:
         s3.get_many([f"small/{i}" for i in range(8)], in_memory=True)
-        assert len(s3._aio._procs.pids) == 2 and s3._aio._loops._loops == []
+        assert len(worker_pids(s3)) == 2 and loop_slots(s3) == []
     with S3(s3root=root, config=TWO) as s3:
         s3.get_many([f"big/{i}" for i in range(8)], in_memory=True)
-        assert s3._aio._procs.pids == [] and len(s3._aio._loops._loops) == 2
+        assert worker_pids(s3) == [] and len(loop_slots(s3)) == 2
     with S3(s3root=root, config=TWO) as s3:
         s3.get_many([S3GetObject(f"big/{i}", 0, 100) for i in range(8)], in_memory=True)
-        assert len(s3._aio._procs.pids) == 2 and s3._aio._loops._loops == []
+        assert len(worker_pids(s3)) == 2 and loop_slots(s3) == []
         objs = s3.get_recursive(["big"], in_memory=True)  # sizes from the listing
-        assert len(s3._aio._loops._loops) == 2 and all(o.size == MiB for o in objs)
+        assert len(loop_slots(s3)) == 2 and all(o.size == MiB for o in objs)

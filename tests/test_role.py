@@ -24,6 +24,8 @@ from s3fast import S3, AsyncS3, MetaflowS3AccessDenied
 from s3fast._engine import session
 from s3fast.testing import HOST, free_ports
 
+from ._internals import botocore_client
+
 SETUP_ACTIONS = 7
 ROLE = "arn:aws:iam::123456789012:role/s3fast-reader"
 
@@ -129,7 +131,7 @@ def test_denied_without_role_allowed_with_it(assumer_env: IamMoto) -> None:
     # they expire) and were issued for a session name that says who asked.
     with S3(s3root=root, role=ROLE) as s3:
         assert s3.get("k").blob == b"behind a role"
-        creds = s3._aio._engine._client._request_signer._credentials
+        creds = botocore_client(s3)._request_signer._credentials
         assert creds.method == "assume-role"
         assert creds.refresh_needed() is False
     assert session.role_session_name().startswith("s3fast-tester-")

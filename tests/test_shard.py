@@ -10,7 +10,7 @@ from s3fast import S3Object, shard
 
 
 def _objs(sizes: list[int]) -> list[S3Object]:
-    return [S3Object("s3://b/p", f"s3://b/p/{i}", None, n) for i, n in enumerate(sizes)]
+    return [S3Object("s3://b/p", f"s3://b/p/{i}", None, size=n) for i, n in enumerate(sizes)]
 
 
 @pytest.mark.unit

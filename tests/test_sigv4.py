@@ -1,4 +1,4 @@
-"""SigV4 of the lean transport (``_engine/http.py``'s ``_Signer``) against AWS's published
+"""SigV4 of the lean path (``_engine/http.py``'s ``_Signer``) against AWS's published
 examples for S3 ("Examples: Signature calculations" in the S3 API reference, header-based
 auth): the same credentials, date, requests and expected signatures."""
 

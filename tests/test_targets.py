@@ -43,13 +43,13 @@ def small_tmpfs(tmp_path: pathlib.Path) -> Iterator[str]:
 def test_tmproot_order(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
     a, b, c = (str(tmp_path / n) for n in "abc")
     monkeypatch.setenv("METAFLOW_TEMPDIR", c)
-    assert s3fast.targets.Targets(None)._roots[0].base == c
+    assert s3fast.targets.TempDirs(None)._roots[0].base == c
     monkeypatch.setenv("S3FAST_TMPDIR", b)
-    assert s3fast.targets.Targets(None)._roots[0].base == b
-    assert s3fast.targets.Targets(a)._roots[0].base == a
+    assert s3fast.targets.TempDirs(None)._roots[0].base == b
+    assert s3fast.targets.TempDirs(a)._roots[0].base == a
     monkeypatch.delenv("S3FAST_TMPDIR")
     monkeypatch.delenv("METAFLOW_TEMPDIR")
-    auto = [r.base for r in s3fast.targets.Targets(None)._roots]
+    auto = [r.base for r in s3fast.targets.TempDirs(None)._roots]
     assert auto[-1] == __import__("tempfile").gettempdir()
     if os.access("/dev/shm", os.W_OK):
         assert auto[0] == "/dev/shm"

@@ -1,4 +1,4 @@
-"""The zero-copy GET transport against SeaweedFS: keep-alive reuse, bodies that break off,
+"""The lean path against SeaweedFS: keep-alive reuse, bodies that break off,
 503 bursts, stalls (through a fault-injecting proxy), and HTTPS with a self-signed CA."""
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from s3fast.limits import MiB
 from s3fast.testing import SeaweedFS
 from s3fast.urls import parse
 
+from ._internals import engine_of
 from .conftest import Server, open_uploads, self_signed
 from .proxy import REDIRECT, SLOWDOWN, FaultProxy, Faults
 
@@ -71,7 +72,7 @@ def test_keep_alive_reuses_one_connection(
     assert proxy.connections == 1
 
 
-def test_a_new_client_scouts_one_object_before_the_rest(
+def test_a_new_client_downloads_one_object_first_for_its_size(
     seaweed_bucket: str, data: dict[str, bytes], proxy: FaultProxy
 ) -> None:
     """A new client's batch of checked downloads: one object goes first (unranged, its
@@ -84,7 +85,7 @@ def test_a_new_client_scouts_one_object_before_the_rest(
         assert [o.blob for o in objs] == list(data.values())
     assert proxy.kinds["GET whole"] == 1 and proxy.kinds["HEAD"] == len(data) - 1
     ranges = sum(-(-len(v) // (256 * 1024)) for v in data.values())
-    assert proxy.kinds["GET ranged"] == ranges - 1  # every range but the scout's first
+    assert proxy.kinds["GET ranged"] == ranges - 1  # every range but the first download's first
     small = {f"s{i}": os.urandom(1000) for i in range(8)}
     with S3(s3root=f"s3://{seaweed_bucket}") as s3:
         s3.put_many(list(small.items()))
@@ -93,8 +94,8 @@ def test_a_new_client_scouts_one_object_before_the_rest(
         objs = s3.get_many(list(small), in_memory=True)
         assert [o.blob for o in objs] == list(small.values())
     assert dict(proxy.kinds) == {"GET whole": len(small)}
-    # A scout whose answer is slow holds the others for a second at most: they go ahead
-    # unranged, as if no scout had been sent.
+    # A first download whose answer is slow holds the others for a second at most: they go
+    # ahead unranged, as if none had gone first.
     proxy.set(Faults(stall=3.0, times=1))
     with _client(seaweed_bucket, proxy, max_concurrency=8) as s3:
         objs = s3.get_many(list(data), in_memory=True)
@@ -325,7 +326,7 @@ def test_ranged_download_is_checked_against_a_head(
     proxy.set(Faults())
     with _client(seaweed_bucket, proxy, transport=transport, range_size=64 * 1024) as s3:
         assert s3.get(key, in_memory=True).blob == carried[key]
-        engine = s3._aio._engine
+        engine = engine_of(s3)
         assert engine.expects_big(None)  # an object over two ranges: it learned
         proxy.set(Faults(flip_at=1000, close=True, times=1))
         obj = s3.get(key)
@@ -379,7 +380,7 @@ def test_no_tls_connection_outlives_its_loop(bucket: str, boto: object) -> None:
             task.cancel()
             copy = asyncio.ensure_future(
                 copy_object(
-                    s3._engine,
+                    engine_of(s3),
                     parse(f"s3://{bucket}/big"),
                     parse(f"s3://{bucket}/copy"),
                     multipart_threshold=6 * MiB,

@@ -18,6 +18,8 @@ from s3fast._engine.budget import Bandwidth
 from s3fast.limits import GiB, MiB
 from s3fast.tuning import Machine, instance_gbps, plan, probe
 
+from ._internals import engine_of
+
 _RULES = {
     "GBPS_PER_PROCESS": tuning.GBPS_PER_PROCESS,
     "MAX_PROCESSES_UNKNOWN_NIC": tuning.MAX_PROCESSES_UNKNOWN_NIC,
@@ -328,7 +330,7 @@ async def test_engine_runs_with_the_plan(monkeypatch: pytest.MonkeyPatch) -> Non
     fake = machine(cpus=40, memory=64 * GiB, nic=50)
     monkeypatch.setattr(tuning, "probe", lambda *a, **k: fake)
     async with AsyncS3(s3root="s3://some-bucket", config=TransferConfig()) as s3:
-        engine = s3._engine
+        engine = engine_of(s3)
         expected = plan(TransferConfig(), machine=fake)
         assert engine.plan == expected
         assert engine.limiter.target == expected.max_concurrency == 128  # 16 x 13 CPUs, capped
@@ -338,9 +340,9 @@ async def test_engine_runs_with_the_plan(monkeypatch: pytest.MonkeyPatch) -> Non
         assert s3.config == TransferConfig()  # what the caller gave, unchanged
     cfg = TransferConfig(max_concurrency=3, range_size=1 * MiB)
     async with AsyncS3(s3root="s3://some-bucket", config=cfg) as s3:
-        assert s3._engine.concurrency == s3._engine.limiter.maximum == 3  # given: fixed
-        assert s3._engine.config.range_size == MiB
-        assert s3._engine.config.part_size == 16 * MiB  # the rest still from the plan
+        assert engine_of(s3).concurrency == engine_of(s3).limiter.maximum == 3  # given: fixed
+        assert engine_of(s3).config.range_size == MiB
+        assert engine_of(s3).config.part_size == 16 * MiB  # the rest still from the plan
 
 
 def test_sync_facade_env_overrides(seaweed_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -348,7 +350,7 @@ def test_sync_facade_env_overrides(seaweed_bucket: str, monkeypatch: pytest.Monk
     monkeypatch.setenv("S3FAST_RANGE_SIZE", "256K")
     data = os.urandom(2 * MiB + 5)
     with S3(s3root=f"s3://{seaweed_bucket}") as s3:
-        engine = s3._aio._engine
+        engine = engine_of(s3)
         assert engine.concurrency == 3 and engine.config.range_size == 256 * 1024
         s3.put("k", data)
         assert s3.get("k", in_memory=True).blob == data

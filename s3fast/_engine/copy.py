@@ -17,7 +17,7 @@ from ..limits import COPY_PART_SIZE, MAX_COPY_OBJECT_SIZE, part_size_for
 from ..urls import S3Path
 from .batch import bounded_map
 from .engine import Engine
-from .get import Head, head_object
+from .get import ResponseMeta, head_object
 from .put import ABORT_TIMEOUT, _abort
 
 _CHANGED = ("PreconditionFailed", "412")
@@ -32,7 +32,7 @@ async def copy_object(
     multipart_threshold: int = MAX_COPY_OBJECT_SIZE,
     part_size: int = COPY_PART_SIZE,
     on_bytes: Callable[[int], None] | None = None,
-) -> Head:
+) -> ResponseMeta:
     """Copy ``src`` to ``dst`` inside S3; returns the source's head. ``on_bytes(n)`` is called
     as each part (or the whole object) is copied."""
     head = await head_object(engine, src, src.url)
@@ -67,7 +67,7 @@ async def _copy_multipart(
     pin: dict[str, str],
     sse: dict[str, str],
     dst: S3Path,
-    head: Head,
+    head: ResponseMeta,
     preferred: int,
     on_bytes: Callable[[int], None] | None,
 ) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import warnings
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -19,7 +20,7 @@ from ..config import TransferConfig
 from .budget import TLS_COPIES, Bandwidth, ByteBudget
 from .creds import Ask, Handed, current, handed_on
 from .faults import FaultInjector, is_injected
-from .http import HttpGetter
+from .http import LeanHttp
 from .limiter import THROTTLE_CODES, THROTTLE_STATUS, AdaptiveLimiter
 from .retry import botocore_sent, note_sent
 from .session import (
@@ -43,8 +44,8 @@ class TransferStats:
 
     ``limit`` is the number of requests currently allowed in flight. It starts at
     ``start_limit`` (the plan's or the given ``max_concurrency``) and moves between 1 and
-    ``max_concurrency`` (the ceiling: the given ``max_concurrency``, else what the memory
-    budget allows); ``lowest_limit`` and ``highest_limit`` are how far it went; ``probes``
+    ``concurrency_ceiling`` (the given ``max_concurrency``, else what the memory budget
+    allows); ``lowest_limit`` and ``highest_limit`` are how far it went; ``probes``
     how often it was raised to test for more throughput, ``probes_reverted`` how many of those
     did not pay, ``stepped_back`` how often it was lowered because latency collapsed;
     ``throttled`` the overload answers seen (429, 502, 503, 504, throttling codes);
@@ -52,7 +53,7 @@ class TransferStats:
     engine's own, plus those botocore retried); ``gave_up`` the requests that ran out of
     attempts or time."""
 
-    max_concurrency: int
+    concurrency_ceiling: int
     start_limit: int
     limit: int
     lowest_limit: int
@@ -66,9 +67,20 @@ class TransferStats:
     retries: int
     gave_up: int
 
+    @property
+    def max_concurrency(self) -> int:
+        """Deprecated: ``concurrency_ceiling`` (``TransferConfig.max_concurrency`` is where
+        the limit starts, this the most it may reach)."""
+        warnings.warn(
+            "TransferStats.max_concurrency is deprecated: use concurrency_ceiling",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.concurrency_ceiling
+
 
 SIZE_WEIGHT = 0.25  # weight of the newest object in Engine's moving share of big objects
-SCOUT_WAIT = 1.0  # seconds the others wait at most for a new engine's first size
+FIRST_DOWNLOAD_WAIT = 1.0  # seconds the others wait at most for a new engine's first size
 
 
 class _Slot:
@@ -159,10 +171,10 @@ class Engine:
         self.conditional_put = True  # cleared if the server rejects If-None-Match
         # The share of whole objects seen lately that were bigger than two ranges (a moving
         # average, from the first size seen): how a checked download of unknown size starts
-        # (see get.fetch). Until a size is seen, one download goes ahead as the scout.
+        # (see get.Download). Until a size is seen, one download goes first, alone.
         self._big_share = 0.0
-        self.sized = False
-        self._scouted: asyncio.Future[None] | None = None
+        self.knows_sizes = False
+        self._first_download: asyncio.Future[None] | None = None
 
     def expects_big(self, size: int | None) -> bool:
         """Will a whole object of ``size`` (None: unknown) be bigger than two ranges (too big
@@ -174,25 +186,26 @@ class Engine:
     def saw_size(self, total: int) -> None:
         """A whole object's size, as a response gave it."""
         big = 1.0 if total > 2 * self.config.range_size else 0.0
-        self._big_share += (SIZE_WEIGHT if self.sized else 1.0) * (big - self._big_share)
-        self.sized = True
-        if self._scouted is not None:
-            self.scouted(self._scouted)
+        self._big_share += (SIZE_WEIGHT if self.knows_sizes else 1.0) * (big - self._big_share)
+        self.knows_sizes = True
+        if self._first_download is not None:
+            self.end_first_download(self._first_download)
 
-    def scout(self) -> tuple[asyncio.Future[None], bool]:
-        """No object size known yet: a future done when the scout's first response has told
-        one (or the scout gave up waiting for it), and whether the caller is the scout."""
-        if self._scouted is None:
-            self._scouted = asyncio.get_running_loop().create_future()
-            return self._scouted, True
-        return self._scouted, False
+    def first_download(self) -> tuple[asyncio.Future[None], bool]:
+        """No object size known yet: a future done when the first download's response has
+        told one (or it failed a try), and whether the caller is that first download."""
+        if self._first_download is None:
+            self._first_download = asyncio.get_running_loop().create_future()
+            return self._first_download, True
+        return self._first_download, False
 
-    def scouted(self, scout: asyncio.Future[None]) -> None:
-        """``scout`` saw a size, or failed a try: release those waiting for it."""
-        if not scout.done():
-            scout.set_result(None)
-        if self._scouted is scout and not self.sized:
-            self._scouted = None  # the next download scouts again
+    def end_first_download(self, first: asyncio.Future[None]) -> None:
+        """The first download (``first``) saw a size, or failed a try: release those waiting
+        for it."""
+        if not first.done():
+            first.set_result(None)
+        if self._first_download is first and not self.knows_sizes:
+            self._first_download = None  # the next download goes first
 
     async def client(self) -> Any:
         # botocore's hooks on a shared client find the engine of the request here (the
@@ -292,8 +305,8 @@ class Engine:
         """The region the started client signs for."""
         return self._client.meta.region_name if self._client is not None else self._region
 
-    async def lean(self, bucket: str, operation: str) -> HttpGetter | None:
-        """The lean HTTP path when it takes ``operation`` on ``bucket``, else None (botocore
+    async def lean(self, bucket: str, operation: str) -> LeanHttp | None:
+        """The lean path when it takes ``operation`` on ``bucket``, else None (botocore
         takes it). A failure of the lean path goes to ``self.transport.hand_over``."""
         await self.client()
         return await self.transport.lean(bucket, operation)
@@ -351,7 +364,7 @@ class Engine:
     def stats(self) -> TransferStats:
         lim = self.limiter
         return TransferStats(
-            max_concurrency=lim.maximum,
+            concurrency_ceiling=lim.maximum,
             start_limit=self.config.max_concurrency,
             limit=int(lim.limit),
             lowest_limit=lim.lowest,
@@ -366,7 +379,7 @@ class Engine:
             gave_up=self.gave_up,
         )
 
-    async def throttle(self, nbytes: int) -> None:
+    async def pace(self, nbytes: int) -> None:
         """Wait for ``nbytes`` of the ``max_bandwidth`` budget; returns at once when unset."""
         if self._bandwidth is not None and nbytes > 0:
             delay = self._bandwidth.reserve(nbytes)
@@ -387,12 +400,14 @@ class Engine:
         """In a forked child: forget the parent's client, connections and limiter (bound to
         its event loop; never closed here, see :mod:`s3fast._fork`), keeping the plan and
         what was learned about the server. The next request starts a client of our own."""
-        _fork.orphan(self._client_cm, self._client, self.transport, self.limiter, self._scouted)
+        _fork.orphan(
+            self._client_cm, self._client, self.transport, self.limiter, self._first_download
+        )
         self._client = self._client_cm = None
         self._lease = None  # the parent's shared client (see session.py): not released here
         self.transport = Transport()
         self._start_lock = None
-        self._scouted = None
+        self._first_download = None
         self.limiter = AdaptiveLimiter(self.config.max_concurrency, self.concurrency)
 
 

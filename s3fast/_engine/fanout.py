@@ -15,6 +15,10 @@ from .engine import Engine
 
 MIN_BATCH = 8  # fewer objects than this stay in the calling process
 INLINE_MAX = 256 * 1024  # in-memory bodies up to this size travel inside the result message
+# An in-memory batch whose median body is bigger than this goes to event loops in threads
+# (the copy from the socket is the work), a smaller one to worker processes (Python per
+# request is the work): see AsyncS3._bodies_are_big.
+THREADS_ABOVE = 256 * 1024
 SIZE_OVERHEAD = 256 * 1024  # per-object cost, in bytes, when balancing workers by size
 
 Credentials = Handed  # (access key, secret, token, expiry): see creds.py

@@ -2,7 +2,7 @@
 that users can test their own retry handling against the engine's real retry path.
 
 Every request passes one of two doors, and both ask :meth:`FaultInjector.check`: the lean
-transport's request builder (``HttpGetter._request``) and botocore's ``before-send`` event.
+transport's request builder (``LeanHttp._request``) and botocore's ``before-send`` event.
 An injected failure looks like a connection that broke before an answer came: the lean
 transport raises :class:`~s3fast._engine.http.TransientHTTPError`, botocore gets
 :class:`InjectedFault` (an ``HTTPClientError``, which its retry handler retries). Both are
@@ -34,7 +34,7 @@ class InjectedFault(botocore.exceptions.HTTPClientError):
 
 
 class InjectedHTTPError(TransientHTTPError):
-    """An injected failure on the lean transport."""
+    """An injected failure on the lean path."""
 
 
 def is_injected(exc: BaseException | None) -> bool:
@@ -67,7 +67,7 @@ class FaultInjector:
         return True
 
     def check(self, method: str, url: str, detail: str = "") -> None:
-        """A request of the lean transport goes out: maybe raise a transient failure."""
+        """A request of the lean path goes out: maybe raise a transient failure."""
         if self._fails((method, url, detail)):
             raise InjectedHTTPError(
                 f"injected failure (inject_failure_rate={self.rate}%) for {method} {url}",

@@ -13,7 +13,7 @@ object expected to span several ranges, read ranged from the start) that a HEAD 
 version brought. A mismatch is fetched again once, then raised.
 
 Retries: on the botocore transport, botocore retries whole requests and this layer retries
-only broken bodies, so the two never overlap; on the lean transport (``http.py``), which has
+only broken bodies, so the two never overlap; on the lean path (``http.py``), which has
 no retries of its own, this layer also retries 5xx answers and failed connections.
 """
 
@@ -37,7 +37,7 @@ from ..limits import MiB, split
 from ..urls import ByteRange, S3Path, parse_content_range
 from .batch import bounded_map
 from .checksums import CRC32, Checksum, combined, full_object
-from .engine import SCOUT_WAIT, Engine
+from .engine import FIRST_DOWNLOAD_WAIT, Engine
 from .http import Digest, ProtocolSurprise
 from .retry import RESUMABLE, RetryClock, backoff, retrying
 from .sinks import Sink
@@ -56,7 +56,7 @@ class _LengthUnknown(MetaflowS3TransferError):
 
 
 @dataclass
-class Head:
+class ResponseMeta:
     """What a response says about the object, and the span (inclusive) it carries."""
 
     total: int
@@ -75,7 +75,7 @@ class Head:
         return self.start == 0 and self.end == self.total - 1
 
     @classmethod
-    def from_response(cls, resp: dict[str, Any], url: str) -> Head:
+    def from_response(cls, resp: dict[str, Any], url: str) -> ResponseMeta:
         length = resp.get("ContentLength")  # None: a chunked or close-delimited body
         if resp.get("ContentRange"):
             start, end, total = parse_content_range(resp["ContentRange"], url)
@@ -108,7 +108,7 @@ class Head:
 
 @dataclass
 class Fetched:
-    head: Head
+    head: ResponseMeta
     offset: int
     length: int
     path: str | None
@@ -159,7 +159,7 @@ async def _drain(
 
 
 # Given a response's head: the buffer for its body, and maybe a digest to feed the body.
-Prepare = Callable[[Head], Awaitable[tuple[memoryview, Digest | None]]]
+Prepare = Callable[[ResponseMeta], Awaitable[tuple[memoryview, Digest | None]]]
 
 
 async def _exchange(
@@ -180,7 +180,7 @@ async def _exchange(
     if http is not None:
 
         async def prepare_fields(fields: dict[str, Any]) -> tuple[memoryview, Digest | None]:
-            return await prepare(Head.from_response(fields, url))
+            return await prepare(ResponseMeta.from_response(fields, url))
 
         try:
             async with engine.slot(progress=progress):
@@ -202,7 +202,7 @@ async def _exchange(
         resp = await client.get_object(Bucket=path.bucket, Key=path.key, **kwargs)
         body = resp["Body"]
         try:
-            head = Head.from_response(resp, url)
+            head = ResponseMeta.from_response(resp, url)
             dest, digest = await prepare(head)
             try:
                 await _drain(body, dest, progress, digest, len(dest) == head.end + 1 - head.start)
@@ -210,65 +210,6 @@ async def _exchange(
                 dest.release()
         finally:
             body.close()
-
-
-async def _span(
-    engine: Engine,
-    path: S3Path,
-    url: str,
-    sink: Sink,
-    base: int,
-    start: int,
-    end: int,
-    etag: str | None,
-    attempt: int = 0,
-    verifier: _Verifier | None = None,
-) -> None:
-    """Fetch absolute bytes ``start..end`` into ``sink`` (at ``start - base``), resuming a
-    broken body from the last byte received; the ``verifier`` checksums the bytes as they
-    land."""
-    progress = [start]
-    piece: _Piece | None = None
-
-    async def prepare(head: Head) -> tuple[memoryview, Digest | None]:
-        nonlocal piece
-        if (head.start, head.end) != (progress[0], end):
-            raise MetaflowS3TransferError(
-                f"{url}: asked for bytes {progress[0]}-{end}, "
-                f"the server sent {head.start}-{head.end}",
-                url,
-            )
-        piece = verifier.piece(progress[0]) if verifier is not None else None
-        digest = piece.update if piece is not None else None
-        return sink.view(progress[0] - base, end + 1 - progress[0]), digest
-
-    await engine.throttle(end + 1 - start)  # max_bandwidth
-    with RetryClock() as clock:
-        while True:
-            piece = None
-            try:
-                await _exchange(
-                    engine, path, url, f"bytes={progress[0]}-{end}", etag, prepare, progress
-                )
-                return
-            except RESUMABLE as exc:
-                attempt += 1
-                if not await backoff(attempt, engine, clock.started, exc):
-                    raise MetaflowS3TransferError(
-                        f"{url}: gave up after {attempt} attempts at byte {progress[0]} "
-                        f"({type(exc).__name__}: {exc})",
-                        url,
-                    ) from exc
-            except botocore.exceptions.ClientError as exc:
-                if error_code(exc) in ("PreconditionFailed", "412"):
-                    raise MetaflowS3TransferError(
-                        f"{url}: the object changed during the download (ETag no longer {etag})",
-                        url,
-                    ) from exc
-                raise_translated(exc, url)
-            finally:
-                if verifier is not None and piece is not None:
-                    verifier.took(piece)
 
 
 class _Piece:
@@ -299,7 +240,7 @@ class _Verifier:
         expected: Checksum | None,
         base: int,
         sink: Sink,
-        pending: asyncio.Future[Head] | None = None,
+        pending: asyncio.Future[ResponseMeta] | None = None,
     ) -> None:
         self.expected = expected
         self.pending = pending
@@ -366,64 +307,134 @@ class _Verifier:
         )
 
 
-async def fetch(
-    engine: Engine,
-    path: S3Path,
-    url: str,
-    brange: ByteRange | None,
-    sink: Sink,
-    on_bytes: Callable[[int], None] | None = None,
-    size: int | None = None,
-) -> Fetched:
-    """Download ``brange`` (None: all) of ``path`` into ``sink``; ``on_bytes(n)`` is called as
-    each range of ``n`` bytes completes. ``size``: the object's size, when known (a listing's)."""
-    range_size = engine.config.range_size
-    # A whole object, checked against its checksum, which S3 sends only with an unranged GET
-    # or a HEAD. An object expected to span at most two ranges is read whole with one
-    # unranged GET. A bigger one (by ``size``, else by the sizes this engine saw lately) is
-    # read in ranges while a HEAD of the same version fetches its checksum. If a big one was
-    # read unranged after all, its first range is read and the connection dropped (what was
-    # in flight is lost), and the rest goes in parallel.
-    verify = brange is None and engine.config.verify_checksums
-    scout: asyncio.Future[None] | None = None  # set when this download is the scout
-    if verify and size is None and not engine.sized:
-        # Nothing known of sizes yet (a new client): the first download goes alone until its
-        # response tells a size, so the others start the way that size says (a batch of big
-        # objects then drops no connection). One round trip, once per engine.
-        waiting, mine = engine.scout()
-        if mine:
-            scout = waiting
-        else:
-            with contextlib.suppress(TimeoutError):  # a slow scout holds no one for long
-                await asyncio.wait_for(asyncio.shield(waiting), SCOUT_WAIT)
-    ranged = verify and engine.expects_big(size)
-    progress = [0]
-    first: list[Head] = []
-    last = 0
-    verifier: _Verifier | None = None
-    checksum: asyncio.Task[Head] | None = None
-    piece: _Piece | None = None
+class _Range:
+    """One ranged GET of a :class:`Download`'s absolute bytes up to ``end``, from
+    ``progress[0]`` (where a broken body resumes): checks the response's span and hands its
+    body the right place in the sink."""
 
-    async def prepare(head: Head) -> tuple[memoryview, Digest | None]:
-        nonlocal last, verifier, checksum, piece
-        last = final_end(brange, head.total)
+    __slots__ = ("download", "end", "piece", "progress")
+
+    def __init__(self, download: Download, start: int, end: int) -> None:
+        self.download = download
+        self.end = end
+        self.progress = [start]
+        self.piece: _Piece | None = None
+
+    async def prepare(self, head: ResponseMeta) -> tuple[memoryview, Digest | None]:
+        download, at, end = self.download, self.progress[0], self.end
+        if (head.start, head.end) != (at, end):
+            raise MetaflowS3TransferError(
+                f"{download.url}: asked for bytes {at}-{end}, "
+                f"the server sent {head.start}-{head.end}",
+                download.url,
+            )
+        verifier = download.verifier
+        self.piece = piece = verifier.piece(at) if verifier is not None else None
+        digest = piece.update if piece is not None else None
+        return download.sink.view(at - download.base, end + 1 - at), digest
+
+
+class Download:
+    """Download ``brange`` (None: all) of ``path`` into ``sink`` (see :func:`fetch`).
+
+    A whole object, checked against its checksum, which S3 sends only with an unranged GET
+    or a HEAD. An object expected to span at most two ranges is read whole with one unranged
+    GET. A bigger one (by ``size``, else by the sizes this engine saw lately) is read in
+    ranges while a HEAD of the same version fetches its checksum. If a big one was read
+    unranged after all, its first range is read and the connection dropped (what was in
+    flight is lost), and the rest goes in parallel."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        path: S3Path,
+        url: str,
+        brange: ByteRange | None,
+        sink: Sink,
+        on_bytes: Callable[[int], None] | None = None,
+        size: int | None = None,
+    ) -> None:
+        self.engine = engine
+        self.path = path
+        self.url = url
+        self.brange = brange
+        self.sink = sink
+        self.on_bytes = on_bytes  # None once ranges are fetched again: each counts once
+        self.size = size
+        self.range_size = engine.config.range_size
+        self.verify = brange is None and engine.config.verify_checksums
+        self.ranged = False  # read in ranges from the first request on
+        # set when this is the engine's first download (see _wait_for_first_download)
+        self.goes_first: asyncio.Future[None] | None = None
+        self.progress = [0]  # the first response's body bytes received, absolute
+        self.head: ResponseMeta | None = None  # the first response's, once its body starts
+        self.base = 0  # where the sink starts, absolute
+        self.last = 0  # the last byte wanted, absolute
+        self.verifier: _Verifier | None = None
+        self.checksum: asyncio.Task[ResponseMeta] | None = None  # the HEAD bringing the checksum
+        self.piece: _Piece | None = None  # the first response's body checksum
+
+    async def run(self) -> Fetched:
+        engine, url = self.engine, self.url
+        if self.verify and self.size is None and not engine.knows_sizes:
+            await self._wait_for_first_download()
+        self.ranged = self.verify and engine.expects_big(self.size)
+        try:
+            head = await self._first()
+            await self._rest(head)
+            local, blob = await self.sink.commit()
+        except BaseException as exc:
+            if self.goes_first is not None:
+                engine.end_first_download(self.goes_first)
+            if self.checksum is not None:  # stop the HEAD, or take its failure: none left unread
+                self.checksum.cancel()
+                await asyncio.gather(self.checksum, return_exceptions=True)
+            await asyncio.shield(self.sink.discard())
+            raise_translated(exc, url)
+        length = max(0, self.last - head.start + 1)
+        return Fetched(head=head, offset=head.start, length=length, path=local, blob=blob)
+
+    async def _wait_for_first_download(self) -> None:
+        """Nothing known of sizes yet (a new client): the first download goes alone until its
+        response tells a size, so the others start the way that size says (a batch of big
+        objects then drops no connection). One round trip, once per engine."""
+        waiting, first = self.engine.first_download()
+        if first:
+            self.goes_first = waiting
+        else:
+            with contextlib.suppress(TimeoutError):  # a slow first one holds no one for long
+                await asyncio.wait_for(asyncio.shield(waiting), FIRST_DOWNLOAD_WAIT)
+
+    async def _prepare(self, head: ResponseMeta) -> tuple[memoryview, Digest | None]:
+        """The first response's head: the size, the sink, and how its body is checked."""
+        engine, brange = self.engine, self.brange
+        self.last = final_end(brange, head.total)
         if brange is None:
             engine.saw_size(head.total)
-        if ranged:
-            checksum = asyncio.ensure_future(head_object(engine, path, url, head.etag, True))
-            verifier = _Verifier(None, head.start, sink, checksum)
-        elif verify:
-            verifier = _Verifier(head.checksum if head.whole else None, head.start, sink)
-            if head.whole and head.total > 2 * range_size:
-                head = dataclasses.replace(head, end=range_size - 1)
-        piece = verifier.piece(head.start) if verifier is not None else None
-        await sink.open(max(0, last - head.start + 1))
-        first.append(head)
-        progress[0] = head.start
-        return sink.view(0, head.end + 1 - head.start), piece.update if piece else None
+        if self.ranged:
+            self.checksum = asyncio.ensure_future(
+                head_object(engine, self.path, self.url, head.etag, True)
+            )
+            self.verifier = _Verifier(None, head.start, self.sink, self.checksum)
+        elif self.verify:
+            self.verifier = _Verifier(head.checksum if head.whole else None, head.start, self.sink)
+            if head.whole and head.total > 2 * self.range_size:
+                head = dataclasses.replace(head, end=self.range_size - 1)
+        verifier = self.verifier
+        self.piece = piece = verifier.piece(head.start) if verifier is not None else None
+        await self.sink.open(max(0, self.last - head.start + 1))
+        self.head, self.base = head, head.start
+        self.progress[0] = head.start
+        return self.sink.view(0, head.end + 1 - head.start), piece.update if piece else None
 
-    try:
-        range_header = None if verify and not ranged else first_range(brange, range_size)
+    async def _first(self) -> ResponseMeta:
+        """The first request, which learns the object's size (and the first range's bytes,
+        resumed where its body broke off)."""
+        engine, path, url, brange = self.engine, self.path, self.url, self.brange
+        prepare, progress = self._prepare, self.progress
+        range_header = (
+            None if self.verify and not self.ranged else first_range(brange, self.range_size)
+        )
         asked_ranges = False
         attempt = 0
         with RetryClock() as clock:
@@ -437,7 +448,7 @@ async def fetch(
                         None,
                         prepare,
                         progress,
-                        verify and not ranged,
+                        self.verify and not self.ranged,
                     )
                     break
                 except botocore.exceptions.ClientError as exc:
@@ -447,7 +458,7 @@ async def fetch(
                         and range_header
                         and error_code(exc) in ("InvalidRange", "416")
                     ):
-                        range_header, ranged = None, False
+                        range_header, self.ranged = None, False
                         if asked_ranges:  # and unranged, it came without a length: a HEAD's
                             empty = await head_object(engine, path, url)
                             if empty.total:
@@ -462,75 +473,124 @@ async def fetch(
                     # then comes from a HEAD). Once: a server that ignores Range fails here.
                     if range_header is not None or asked_ranges:
                         raise
-                    asked_ranges, ranged = True, verify
-                    range_header = first_range(brange, range_size)
+                    asked_ranges, self.ranged = True, self.verify
+                    range_header = first_range(brange, self.range_size)
                 except RESUMABLE as exc:
-                    if first:  # the body broke off: resume below from the last byte received
+                    if self.head is not None:  # the body broke off: resume below
                         break
-                    if scout is not None:  # its first try failed: the others need not wait more
-                        engine.scouted(scout)
+                    if self.goes_first is not None:  # its first try failed: no more waiting
+                        engine.end_first_download(self.goes_first)
                     attempt += 1
                     if not await backoff(attempt, engine, clock.started, exc):
                         raise
                 finally:
-                    if verifier is not None and piece is not None:
-                        verifier.took(piece)
-                        piece = None
-        head = first[0]
-        await engine.throttle(progress[0] - head.start)  # max_bandwidth: the first range
+                    if self.verifier is not None and self.piece is not None:
+                        self.verifier.took(self.piece)
+                        self.piece = None
+        head = self.head
+        assert head is not None
+        await engine.pace(progress[0] - head.start)  # max_bandwidth: the first range
         if progress[0] <= head.end:
-            await _span(
-                engine, path, url, sink, head.start, progress[0], head.end, head.etag, 1, verifier
-            )
+            await self._span(progress[0], head.end, 1)
+        return head
 
-        counted = on_bytes  # progress counts each range once, not again when re-fetched
-
-        async def one(item: tuple[int, int, bool]) -> None:
-            start, end, again = item
-            if again:
-                await _span(engine, path, url, sink, head.start, start, end, head.etag, 0, verifier)
-            if verifier is not None:
-                await verifier.settle(start, end)
-            else:
-                writing = sink.settled(start - head.start, end + 1 - start)
-                if writing is not None:
-                    await writing
-            if counted is not None:
-                counted(end + 1 - start)
-
-        async def run(items: list[tuple[int, int, bool]]) -> None:
-            if len(items) == 1:
-                await one(items[0])
-            else:
-                await bounded_map(one, items, engine.concurrency)
-
-        rest = split(head.end + 1, last, range_size)
-        await run([(head.start, head.end, False)] + [(a, b, True) for a, b in rest])
-        if verifier is not None and verifier.mismatch(url):
+    async def _rest(self, head: ResponseMeta) -> None:
+        """The ranges after the first, in parallel, each settled (checked, written) as it
+        completes; all of them fetched again once if the whole does not match its checksum."""
+        rest = split(head.end + 1, self.last, self.range_size)
+        await self._ranges([(head.start, head.end, False)] + [(a, b, True) for a, b in rest])
+        verifier = self.verifier
+        if verifier is not None and verifier.mismatch(self.url):
             # corrupted in flight, or stored so: fetch it all again once, then give up
             verifier.pieces.clear()
             verifier.streamed.clear()
-            counted = None
-            await run([(head.start, head.end, True)] + [(a, b, True) for a, b in rest])
-            problem = verifier.mismatch(url)
+            self.on_bytes = None
+            await self._ranges([(head.start, head.end, True)] + [(a, b, True) for a, b in rest])
+            problem = verifier.mismatch(self.url)
             if problem:
-                raise MetaflowS3TransferError(problem, url)
-        local, blob = await sink.commit()
-    except BaseException as exc:
-        if scout is not None:
-            engine.scouted(scout)
-        if checksum is not None:  # stop the HEAD, or take its failure: none left unread
-            checksum.cancel()
-            await asyncio.gather(checksum, return_exceptions=True)
-        await asyncio.shield(sink.discard())
-        raise_translated(exc, url)
-    length = max(0, last - head.start + 1)
-    return Fetched(head=head, offset=head.start, length=length, path=local, blob=blob)
+                raise MetaflowS3TransferError(problem, self.url)
+
+    async def _ranges(self, items: list[tuple[int, int, bool]]) -> None:
+        if len(items) == 1:
+            await self._one(items[0])
+        else:
+            await bounded_map(self._one, items, self.engine.concurrency)
+
+    async def _one(self, item: tuple[int, int, bool]) -> None:
+        """Absolute bytes ``start..end``: fetched (``again``: they are not in the sink yet),
+        then settled."""
+        start, end, again = item
+        if again:
+            await self._span(start, end)
+        if self.verifier is not None:
+            await self.verifier.settle(start, end)
+        else:
+            writing = self.sink.settled(start - self.base, end + 1 - start)
+            if writing is not None:
+                await writing
+        if self.on_bytes is not None:
+            self.on_bytes(end + 1 - start)
+
+    async def _span(self, start: int, end: int, attempt: int = 0) -> None:
+        """Fetch absolute bytes ``start..end`` into the sink, resuming a broken body from the
+        last byte received; the verifier checksums the bytes as they land."""
+        engine, url, verifier = self.engine, self.url, self.verifier
+        etag = self.head.etag if self.head is not None else None
+        one = _Range(self, start, end)
+        progress = one.progress
+        await engine.pace(end + 1 - start)  # max_bandwidth
+        with RetryClock() as clock:
+            while True:
+                one.piece = None
+                try:
+                    await _exchange(
+                        engine,
+                        self.path,
+                        url,
+                        f"bytes={progress[0]}-{end}",
+                        etag,
+                        one.prepare,
+                        progress,
+                    )
+                    return
+                except RESUMABLE as exc:
+                    attempt += 1
+                    if not await backoff(attempt, engine, clock.started, exc):
+                        raise MetaflowS3TransferError(
+                            f"{url}: gave up after {attempt} attempts at byte {progress[0]} "
+                            f"({type(exc).__name__}: {exc})",
+                            url,
+                        ) from exc
+                except botocore.exceptions.ClientError as exc:
+                    if error_code(exc) in ("PreconditionFailed", "412"):
+                        raise MetaflowS3TransferError(
+                            f"{url}: the object changed during the download "
+                            f"(ETag no longer {etag})",
+                            url,
+                        ) from exc
+                    raise_translated(exc, url)
+                finally:
+                    if verifier is not None and one.piece is not None:
+                        verifier.took(one.piece)
+
+
+async def fetch(
+    engine: Engine,
+    path: S3Path,
+    url: str,
+    brange: ByteRange | None,
+    sink: Sink,
+    on_bytes: Callable[[int], None] | None = None,
+    size: int | None = None,
+) -> Fetched:
+    """Download ``brange`` (None: all) of ``path`` into ``sink``; ``on_bytes(n)`` is called as
+    each range of ``n`` bytes completes. ``size``: the object's size, when known (a listing's)."""
+    return await Download(engine, path, url, brange, sink, on_bytes, size).run()
 
 
 async def head_object(
     engine: Engine, path: S3Path, url: str, etag: str | None = None, checksum: bool = False
-) -> Head:
+) -> ResponseMeta:
     """HEAD through the engine's transport; ``etag``: only of that version, ``checksum``:
     with the object's checksums."""
     try:
@@ -542,7 +602,7 @@ async def head_object(
                     return await http.head(path.bucket, path.key, etag, checksum)
 
             try:
-                return Head.from_response(await retrying(engine, one), url)
+                return ResponseMeta.from_response(await retrying(engine, one), url)
             except (botocore.exceptions.ClientError, ProtocolSurprise) as exc:
                 if not engine.transport.hand_over(exc, path.bucket, "HeadObject"):
                     raise
@@ -550,7 +610,7 @@ async def head_object(
         if etag:
             kwargs["IfMatch"] = f'"{etag}"'
         async with engine.slot() as client:
-            return Head.from_response(
+            return ResponseMeta.from_response(
                 await client.head_object(Bucket=path.bucket, Key=path.key, **kwargs), url
             )
     except botocore.exceptions.ClientError as exc:

@@ -1,4 +1,4 @@
-"""The hot path: a lean HTTP/1.1 keep-alive pool on asyncio ``BufferedProtocol`` for the
+"""The lean path: an HTTP/1.1 keep-alive pool on asyncio ``BufferedProtocol`` for the
 requests that move bytes or are made by the thousand: GET, HEAD, PutObject, UploadPart and
 ListObjectsV2.
 
@@ -83,7 +83,7 @@ def _settle(waiter: asyncio.Future[None]) -> None:
 
 
 class ProtocolSurprise(ConnectionError):
-    """The server answered in a way the lean transport does not take: a malformed response,
+    """The server answered in a way the lean path does not take: a malformed response,
     an unexpected interim status (101), or a body whose length cannot be known where it must
     be. The request belongs to botocore (see :meth:`.transport.Transport.hand_over`)."""
 
@@ -715,7 +715,7 @@ def response_fields(headers: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-class HttpGetter:
+class LeanHttp:
     """Requests over pooled keep-alive connections, sent where botocore would send them.
 
     Only :class:`.transport.Transport` decides which requests come here: it gives each

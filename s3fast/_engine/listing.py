@@ -10,7 +10,7 @@ import botocore.exceptions
 from ..errors import raise_translated
 from ..urls import S3Path
 from .engine import Engine
-from .http import HttpGetter, ProtocolSurprise, parse_listing, peek_token
+from .http import LeanHttp, ProtocolSurprise, parse_listing, peek_token
 from .retry import retrying
 
 
@@ -20,19 +20,25 @@ class Entry:
     size: int | None  # None for a common prefix ("directory")
 
 
-# One listing to make: (url for errors, path, delimiter, limit), as list_prefix takes them.
-ListRequest = tuple[str, S3Path, str, int | None]
+@dataclass(frozen=True, slots=True)
+class ListRequest:
+    """One listing to make, as :func:`list_prefix` takes it (``url``: named in errors)."""
+
+    url: str
+    path: S3Path
+    delimiter: str
+    limit: int | None
 
 
 async def _list_http(
     engine: Engine,
-    http: HttpGetter,
+    http: LeanHttp,
     path: S3Path,
     delimiter: str,
     limit: int | None,
     entries: list[Entry],
 ) -> None:
-    """Page through a listing on the lean transport, retrying each page's transient
+    """Page through a listing on the lean path, retrying each page's transient
     failures (a page is idempotent: same token, same answer). The next page is asked for
     before this one is parsed (its token is found in the raw page first), so the parsing
     here overlaps the server's work on the next page."""

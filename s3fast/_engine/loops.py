@@ -83,7 +83,8 @@ class Loops:
         self._loops: list[_Loop] = []
         self._lock: asyncio.Lock | None = None
 
-    def wanted(self, count: int) -> bool:
+    def worth_fanning_out(self, count: int) -> bool:
+        """Is a batch of ``count`` objects worth fanning out?"""
         return self.size > 1 and count >= fanout.MIN_BATCH
 
     async def _ensure(self) -> None:

@@ -60,7 +60,7 @@ from ..errors import (
     MetaflowS3AccessDenied,
     MetaflowS3TransferError,
 )
-from ..targets import Targets
+from ..targets import TempDirs
 from ..urls import ByteRange
 from . import fanout
 from .engine import Engine
@@ -189,7 +189,7 @@ class Pool:
         self._finalizer: weakref.finalize | None = None
         self._answering: set[asyncio.Task[None]] = set()
 
-    def wanted(self, count: int) -> bool:
+    def worth_fanning_out(self, count: int) -> bool:
         """Is a batch of ``count`` objects worth fanning out?"""
         return self.size > 1 and count >= fanout.MIN_BATCH
 
@@ -399,7 +399,7 @@ class Pool:
     async def get(
         self,
         jobs: list[tuple[str, ByteRange | None]],
-        targets: Targets,
+        temp_dirs: TempDirs,
         *,
         return_missing: bool,
         in_memory: bool,
@@ -409,9 +409,9 @@ class Pool:
     ) -> list[Fetched | None]:
         """Download ``(url, range)`` jobs; results in input order (None: missing).
         ``on_bytes(n)`` as ranges complete, ``on_object()`` as objects do (progress)."""
-        roots = targets.all_dirs()
+        roots = temp_dirs.all_dirs()
         items = [
-            (i, url, brange, targets.number(), sizes[i] if sizes else None)
+            (i, url, brange, temp_dirs.number(), sizes[i] if sizes else None)
             for i, (url, brange) in enumerate(jobs)
         ]
         parts = [[items[i] for i in idxs] for idxs in assign(len(items), self.size, sizes)]
@@ -473,10 +473,11 @@ class Pool:
         return done
 
     async def list_many(self, requests: list[ListRequest]) -> list[list[Entry]]:
-        """Listings of ``(url, path, delimiter, limit)`` requests (as ``list_prefix``), in input
-        order; round-robin across the workers, whose pages are parsed there."""
+        """Listings of ``requests`` (as ``list_prefix``), in input order; round-robin across
+        the workers, whose pages are parsed there."""
         jobs = [
-            (i, url, p.bucket, p.key, d, limit) for i, (url, p, d, limit) in enumerate(requests)
+            (i, r.url, r.path.bucket, r.path.key, r.delimiter, r.limit)
+            for i, r in enumerate(requests)
         ]
         parts = [[jobs[i] for i in idxs] for idxs in assign(len(jobs), self.size)]
         listed: list[list[Entry]] = [[] for _ in requests]

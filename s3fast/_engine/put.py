@@ -139,7 +139,7 @@ def _extra(
 
 
 def _http_headers(extra: dict[str, Any]) -> dict[str, str] | None:
-    """``extra`` as PutObject headers for the lean transport; None if a value is not ASCII
+    """``extra`` as PutObject headers for the lean path; None if a value is not ASCII
     (botocore then sends the request)."""
     headers = {}
     if extra.get("ContentType"):
@@ -186,7 +186,7 @@ async def put(
             return False
         async with _Reader(source) as reader:
             if size < engine.config.multipart_threshold and size <= MAX_PUT_OBJECT_SIZE:
-                await engine.throttle(size)  # max_bandwidth
+                await engine.pace(size)  # max_bandwidth
                 cost = await engine.upload_cost(size, path.bucket, "PutObject")
                 async with engine.upload_budget.hold(cost):
                     sent = await _put_single(engine, path, url, reader, size, extra, overwrite)
@@ -289,7 +289,7 @@ async def _put_multipart(
     try:
 
         async def send(client: Any, number: int, data: bytes | memoryview) -> dict[str, Any]:
-            """UploadPart over the lean transport (retrying its transient failures; botocore
+            """UploadPart over the lean path (retrying its transient failures; botocore
             retries its own), or through botocore."""
             http = await engine.lean(path.bucket, "UploadPart")
             if http is not None:
@@ -313,7 +313,7 @@ async def _put_multipart(
 
         async def upload(span: tuple[int, int, int]) -> dict[str, Any]:
             number, offset, length = span
-            await engine.throttle(length)  # max_bandwidth
+            await engine.pace(length)  # max_bandwidth
             # The part's buffers (read from a file; over TLS, encrypted) count against the
             # memory budget from before the read until the part is sent: big parts, fewer
             # at once. Taken before the request slot, so no slot waits on memory.

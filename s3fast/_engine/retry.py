@@ -1,7 +1,7 @@
 """Retries and backoff of the engine's own requests.
 
 Every request is retried by exactly one layer. botocore retries the calls it makes;
-:func:`backoff` paces the engine's own (the lean transport, and bodies that broke off), with
+:func:`backoff` paces the engine's own (the lean path, and bodies that broke off), with
 exponential backoff and full jitter, bounded by ``max_attempts`` and by ``max_retry_time``
 seconds since the request was first sent (:class:`RetryClock`: the time it queued for a
 slot does not count; hooks on botocore's ``request-created`` and ``needs-retry`` events apply

@@ -21,7 +21,7 @@ import threading
 from typing import Protocol
 
 from ..errors import MetaflowS3TransferError
-from ..targets import Targets
+from ..targets import TempDirs
 
 
 class Sink(Protocol):
@@ -204,8 +204,8 @@ class FileSink:
     - elsewhere, each range is received into a buffer of its own and written with ``pwrite``
       when complete (one more copy; a full disk fails that write)."""
 
-    def __init__(self, targets: Targets, url: str, tag: str = "") -> None:
-        self.targets = targets
+    def __init__(self, temp_dirs: TempDirs, url: str, tag: str = "") -> None:
+        self.temp_dirs = temp_dirs
         self.url = url
         self.tag = tag
         self.fd: int | None = None
@@ -218,9 +218,9 @@ class FileSink:
         self.spare: list[bytearray] = []  # unmapped: written ranges' buffers, for reuse
 
     async def open(self, size: int) -> None:
-        directory, self.token = self.targets.reserve(size, self.url)
+        directory, self.token = self.temp_dirs.reserve(size, self.url)
         self.size = size
-        self.path = self.targets.new_path(directory, self.url, self.tag)
+        self.path = self.temp_dirs.new_path(directory, self.url, self.tag)
         loop = asyncio.get_running_loop()
         part = self.path + ".part"
         making = loop.run_in_executor(None, self._create, part, size)
@@ -346,7 +346,7 @@ class FileSink:
 
     def _release(self) -> None:
         if self.token is not None:
-            self.targets.release(self.token, self.size)
+            self.temp_dirs.release(self.token, self.size)
             self.token = None
 
     async def discard(self) -> None:

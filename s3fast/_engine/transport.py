@@ -1,6 +1,6 @@
 """Which transport a request takes: the one place that decides.
 
-The rule: the lean HTTP/1.1 path (:class:`.http.HttpGetter`: GetObject, HeadObject,
+The rule: the lean HTTP/1.1 path (:class:`.http.LeanHttp`: GetObject, HeadObject,
 PutObject, UploadPart, ListObjectsV2) takes a request only when it can send exactly the
 request botocore would send: the same scheme, host, port and path from botocore's endpoint
 ruleset for that bucket and operation, signed with SigV4 for the same signing region and name,
@@ -31,7 +31,7 @@ from typing import Any
 import botocore.exceptions
 
 from .endpoint import Endpoint, Proxy, proxy_for, resolve, tls_context
-from .http import HttpGetter, ProtocolSurprise
+from .http import LeanHttp, ProtocolSurprise
 
 __all__ = ["BOTOCORE", "LEAN", "Surprise", "Transport", "surprise"]
 
@@ -127,7 +127,7 @@ class Transport:
 
     def __init__(self) -> None:
         self._client: Any = None
-        self._http: HttpGetter | None = None
+        self._http: LeanHttp | None = None
         self._started = False
         self._off: str | None = None  # why nothing takes the lean path
         self._chosen: dict[tuple[str, str], str] = {}  # (bucket, operation) -> LEAN/BOTOCORE
@@ -149,11 +149,11 @@ class Transport:
         if self._off is None:
             self._off = _client_reason(client)
         if self._off is None:
-            self._http = HttpGetter(client, await tls_context(client), timeouts, faults)
+            self._http = LeanHttp(client, await tls_context(client), timeouts, faults)
         else:
             logger.debug("every request takes botocore: %s", self._off)
 
-    async def lean(self, bucket: str, operation: str) -> HttpGetter | None:
+    async def lean(self, bucket: str, operation: str) -> LeanHttp | None:
         """The lean path when it takes ``operation`` on ``bucket``, else None (botocore)."""
         if self._http is None or bucket in self._handed_over:
             return None

@@ -20,7 +20,7 @@ from ..errors import (
     MetaflowS3NotFound,
 )
 from ..limits import MiB
-from ..targets import Targets, free_bytes, local_name, margin
+from ..targets import TempDirs, free_bytes, local_name, margin
 from ..urls import ByteRange, S3Path, parse
 from .batch import bounded_map
 from .engine import Engine
@@ -99,8 +99,8 @@ class _StagedSink:
     """``in_memory=True`` in a worker: a small body in memory (sent inline), a bigger one in a
     temp file that the parent reads back."""
 
-    def __init__(self, targets: Targets, url: str, tag: str) -> None:
-        self._file = FileSink(targets, url, tag)
+    def __init__(self, temp_dirs: TempDirs, url: str, tag: str) -> None:
+        self._file = FileSink(temp_dirs, url, tag)
         self._sink: Any = None
 
     async def open(self, size: int) -> None:
@@ -232,7 +232,7 @@ class _Worker:
                 async def get_one(job: tuple[int, str, ByteRange | None, int, int | None]) -> None:
                     idx, url, brange, number, size = job
                     tag = brange.tag() if brange else ""
-                    named = cast(Targets, _Named(dirs, number))
+                    named = cast(TempDirs, _Named(dirs, number))
                     sink: Any = (
                         _StagedSink(named, url, tag) if in_memory else FileSink(named, url, tag)
                     )
