@@ -352,8 +352,15 @@ _CTRL_C_SCRIPT = textwrap.dedent(
         os.unlink(obj.path)
     print("pids", *s3._aio._procs.pids, flush=True)
     def get():  # the files of a call that completed are removed: count only what is left
-        for obj in s3.get_many(keys):
-            os.unlink(obj.path)
+        objs = s3.get_many(keys)
+        try:
+            for obj in objs:
+                os.unlink(obj.path)
+        except KeyboardInterrupt:  # Ctrl-C after the call returned: its files are ours
+            for obj in objs:
+                if os.path.exists(obj.path):
+                    os.unlink(obj.path)
+            raise
 
     for call in (get, lambda: s3.put_files(files)):
         print("go", flush=True)
