@@ -10,7 +10,7 @@ keeps it alive for the life of the process, through interpreter exit, and never 
 closing would shut the parent's connections or send on them, terminate its workers, or delete
 its temp dirs, and letting it be collected would run finalizers that do the same (or warn).
 The child keeps its inherited copies of the parent's descriptors open until it exits; nothing
-is sent on them. (Temp dirs: see :mod:`s3fast.targets`.)
+is sent on them. (Temp dirs: see :mod:`s3fast.tempdirs`.)
 """
 
 from __future__ import annotations

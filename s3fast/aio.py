@@ -37,7 +37,7 @@ from .errors import (
 from .limits import USER_METADATA_KEY
 from .objects import RangeInfo, S3Object, S3PutObject
 from .progress import ProgressCallback, Tracker, on_bytes
-from .targets import TempDirs
+from .tempdirs import TempDirs
 from .urls import ByteRange, S3Path, byte_range, join, parse, resolve_root
 
 T = TypeVar("T")

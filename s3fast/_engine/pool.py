@@ -60,7 +60,7 @@ from ..errors import (
     MetaflowS3AccessDenied,
     MetaflowS3TransferError,
 )
-from ..targets import TempDirs
+from ..tempdirs import TempDirs
 from ..urls import ByteRange
 from . import fanout
 from .engine import Engine

@@ -21,7 +21,7 @@ import threading
 from typing import Protocol
 
 from ..errors import MetaflowS3TransferError
-from ..targets import TempDirs
+from ..tempdirs import TempDirs
 
 
 class Sink(Protocol):

@@ -20,7 +20,7 @@ from ..errors import (
     MetaflowS3NotFound,
 )
 from ..limits import MiB
-from ..targets import TempDirs, free_bytes, local_name, margin
+from ..tempdirs import TempDirs, free_bytes, local_name, margin
 from ..urls import ByteRange, S3Path, parse
 from .batch import bounded_map
 from .engine import Engine

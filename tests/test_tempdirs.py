@@ -15,10 +15,10 @@ from collections.abc import Iterator
 
 import pytest
 
-import s3fast.targets
+import s3fast.tempdirs
 from s3fast import S3, AsyncS3, MetaflowS3InsufficientDiskSpace, TransferConfig
 from s3fast.limits import MiB
-from s3fast.targets import local_name
+from s3fast.tempdirs import local_name
 
 from .conftest import open_uploads
 
@@ -43,13 +43,13 @@ def small_tmpfs(tmp_path: pathlib.Path) -> Iterator[str]:
 def test_tmproot_order(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
     a, b, c = (str(tmp_path / n) for n in "abc")
     monkeypatch.setenv("METAFLOW_TEMPDIR", c)
-    assert s3fast.targets.TempDirs(None)._roots[0].base == c
+    assert s3fast.tempdirs.TempDirs(None)._roots[0].base == c
     monkeypatch.setenv("S3FAST_TMPDIR", b)
-    assert s3fast.targets.TempDirs(None)._roots[0].base == b
-    assert s3fast.targets.TempDirs(a)._roots[0].base == a
+    assert s3fast.tempdirs.TempDirs(None)._roots[0].base == b
+    assert s3fast.tempdirs.TempDirs(a)._roots[0].base == a
     monkeypatch.delenv("S3FAST_TMPDIR")
     monkeypatch.delenv("METAFLOW_TEMPDIR")
-    auto = [r.base for r in s3fast.targets.TempDirs(None)._roots]
+    auto = [r.base for r in s3fast.tempdirs.TempDirs(None)._roots]
     assert auto[-1] == __import__("tempfile").gettempdir()
     if os.access("/dev/shm", os.W_OK):
         assert auto[0] == "/dev/shm"
@@ -83,8 +83,8 @@ def test_tmpfs_falls_back_to_disk(
     _seed(boto, bucket, {"big": 4 * MiB})
     disk = tmp_path / "disk"
     disk.mkdir()
-    monkeypatch.setattr(s3fast.targets, "TMPFS_CANDIDATES", (small_tmpfs,))
-    monkeypatch.setattr(s3fast.targets.tempfile, "tempdir", str(disk))
+    monkeypatch.setattr(s3fast.tempdirs, "TMPFS_CANDIDATES", (small_tmpfs,))
+    monkeypatch.setattr(s3fast.tempdirs.tempfile, "tempdir", str(disk))
     with S3(s3root=f"s3://{bucket}") as s3:
         obj = s3.get("big")
         assert obj.path is not None and obj.path.startswith(str(disk))
