@@ -2,9 +2,9 @@
 
 Metaflow's Client API (``for a in task: a.data``, ``task.data.x``) and a step reading a
 parent's artifacts lazily ask the datastore for one content-addressed blob per call. When the
-same task has asked for a second blob, :class:`Prefetcher` fetches the task's other small
-artifacts with one concurrent ``get_many`` into memory, and later calls for them are served from
-there without a request.
+same task has asked for a few blobs (:data:`TRIGGER_KNOWN`, :data:`TRIGGER_UNKNOWN`),
+:class:`Prefetcher` fetches the task's other small artifacts with one concurrent ``get_many``
+into memory, and later calls for them are served from there without a request.
 
 - Which task is reading: the ``TaskDataStore`` that called ``load_bytes`` (found on the call
   stack; when it is not found, nothing is prefetched). Its keys come from what that datastore
@@ -17,7 +17,7 @@ there without a request.
 - Bounded: only artifacts of at most :data:`MAX_OBJECT_BYTES` (as recorded by Metaflow),
   at most :data:`MAX_BATCH_BYTES` a batch, at most :data:`MAX_PENDING_BYTES` held (the
   oldest go first); keys this storage already served (so in Metaflow's blob cache) are skipped.
-- A reader of one artifact pays no extra request; a prefetch that fails is logged at DEBUG and
+- A reader of one artifact (or of a few) pays no extra request; a prefetch that fails is logged at DEBUG and
   the reads go on one at a time.
 """
 
@@ -45,7 +45,12 @@ MAX_OBJECT_BYTES = 1024 * 1024
 MAX_BATCH_BYTES = 64 * 1024 * 1024
 MAX_PENDING_BYTES = 256 * 1024 * 1024
 MAX_SERVED_KEYS = 1_000_000
-TRIGGER_MISSES = 2  # the miss that starts a task's prefetch (the first never does)
+# The single-key miss of a task that starts its prefetch: the second when the reading
+# TaskDataStore already knows the task's keys; the fourth when they must be read from the
+# task's data.json first (one more request, which a task read for two or three new blobs,
+# such as a foreach task whose other artifacts its parent already stored, would not repay).
+TRIGGER_KNOWN = 2
+TRIGGER_UNKNOWN = 4
 STACK_DEPTH = 8  # frames above load_bytes searched for the TaskDataStore
 
 Loaded = tuple[bytes, dict[str, Any] | None]  # stored bytes, user metadata
@@ -112,18 +117,20 @@ class Prefetcher:
         try:
             flow = task.parent_datastore.flow_name
             task_path = join(flow, task.run_id, task.step_name, task.task_id)
-            known = task.ds_metadata
+            known: dict[str, Any] | None = task.ds_metadata
         except Exception:  # not the TaskDataStore this was written for: no prefetch
             return None
+        if known is not None and len(known.get("objects", {})) <= 1:
+            known = None  # the Client API's: only the artifact asked for
         with self._lock:
             if task_path in self._tried:
                 return None
             misses = self._misses[task_path] = self._misses.get(task_path, 0) + 1
-            if misses < TRIGGER_MISSES:
+            if misses < (TRIGGER_UNKNOWN if known is None else TRIGGER_KNOWN):
                 return None
             self._tried.add(task_path)
             self._misses.pop(task_path, None)
-        return task_path, (known if len(known.get("objects", {})) > 1 else None)
+        return task_path, known
 
     def fetch(
         self,
