@@ -30,8 +30,8 @@ def main(pathspec, only_step=None):
         if only_step and step.id != only_step:
             continue
         for task in step:
+            index = "-" if task.index is None else task.index
             for artifact in task:
-                index = "-" if task.index is None else task.index
                 data = artifact.data
                 artifacts[f"{step.id}/{index}/{artifact.id}"] = digest(data)
                 if step.id == "join" and not isinstance(data, bytes | bytearray):

@@ -36,7 +36,9 @@ from metaflow.metaflow_config import ARTIFACT_LOCALROOT, DATATOOLS_S3ROOT
 from metaflow.plugins.datastores.s3_storage import S3Storage
 
 import s3fast
-from s3fast import S3, S3PutObject
+from s3fast import S3, S3Object, S3PutObject
+
+from .s3fast_prefetch import Prefetcher, reading_task, write_temp
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +159,7 @@ class S3FastStorage(S3Storage):
 
     def __init__(self, root: str | None = None) -> None:
         super().__init__(root)
+        self._prefetch = Prefetcher()
         announce()
 
     def _s3(self) -> S3:
@@ -200,19 +203,54 @@ class S3FastStorage(S3Storage):
         if len(paths) == 0:
             return CloseAfterUse(iter([]))
         files = _RemoveFiles()
+        # A single-key read may start a prefetch of the reading task's other artifacts
+        # (s3fast_prefetch); the caller is looked up now, while it is on the stack.
+        plan = None
+        if len(paths) == 1:
+            plan = self._prefetch.plan(paths[0], reading_task(sys._getframe(1)), self.path_join)
 
         def iter_results() -> Iterator[tuple[str, str | None, dict[str, Any] | None]]:
-            results = self._s3().get_many(paths, return_missing=True, return_info=True)
-            files.paths.extend(r.path for r in results if r.path)
-            for r in results:
-                if r.exists:
-                    yield r.key, r.path, r.metadata
+            prefetched = {p: got for p in paths if (got := self._prefetch.take(p)) is not None}
+            rest = [p for p in paths if p not in prefetched]
+            if plan is not None and rest:
+                got = self._fetch_with_task(rest[0], *plan)
+                if got is not None:
+                    prefetched[rest[0]] = got
+                    rest = []
+            results: dict[str, S3Object] = {}
+            if rest:
+                got_many = self._s3().get_many(rest, return_missing=True, return_info=True)
+                for p, r in zip(rest, got_many, strict=True):
+                    results[p] = r
+                    if r.path:
+                        files.paths.append(r.path)
+            self._prefetch.served(paths)
+            for p in paths:
+                if p in prefetched:
+                    blob, metadata = prefetched[p]
+                    files.paths.append(write_temp(blob))
+                    yield p, files.paths[-1], metadata
+                elif (found := results.get(p)) is not None and found.exists:
+                    yield found.key, found.path, found.metadata
                 else:
-                    yield r.key, None, None
+                    yield p, None, None
 
         # As in core: the downloads happen when the result is iterated, and the files stay
         # until the caller closes it.
         return CloseAfterUse(iter_results(), closer=files)
+
+    def _fetch_with_task(
+        self, path: str, task_path: str, known: dict[str, Any] | None
+    ) -> tuple[bytes, dict[str, Any] | None] | None:
+        """``path`` fetched with its task's other small artifacts; None when it does not
+        exist or the batch failed (then it is fetched alone)."""
+        try:
+            return self._prefetch.fetch(
+                self._s3(), path, task_path, known, self.path_split, self.path_join
+            )
+        except Exception:
+            logger.debug("no prefetch for %s", task_path, exc_info=True)
+            return None
 
 
 class S3FastDataClient(S3):
