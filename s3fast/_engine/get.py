@@ -373,6 +373,9 @@ class Download:
         self.verifier: _Verifier | None = None
         self.checksum: asyncio.Task[ResponseMeta] | None = None  # the HEAD bringing the checksum
         self.piece: _Piece | None = None  # the first response's body checksum
+        # the ranges after the first, started as soon as the first response's head tells
+        # the size (while its body still arrives)
+        self.later: asyncio.Future[None] | None = None
 
     async def run(self) -> Fetched:
         engine, url = self.engine, self.url
@@ -384,6 +387,9 @@ class Download:
             await self._rest(head)
             local, blob = await self.sink.commit()
         except BaseException as exc:
+            if self.later is not None:  # nothing may write into the sink once it is discarded
+                self.later.cancel()
+                await asyncio.gather(self.later, return_exceptions=True)
             if self.goes_first is not None:
                 engine.end_first_download(self.goes_first)
             if self.checksum is not None:  # stop the HEAD, or take its failure: none left unread
@@ -425,6 +431,9 @@ class Download:
         await self.sink.open(max(0, self.last - head.start + 1))
         self.head, self.base = head, head.start
         self.progress[0] = head.start
+        rest = split(head.end + 1, self.last, self.range_size)
+        if rest and self.later is None:
+            self.later = asyncio.ensure_future(self._ranges([(a, b, True) for a, b in rest]))
         return self.sink.view(0, head.end + 1 - head.start), piece.update if piece else None
 
     async def _first(self) -> ResponseMeta:
@@ -498,7 +507,9 @@ class Download:
         """The ranges after the first, in parallel, each settled (checked, written) as it
         completes; all of them fetched again once if the whole does not match its checksum."""
         rest = split(head.end + 1, self.last, self.range_size)
-        await self._ranges([(head.start, head.end, False)] + [(a, b, True) for a, b in rest])
+        await self._one((head.start, head.end, False))
+        if self.later is not None:  # started when the first response's head came
+            await self.later
         verifier = self.verifier
         if verifier is not None and verifier.mismatch(self.url):
             # corrupted in flight, or stored so: fetch it all again once, then give up
