@@ -104,6 +104,19 @@ def test_listing_scan_reads_what_the_xml_parser_reads() -> None:
 
     plain = _listing_page([("k&x", 5), ("d/", None)])
     assert _scan_listing(plain) is not None
+    # empty elements, as moto writes them (<Prefix/>), and lower-case utf-8: still the scan's
+    for variant in (
+        plain.replace(b"<Owner><ID>x</ID></Owner>", b"<Owner/>"),
+        plain.replace(b"<Prefix>p&amp;/</Prefix>", b"<Prefix/>").replace(b"UTF-8", b"utf-8"),
+        plain.replace(b"<Size>5</Size>", b"<Size/>"),
+    ):
+        scanned = _scan_listing(variant)
+        assert scanned is not None and scanned == _parse_listing_tree(variant), variant
+    for variant in (  # an empty key or common prefix: the parser's
+        plain.replace(b"<Key>k&amp;x</Key>", b"<Key/>"),
+        plain.replace(b"<Prefix>d/</Prefix>", b"<Prefix/>"),
+    ):
+        assert _scan_listing(variant) is None
     odd = {
         "an attribute": plain.replace(b"<Contents>", b'<Contents a="1">'),
         "a comment": plain.replace(b"<Name>", b"<!-- c --><Name>"),
@@ -111,7 +124,6 @@ def test_listing_scan_reads_what_the_xml_parser_reads() -> None:
         "a prefixed name": plain.replace(b"<Name>b</Name>", b"<s3:Name>b</s3:Name>").replace(
             b"<ListBucketResult ", b'<ListBucketResult xmlns:s3="urn:s3" '
         ),
-        "an empty element": plain.replace(b"<Owner><ID>x</ID></Owner>", b"<Owner/>"),
         "a raw CR": plain.replace(b"k&amp;x", b"k\r\nx"),
         "a KeyCount that disagrees": plain.replace(b"<KeyCount>2<", b"<KeyCount>3<"),
         "an unclosed root": plain.replace(b"</ListBucketResult>", b""),

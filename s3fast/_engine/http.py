@@ -565,8 +565,10 @@ _LISTING_TOKENS = re.compile(
     rb"<(/?)(Contents|CommonPrefixes)>"
     rb"|<(Key|Size|Prefix|EncodingType|IsTruncated|NextContinuationToken|KeyCount)>([^<]*)</\3>"
 )
-_ODD_MARKUP = re.compile(rb"<(?!/?[A-Za-z][A-Za-z0-9]*>)")
-_ROOT = re.compile(rb'\A(?:<\?xml version="1\.0" encoding="UTF-8"\?>)?\s*<ListBucketResult[^<>]*>')
+_ODD_MARKUP = re.compile(rb"<(?!/?[A-Za-z][A-Za-z0-9]*/?>)")  # <Name>, </Name>, <Name/>
+_ROOT = re.compile(
+    rb'\A(?:<\?xml version="1\.0" encoding="(?i:utf-8)"\?>)?\s*<ListBucketResult[^<>]*>'
+)
 _ENTITY = re.compile(r"&(?:(amp|lt|gt|quot|apos)|#([0-9]{1,7})|#x([0-9a-fA-F]{1,6}));")
 _NAMED = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'"}
 
