@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import mmap
 import sys
 
 import pytest
 
+from s3fast._engine import sinks
 from s3fast._engine.sinks import KILL_SWITCH, MemorySink, _huge_page_size, writable_bytes
 
 pytestmark = pytest.mark.unit
@@ -58,10 +60,29 @@ def test_large_bodies_ask_for_huge_pages(monkeypatch: pytest.MonkeyPatch) -> Non
     view[:] = b"\x01" * len(view)  # and the bytes are still the caller's, intact
     view.release()
     assert blob.count(1) == 8 * huge
-    small = writable_bytes(huge // 2)  # too small to hold a whole huge page: no advice
-    assert small is not None
-    assert "hg" not in _vma_flags(id(small[0]) + sys.getsizeof(b""))
+
+
+@pytest.mark.skipif(
+    sys.implementation.name != "cpython" or _huge_page_size() == 0,
+    reason="CPython on a kernel with transparent huge pages",
+)
+def test_huge_page_advice_covers_whole_huge_pages_inside_the_body(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(KILL_SWITCH, raising=False)
+    calls: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(sinks, "_madvise", lambda *call: calls.append(call))
+    huge = _huge_page_size()
+    small = writable_bytes(huge + huge // 2)  # too small to be sure of a whole huge page
+    assert small is not None and calls == []
     small[1].release()
+    blob, view = writable_bytes(5 * huge + 123) or (b"", memoryview(b""))
+    data = id(blob) + sys.getsizeof(b"") - 1
+    ((address, length, advice),) = calls
+    assert advice == mmap.MADV_HUGEPAGE and address % huge == 0 and length % huge == 0
+    assert data <= address and address + length <= data + 5 * huge + 123
+    assert length >= 4 * huge  # every whole huge page inside
+    view.release()
 
 
 def test_small_bodies_are_copied(monkeypatch: pytest.MonkeyPatch) -> None:

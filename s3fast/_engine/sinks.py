@@ -68,9 +68,11 @@ def writable_bytes(size: int) -> tuple[bytes, memoryview] | None:
 def _huge_pages(address: int, size: int) -> None:
     """Ask Linux for transparent huge pages (``MADV_HUGEPAGE``) for the whole huge pages
     inside ``[address, address + size)``, before anything is written there: a large new
-    ``bytes`` is fresh memory from ``mmap``, and filling it page by page costs one fault per
-    4 KiB (an eighth of the client's CPU on a GET into memory, measured); huge pages take one
-    per 2 MiB. Nothing happens where the kernel has no THP or where it is set to ``never``."""
+    ``bytes`` is usually fresh memory from ``mmap``, and filling it page by page costs one
+    fault per 4 KiB (an eighth of the client's CPU on a GET into memory, measured); huge pages
+    take one per 2 MiB. Where malloc served it from its heap instead, the advice stays on that
+    part of the heap (as with THP set to ``always``). Nothing happens where the kernel has no
+    THP or where it is set to ``never``."""
     huge = _huge_page_size()
     if not huge or size < 2 * huge:
         return
