@@ -3,6 +3,7 @@ a clean AWS environment, and checks that nothing is left behind."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import glob
 import os
@@ -217,6 +218,20 @@ def _empty_bucket(client: object, bucket: str) -> None:
         keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
         for i in range(0, len(keys), 500):
             c.delete_objects(Bucket=bucket, Delete={"Objects": keys[i : i + 500]})  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def temporary_bucket(server: Server) -> Iterator[str]:
+    """A fresh bucket on ``server`` (for a module's tests), emptied and deleted after."""
+    name = f"t-{uuid.uuid4().hex[:16]}"
+    client = server.client()
+    client.create_bucket(Bucket=name)  # type: ignore[attr-defined]
+    try:
+        yield name
+    finally:
+        _empty_bucket(client, name)
+        client.delete_bucket(Bucket=name)  # type: ignore[attr-defined]
+        client.close()  # type: ignore[attr-defined]
 
 
 def open_uploads(client: object, bucket: str) -> list[str]:

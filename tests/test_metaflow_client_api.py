@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import Server
+from .conftest import Server, temporary_bucket
 from .flows.read_run import digest
 from .test_metaflow_extension import ROOT, Done, Flows
 
@@ -98,17 +98,8 @@ class ClientFlows(Flows):
 
 @pytest.fixture(scope="module")
 def flows(seaweed: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClientFlows]:
-    name = f"t-{uuid.uuid4().hex[:16]}"
-    client: Any = seaweed.client()
-    client.create_bucket(Bucket=name)
-    try:
+    with temporary_bucket(seaweed) as name:
         yield ClientFlows(seaweed, name, tmp_path_factory.mktemp("mfclient"))
-    finally:
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
-            for o in page.get("Contents", []):
-                client.delete_object(Bucket=name, Key=o["Key"])
-        client.delete_bucket(Bucket=name)
-        client.close()
 
 
 def check_many(read: dict[str, Any], run_id: str) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import Server
+from .conftest import Server, temporary_bucket
 from .flows.read_run import digest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -215,17 +215,8 @@ class Flows:
 
 @pytest.fixture(scope="module")
 def flows(seaweed: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flows]:
-    name = f"t-{uuid.uuid4().hex[:16]}"
-    client: Any = seaweed.client()
-    client.create_bucket(Bucket=name)
-    try:
+    with temporary_bucket(seaweed) as name:
         yield Flows(seaweed, name, tmp_path_factory.mktemp("mfext"))
-    finally:
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
-            for o in page.get("Contents", []):
-                client.delete_object(Bucket=name, Key=o["Key"])
-        client.delete_bucket(Bucket=name)
-        client.close()
 
 
 def check_artifacts(read: dict[str, Any], flows: Flows, big_mib: int) -> None:
