@@ -133,3 +133,30 @@ def test_listing_scan_reads_what_the_xml_parser_reads() -> None:
         assert _scan_listing(body) is None, what
         if what != "an unclosed root":
             assert parse_listing(body)[0] == [(k, s) for k, s in _parse_listing_tree(body)[0]], what
+
+
+def test_real_servers_pages_take_the_scan(
+    bucket: str, server: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pages SeaweedFS and moto send to s3fast's listings (awkward keys, common prefixes,
+    several pages) are in the shape the scan reads, and it reads them as the XML parser does."""
+    from s3fast._engine import http, listing
+
+    pages: list[bytes] = []
+
+    def parse(body: bytes) -> tuple[list[tuple[str, int | None]], str | None]:
+        pages.append(body)
+        return http.parse_listing(body)
+
+    monkeypatch.setattr(listing, "parse_listing", parse)
+    keys = ["a&b", "c d", "é/x", "p/q", "z<>\"'", "tab\tx", "plus+sign"]
+    keys += [f"many/{i:04d}" for i in range(1100)]  # two pages
+    with S3(s3root=f"s3://{bucket}") as s3:
+        s3.put_many([(k, b"x") for k in keys])
+        assert sorted(o.key for o in s3.list_recursive()) == sorted(keys)
+        assert len(s3.list_paths()) == 8  # 5 objects and 3 common prefixes at the top
+    assert len(pages) >= 3
+    for body in pages:
+        scanned = http._scan_listing(body)
+        assert scanned is not None, body[:300]
+        assert scanned == http._parse_listing_tree(body)
