@@ -1,20 +1,25 @@
 """Cheap contexts: what can be shared across ``S3``/``AsyncS3`` instances of a process is
-(botocore's session and parsed models; on s3fast's own loop, the started client and its
-keep-alive connections), and nothing of one client's leaks into another's results.
+(botocore's session and parsed models; the started client, per event loop; on s3fast's own
+loop, its keep-alive connections too), and nothing of one client's leaks into another's
+results. On a caller's loop nothing that outlives a context holds a socket.
 
 Functional, not timed: counted through botocore's loader and the file-system calls made."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+import uvloop
 from botocore.loaders import JSONFileLoader
 
-from s3fast import S3, AsyncS3, MetaflowS3AccessDenied
+from s3fast import S3, AsyncS3, MetaflowS3AccessDenied, TransferConfig
 from s3fast._engine import session
 from s3fast.testing import READER
 
@@ -154,3 +159,121 @@ def test_rewritten_credentials_file_is_read_again(
     )
     with S3(s3root=root) as s3:
         s3.put("k", b"admin")
+
+
+def connections_to(endpoint_url: str) -> set[str]:
+    """This process's open TCP sockets connected to ``endpoint_url``'s port (inodes)."""
+    port = urlsplit(endpoint_url).port
+    ours = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            ours.add(target[8:-1])
+    found = set()
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if int(fields[2].rsplit(":", 1)[1], 16) == port and fields[9] in ours:
+                    found.add(fields[9])
+    return found
+
+
+def test_async_contexts_on_one_loop_borrow_the_client(
+    seaweed: Server, seaweed_bucket: str
+) -> None:
+    """Contexts on a caller's loop borrow one started client, and leave no socket open: each
+    context's connections (the lean path's, and botocore's) close when its last user leaves."""
+    seaweed.seed(seaweed_bucket, {"k": b"a" * 1024})
+    root = f"s3://{seaweed_bucket}"
+    botocore = TransferConfig(transport="botocore")
+
+    seeding = connections_to(seaweed.endpoint_url)  # the seeding client's
+
+    def open_connections(url: str) -> int:
+        return len(connections_to(url) - seeding)
+
+    async def main() -> None:
+        async with AsyncS3(s3root=root) as s3:
+            assert (await s3.get("k", in_memory=True)).blob == b"a" * 1024
+            first = botocore_client(s3)
+            assert open_connections(seaweed.endpoint_url) >= 1
+        assert open_connections(seaweed.endpoint_url) == 0
+        async with AsyncS3(s3root=root) as s3:
+            assert (await s3.get("k", in_memory=True)).blob == b"a" * 1024
+            assert botocore_client(s3) is first
+        assert open_connections(seaweed.endpoint_url) == 0
+        for _ in range(2):  # botocore's connections: closed, and opened again by the next
+            async with AsyncS3(s3root=root, config=botocore) as s3:
+                assert (await s3.get("k", in_memory=True)).blob == b"a" * 1024
+                assert await s3.transport_for() == "botocore"
+                assert open_connections(seaweed.endpoint_url) >= 1
+            assert open_connections(seaweed.endpoint_url) == 0
+        async with AsyncS3(s3root=root) as a:
+            async with AsyncS3(s3root=root) as b:
+                got = await asyncio.gather(
+                    a.get("k", in_memory=True), b.get("k", in_memory=True)
+                )
+                assert [o.blob for o in got] == [b"a" * 1024] * 2
+                assert botocore_client(a) is botocore_client(b) is first
+            assert open_connections(seaweed.endpoint_url) >= 1  # a still has them
+            assert (await a.get("k", in_memory=True)).blob == b"a" * 1024
+        assert open_connections(seaweed.endpoint_url) == 0
+
+    asyncio.run(main())
+
+
+def test_async_contexts_with_other_credentials_do_not_borrow(
+    seaweed: Server, seaweed_bucket: str
+) -> None:
+    root = f"s3://{seaweed_bucket}"
+    reader = {
+        "endpoint_url": seaweed.endpoint_url,
+        "aws_access_key_id": READER.access_key,
+        "aws_secret_access_key": READER.secret_key,
+    }
+
+    async def main() -> None:
+        async with AsyncS3(s3root=root) as s3:
+            await s3.put("a", b"admin")
+            admin = botocore_client(s3)
+        async with AsyncS3(s3root=root, client_params=reader) as s3:
+            assert (await s3.get("a", in_memory=True)).blob == b"admin"
+            assert botocore_client(s3) is not admin
+            with pytest.raises(MetaflowS3AccessDenied):
+                await s3.put("b", b"reader")
+        async with AsyncS3(s3root=root) as s3:
+            await s3.put("c", b"admin again")
+            assert botocore_client(s3) is admin
+            assert s3.stats.retries == 0
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("new_loop", [asyncio.new_event_loop, uvloop.new_event_loop])
+def test_loops_closed_by_hand_leave_nothing_behind(
+    seaweed: Server, seaweed_bucket: str, new_loop: Callable[[], asyncio.AbstractEventLoop]
+) -> None:
+    """A loop run and closed by hand (no ``shutdown_asyncgens``, nothing s3fast can hook):
+    no socket stays open, and the loop and its shared client are freed."""
+    seaweed.seed(seaweed_bucket, {"k": b"b" * 1024})
+
+    async def one() -> None:
+        async with AsyncS3(s3root=f"s3://{seaweed_bucket}") as s3:
+            assert (await s3.get("k", in_memory=True)).blob == b"b" * 1024
+
+    seeding = connections_to(seaweed.endpoint_url)  # the seeding client's
+    loops = []
+    for _ in range(4):
+        loop = new_loop()
+        loop.run_until_complete(one())
+        loop.close()
+        assert connections_to(seaweed.endpoint_url) <= seeding
+        loops.append(weakref.ref(loop))
+        del loop
+    asyncio.run(one())  # the next loop's shelf drops the closed loops' shelves
+    gc.collect()
+    assert [ref for ref in loops if ref() is not None] == []

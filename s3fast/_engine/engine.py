@@ -15,7 +15,7 @@ import warnings
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .. import _bridge, _fork
+from .. import _fork
 from ..config import TransferConfig
 from .budget import TLS_COPIES, Bandwidth, ByteBudget
 from .creds import Ask, Handed, current, handed_on
@@ -25,15 +25,15 @@ from .limiter import THROTTLE_CODES, THROTTLE_STATUS, AdaptiveLimiter
 from .retry import botocore_sent, note_sent
 from .session import (
     CURRENT_ENGINE,
+    ClientShelf,
     ClientSpec,
     HttpSession,
     SharedClient,
     client_config,
     create_client,
-    lease,
-    release,
     resolve_endpoint,
     shared_key,
+    shelf,
 )
 from .transport import Transport
 
@@ -163,6 +163,7 @@ class Engine:
         self._client: Any = None
         self._client_cm: Any = None
         self._lease: SharedClient | None = None
+        self._shelf: ClientShelf | None = None
         self.limiter = AdaptiveLimiter(self.config.max_concurrency, self.concurrency)
         self.retries = 0  # requests retried (the engine's, and botocore's)
         self.gave_up = 0  # requests that ran out of attempts or time
@@ -255,9 +256,10 @@ class Engine:
             await transport.start(client, cfg.transport == "http", timeouts, faults=self.faults)
             return cm, client, transport
 
-        if self.faults is None and _bridge.in_loop_thread():
-            # On s3fast's own loop (the sync API): the client of the last context with the
-            # same settings, its connections (and transport choices) still there.
+        if self.faults is None and self._credentials is None:
+            # The client of the last context on this loop with the same settings, with its
+            # endpoint resolution and transport choices (on s3fast's own loop, the sync
+            # API's, its keep-alive connections too: see session.ClientShelf).
             key = shared_key(
                 spec,
                 self.endpoint_url,
@@ -275,7 +277,8 @@ class Engine:
                 client.meta.events.register_first("needs-retry.s3", _botocore_retry)
                 return cm, client, transport
 
-            self._lease = await lease(key, make_shared)
+            self._shelf = shelf()
+            self._lease = await self._shelf.lease(key, make_shared)
             self._client, self.transport = self._lease.client, self._lease.transport
             return
         self._client_cm, self._client, self.transport = await make()
@@ -387,9 +390,15 @@ class Engine:
                 await asyncio.sleep(delay)
 
     async def close(self) -> None:
-        if self._lease is not None:  # the shared client stays open for the next engine
-            release(self._lease)
-            self._lease, self._client, self.transport = None, None, Transport()
+        if self._lease is not None:  # the shared client stays for the next engine
+            assert self._shelf is not None
+            shared, self._lease, self._client, self.transport = (
+                self._lease,
+                None,
+                None,
+                Transport(),
+            )
+            await self._shelf.release(shared)
             return
         self.transport.close()
         cm, self._client_cm, self._client = self._client_cm, None, None
@@ -404,7 +413,7 @@ class Engine:
             self._client_cm, self._client, self.transport, self.limiter, self._first_download
         )
         self._client = self._client_cm = None
-        self._lease = None  # the parent's shared client (see session.py): not released here
+        self._lease = self._shelf = None  # the parent's shared client: not released here
         self.transport = Transport()
         self._start_lock = None
         self._first_download = None

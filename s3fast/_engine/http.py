@@ -137,6 +137,7 @@ class _Conn(asyncio.BufferedProtocol):
         self.time: Callable[[], float] = lambda: 0.0
         self.writing_paused = False
         self.lost: BaseException | None = None
+        self.gone = False  # connection_lost called: the socket is released
         self.active = False  # an exchange is in progress
         self.reusable = False  # set by an exchange that consumed its whole response
 
@@ -257,6 +258,7 @@ class _Conn(asyncio.BufferedProtocol):
         return False
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        self.gone = True
         if exc is None and self.head_done and self.framing == "close" and not self.complete:
             self.complete = True  # TLS without close_notify: the same end
             self._poke()
@@ -956,7 +958,20 @@ class LeanHttp:
                 dest.release()
             conn.reusable = conn.finished
 
-    def close(self) -> None:
+    def close(self) -> list[_Conn]:
+        """Close the idle connections (the pool stays usable); returns them."""
+        closed = []
         for pool in self._idle.values():
             while pool:
-                pool.pop().close()
+                closed.append(pool.pop())
+                closed[-1].close()
+        return closed
+
+    async def aclose(self) -> None:
+        """:meth:`close`, and wait until their sockets are released (the event loop does that
+        on its next turns: a loop stopped and closed before then would leave them open)."""
+        closed = self.close()
+        for _ in range(100):
+            if all(conn.gone for conn in closed):
+                return
+            await asyncio.sleep(0)

@@ -9,18 +9,22 @@ round trip:
 - botocore sessions, keyed by what changes them: the session variables, the ``AWS_*``
   environment, ``HOME``, and the config and credentials files' modification times;
 - assumed-role credentials, per role, session and event loop, refreshed by botocore before
-  they expire (an asyncio lock guards each refresh, so they are not shared across loops).
+  they expire (an asyncio lock guards each refresh, so they are not shared across loops);
+- started clients, per event loop and settings (:class:`ClientShelf`): a new context borrows
+  the client of an earlier one instead of making one.
 
 botocore sessions are not thread-safe: clients are made from them one at a time (one lock
 for the process, taken without blocking an event loop). Each client has its own
 credentials, region, endpoint, certificate check and connection pool: nothing of one
-client's leaks into another's requests.
+client's leaks into another's requests. Engines that borrow one client keep their own
+limiter, statistics and retry accounting (its hooks find the engine of each request).
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import contextvars
 import getpass
 import inspect
@@ -46,7 +50,7 @@ from aiobotocore.httpsession import AIOHTTPSession
 from aiobotocore.session import AioSession
 from botocore.loaders import Loader, create_loader
 
-from .. import _fork
+from .. import _bridge, _fork
 
 # Options of a user's botocore Config that s3fast sets itself from its TransferConfig (the
 # engine's pool, timeouts and retry budget); every other option of the user's Config wins.
@@ -387,16 +391,17 @@ async def create_client(
     return cm, client
 
 
-# --- started clients shared on s3fast's own event loop --------------------------------------
+# --- started clients shared by the engines of one event loop ---------------------------------
 
 CURRENT_ENGINE: contextvars.ContextVar[Any] = contextvars.ContextVar("s3fast_engine")
 MAX_SHARED_CLIENTS = 8
 
 
 class SharedClient:
-    """A started client (and its :class:`~.transport.Transport`) that engines of the same settings borrow in
-    turn: made once, its keep-alive connections reused by the next ``S3`` context. botocore's
-    hooks find the engine a request belongs to through :data:`CURRENT_ENGINE`."""
+    """A started client (and its :class:`~.transport.Transport`) that engines of the same
+    settings on one event loop borrow in turn: made once, with its endpoint resolution and
+    transport choices. botocore's hooks find the engine a request belongs to through
+    :data:`CURRENT_ENGINE`."""
 
     def __init__(self, key: tuple[Any, ...], cm: Any, client: Any, transport: Any) -> None:
         self.key = key
@@ -404,16 +409,105 @@ class SharedClient:
         self.client = client
         self.transport = transport
         self.users = 0
+        self.resting: asyncio.Task[None] | None = None  # closing its connections
+
+    async def rest(self) -> None:
+        """Close its connections (the lean path's and botocore's), keeping the client: what
+        stays shared holds no socket."""
+        await self.transport.close_connections()
+        http = self.client._endpoint.http_session
+        await http.close()
+        await http.__aenter__()  # usable again: botocore's sessions open on the next send
 
     async def close(self) -> None:
         self.transport.close()
         await self.cm.__aexit__(None, None, None)
 
 
-# Only on s3fast's own loop (the sync API's), which lives as long as the process: a client on
-# a caller's loop would outlive that loop. Touched only from that loop's thread.
-_SHARED: OrderedDict[tuple[Any, ...], SharedClient] = OrderedDict()
-_SHARED_LOOP: list[asyncio.AbstractEventLoop] = []
+class ClientShelf:
+    """The shared clients of one event loop.
+
+    On s3fast's own loop (the sync API's), which lives as long as the process, an idle
+    client keeps its keep-alive connections for the next ``S3`` context; they are closed at
+    exit (or by :func:`close_idle_clients`). On a caller's loop, whose end s3fast cannot
+    see (a loop closed by hand runs no cleanup), a client whose last user leaves closes its
+    connections first: what outlives a context there is the client without sockets, which
+    the next context on that loop borrows instead of making one. The shelf of a loop found
+    closed is dropped."""
+
+    def __init__(self, own: bool) -> None:
+        self.own = own
+        self.clients: OrderedDict[tuple[Any, ...], SharedClient] = OrderedDict()
+
+    async def lease(self, key: tuple[Any, ...], make: Any) -> SharedClient:
+        """The shared client for ``key`` (made by ``await make()`` if there is none), with
+        one more user. Idle clients beyond :data:`MAX_SHARED_CLIENTS` are closed."""
+        while (shared := self.clients.get(key)) is not None and shared.resting is not None:
+            await asyncio.wait([shared.resting])  # its connections closed, or it was dropped
+        if shared is None:
+            cm, client, transport = await make()
+            shared = self.clients.get(key)  # made meanwhile by another engine of the loop
+            if shared is None:
+                shared = self.clients[key] = SharedClient(key, cm, client, transport)
+            else:
+                await SharedClient(key, cm, client, transport).close()
+        self.clients.move_to_end(key)
+        shared.users += 1
+        idle = [s for s in self.clients.values() if s.users == 0 and s.resting is None]
+        while len(self.clients) > MAX_SHARED_CLIENTS and idle:
+            old = idle.pop(0)
+            del self.clients[old.key]
+            await old.close()
+        return shared
+
+    async def release(self, shared: SharedClient) -> None:
+        """One user less; on a caller's loop, the last one closes its connections."""
+        shared.users -= 1
+        if shared.users or self.own:
+            return
+        shared.resting = asyncio.ensure_future(self._rest(shared))
+        await asyncio.shield(shared.resting)
+
+    async def _rest(self, shared: SharedClient) -> None:
+        try:
+            await shared.rest()
+        except BaseException:
+            if self.clients.get(shared.key) is shared:  # not borrowed again: closed instead
+                del self.clients[shared.key]
+            with contextlib.suppress(Exception):
+                await shared.close()
+            raise
+        finally:
+            shared.resting = None
+
+    async def close_idle(self) -> None:
+        for key, shared in list(self.clients.items()):
+            if shared.users == 0:
+                del self.clients[key]
+                await shared.close()
+
+
+_SHELVES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ClientShelf] = (
+    weakref.WeakKeyDictionary()
+)
+_OWN_LOOP: list[asyncio.AbstractEventLoop] = []  # s3fast's own loop, once it has a shelf
+
+
+def shelf() -> ClientShelf:
+    """The running loop's shelf (made on first use; shelves of closed loops are dropped)."""
+    loop = asyncio.get_running_loop()
+    with _TABLE_LOCK:
+        found = _SHELVES.get(loop)
+        if found is not None:
+            return found
+        for closed in [other for other in _SHELVES if other.is_closed()]:
+            del _SHELVES[closed]  # nothing on it holds a socket (see ClientShelf)
+        own = _bridge.in_loop_thread()
+        found = _SHELVES[loop] = ClientShelf(own)
+        if own:
+            _OWN_LOOP[:] = [loop]
+            atexit.register(_close_at_exit)
+        return found
 
 
 def shared_key(spec: ClientSpec, *settings: Any) -> tuple[Any, ...]:
@@ -432,49 +526,15 @@ def shared_key(spec: ClientSpec, *settings: Any) -> tuple[Any, ...]:
     )
 
 
-async def lease(key: tuple[Any, ...], make: Any) -> SharedClient:
-    """The shared client for ``key`` (made by ``await make()`` if there is none), with one
-    more user. Idle clients beyond :data:`MAX_SHARED_CLIENTS` are closed."""
-    shared = _SHARED.get(key)
-    if shared is None:
-        cm, client, transport = await make()
-        shared = _SHARED.get(key)  # made meanwhile by another engine of the loop
-        if shared is None:
-            shared = _SHARED[key] = SharedClient(key, cm, client, transport)
-            if not _SHARED_LOOP:
-                _SHARED_LOOP.append(asyncio.get_running_loop())
-                atexit.register(_close_at_exit)
-        else:
-            await SharedClient(key, cm, client, transport).close()
-    _SHARED.move_to_end(key)
-    shared.users += 1
-    idle = [s for s in _SHARED.values() if s.users == 0]
-    while len(_SHARED) > MAX_SHARED_CLIENTS and idle:
-        old = idle.pop(0)
-        del _SHARED[old.key]
-        await old.close()
-    return shared
-
-
-def release(shared: SharedClient) -> None:
-    shared.users -= 1
-
-
-async def close_shared() -> None:
-    """Close every idle shared client (on s3fast's loop)."""
-    for key, shared in list(_SHARED.items()):
-        if shared.users == 0:
-            del _SHARED[key]
-            await shared.close()
-
-
 def close_idle_clients(timeout: float = 10.0) -> None:
-    """From any thread but s3fast's loop: close the idle shared clients now (their next
-    context starts with new connections)."""
-    loop = _SHARED_LOOP[0] if _SHARED_LOOP else None
-    if loop is None or loop.is_closed() or not loop.is_running() or not _SHARED:
+    """From any thread but s3fast's loop: close the idle shared clients of s3fast's own loop
+    now (their next context starts with new connections)."""
+    loop = _OWN_LOOP[0] if _OWN_LOOP else None
+    own = _SHELVES.get(loop) if loop is not None else None
+    if loop is None or own is None or loop.is_closed() or not loop.is_running():
         return
-    asyncio.run_coroutine_threadsafe(close_shared(), loop).result(timeout)
+    if own.clients:
+        asyncio.run_coroutine_threadsafe(own.close_idle(), loop).result(timeout)
 
 
 def _close_at_exit() -> None:
@@ -490,9 +550,9 @@ def _after_fork_in_child() -> None:
     its own, and keeps the parent's alive and untouched (:func:`s3fast._fork.orphan`). The
     parsed models (the loaders) are kept."""
     global _CLIENT_LOCK, _TABLE_LOCK
-    _fork.orphan(list(_SHARED.values()), dict(_SESSIONS), dict(_ROLES))
-    _SHARED.clear()
-    _SHARED_LOOP.clear()
+    _fork.orphan(dict(_SHELVES), dict(_SESSIONS), dict(_ROLES))
+    _SHELVES.clear()
+    _OWN_LOOP.clear()
     _SESSIONS.clear()
     _ROLES.clear()
     _CLIENT_LOCK = threading.Lock()

@@ -265,6 +265,11 @@ class Transport:
             self._logged.add((bucket, path))
             logger.debug("s3://%s takes %s: " + message, bucket, path, *args)
 
+    async def close_connections(self) -> None:
+        """Close the lean path's idle connections; it opens new ones when next used."""
+        if self._http is not None:
+            await self._http.aclose()
+
     def close(self) -> None:
         if self._http is not None:
             self._http.close()
