@@ -182,9 +182,7 @@ def connections_to(endpoint_url: str) -> set[str]:
     return found
 
 
-def test_async_contexts_on_one_loop_borrow_the_client(
-    seaweed: Server, seaweed_bucket: str
-) -> None:
+def test_async_contexts_on_one_loop_borrow_the_client(seaweed: Server, seaweed_bucket: str) -> None:
     """Contexts on a caller's loop borrow one started client, and leave no socket open: each
     context's connections (the lean path's, and botocore's) close when its last user leaves."""
     seaweed.seed(seaweed_bucket, {"k": b"a" * 1024})
@@ -214,9 +212,7 @@ def test_async_contexts_on_one_loop_borrow_the_client(
             assert open_connections(seaweed.endpoint_url) == 0
         async with AsyncS3(s3root=root) as a:
             async with AsyncS3(s3root=root) as b:
-                got = await asyncio.gather(
-                    a.get("k", in_memory=True), b.get("k", in_memory=True)
-                )
+                got = await asyncio.gather(a.get("k", in_memory=True), b.get("k", in_memory=True))
                 assert [o.blob for o in got] == [b"a" * 1024] * 2
                 assert botocore_client(a) is botocore_client(b) is first
             assert open_connections(seaweed.endpoint_url) >= 1  # a still has them
