@@ -250,7 +250,8 @@ class Prefetcher:
                 found = {o.key.rstrip("/").rsplit("/", 1)[-1] for o in listed if not o.exists}
                 step.listed = sorted(found, key=_task_order)
             with self._lock:
-                todo = [t for t in step.listed if t not in step.covered and t != plan.task_id]
+                done = step.covered | step.tasks  # prefetched for, or already read
+                todo = [t for t in step.listed if t not in done]
                 window = todo[: step.window]
                 step.window = min(step.window * 2, MAX_STEP_WINDOW)
                 step.covered.update(window)
