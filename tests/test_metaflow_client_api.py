@@ -26,6 +26,8 @@ from .flows.read_run import digest
 from .test_metaflow_extension import ROOT, Done, Flows
 
 MANY = 300
+WIDTH = 8
+TRIGGER_UNKNOWN = 4  # s3fast_prefetch's (importing it here would import metaflow)
 PREFETCH_LOG = "s3fast_prefetch"
 
 pytestmark = pytest.mark.timeout(1800)
@@ -37,15 +39,26 @@ import json, logging, sys
 from metaflow import Run, namespace
 from tests.flows.read_run import digest
 
+import s3fast
+
 class Count(logging.Handler):
     n = 0
+    messages = []
     def emit(self, record):
         if record.getMessage().startswith("prefetched"):
             Count.n += 1
+            Count.messages.append(record.getMessage())
 
 log = logging.getLogger("metaflow_extensions.s3fast.plugins.s3fast_prefetch")
 log.setLevel(logging.DEBUG)
 log.addHandler(Count())
+# how many batches s3fast was asked for, and of how many keys (observed, not changed)
+batches = []
+get_many = s3fast.S3.get_many
+def counted(self, keys, *args, **kwargs):
+    batches.append(len(keys))
+    return get_many(self, keys, *args, **kwargs)
+s3fast.S3.get_many = counted
 namespace(None)
 pathspec, only = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else None)
 out = {}
@@ -55,7 +68,8 @@ for step in Run(pathspec):
             name = f"{step.id}/{task.id}/{artifact.id}"
             if only is None or artifact.id == only:
                 out[name] = digest(artifact.data)
-print(json.dumps({"artifacts": out, "prefetches": Count.n}))
+print(json.dumps({"artifacts": out, "prefetches": Count.n, "messages": Count.messages,
+                  "batches": batches}))
 """
 
 
@@ -78,6 +92,15 @@ class ClientFlows(Flows):
     @functools.cached_property
     def written_off(self) -> Done:
         return self.many(False, "off")
+
+    @functools.cached_property
+    def wide(self) -> Done:
+        """A foreach of :data:`WIDTH` whose tasks each store a few artifacts of their own."""
+        args = ["run", "--big-mib", "0", "--width", str(WIDTH), "--small", "20"]
+        args += ["--max-workers", "4"]
+        done = self.flow(args, self.env(True, "wide"), "wide")
+        assert done.returncode == 0 and done.run_id, done.output
+        return done
 
     def client_read(
         self, run_id: str, enabled: bool, prefix: str, only: str | None = None, cache: str = ""
@@ -145,3 +168,39 @@ def test_blob_cache_filled_with_prefetch_is_read_by_core(flows: ClientFlows) -> 
     off = flows.client_read(run_id, False, "on", cache=cache)
     check_many(off, run_id)
     assert off["artifacts"] == on["artifacts"]
+
+
+def test_one_artifact_of_each_task_of_a_step_comes_in_two_batches(flows: ClientFlows) -> None:
+    """``for task in step: task["square"].data``: the first task's read is a request of its
+    own; the second task's starts a step prefetch of ``square`` (and nothing else) for the
+    step's other tasks: their data.json in one batch, their squares in another. The rest of
+    the step's reads are served from it."""
+    run_id = flows.wide.run_id
+    assert run_id is not None
+    off = flows.client_read(run_id, False, "wide", only="square")
+    on = flows.client_read(run_id, True, "wide", only="square")
+    assert len(off["artifacts"]) == WIDTH
+    assert sorted(off["artifacts"].values()) == sorted(digest(i * i + 9) for i in range(WIDTH))
+    assert on["artifacts"] == off["artifacts"]
+    assert off["prefetches"] == 0
+    others = WIDTH - 2
+    assert on["messages"] == [
+        f"prefetched {others} artifacts of {others} tasks of ArtifactsFlow/{run_id}/fan"
+    ]
+    assert on["batches"] == [1, others, others + 1]
+
+
+def test_a_run_read_task_by_task_is_prefetched_across_each_step(flows: ClientFlows) -> None:
+    run_id = flows.wide.run_id
+    assert run_id is not None
+    off = flows.client_read(run_id, False, "wide")
+    on = flows.client_read(run_id, True, "wide")
+    assert on["artifacts"] == off["artifacts"]
+    fan = [m for m in on["messages"] if m.endswith(f"tasks of ArtifactsFlow/{run_id}/fan")]
+    assert len(fan) == 1 and fan[0].split()[4:6] == [str(WIDTH - 2), "tasks"], on["messages"]
+    # The foreach tasks after the first two cost no request of their own: the single-key
+    # requests are the reads before a task's prefetch starts (TRIGGER_UNKNOWN - 1 at most) in
+    # start, join, end and the first two foreach tasks. Without the step prefetch each later
+    # foreach task adds its own.
+    singles = on["batches"].count(1)
+    assert singles <= 5 * (TRIGGER_UNKNOWN - 1), on["batches"]

@@ -391,6 +391,36 @@ def test_off_is_metaflow_without_the_extension(flows: Flows, tmp_path: pathlib.P
     assert not absent["s3fast imported"]
 
 
+MODULES = "import json, sys, metaflow; print(json.dumps(sorted(sys.modules)))"
+
+
+def test_off_imports_only_the_extension_declarations(flows: Flows, tmp_path: pathlib.Path) -> None:
+    """Off, ``import metaflow`` imports what it imports without the extension and the
+    extension's three ``mfextinit`` modules (with their namespace packages), nothing else."""
+
+    def modules(**extra: str) -> set[str]:
+        done = subprocess.run(
+            [sys.executable, "-c", MODULES],
+            env={**flows.env(False, "probe"), **extra},
+            cwd=flows.tmp,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return set(json.loads(done.stdout))
+
+    absent = modules(METAFLOW_EXTENSIONS_SEARCH_DIRS=str(tmp_path))
+    off = modules()
+    assert absent <= off
+    ext = "metaflow_extensions.s3fast"
+    assert off - absent == {
+        ext,
+        *(f"{ext}.{point}" for point in ("config", "plugins", "toplevel")),
+        *(f"{ext}.{point}.mfextinit_s3fast" for point in ("config", "plugins", "toplevel")),
+    }
+
+
 def test_on_metaflow_s3_is_s3fast(flows: Flows, tmp_path: pathlib.Path) -> None:
     absent = probe(flows, None, METAFLOW_EXTENSIONS_SEARCH_DIRS=str(tmp_path))
     home = tmp_path / "home"

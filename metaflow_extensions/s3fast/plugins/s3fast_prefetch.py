@@ -19,6 +19,15 @@ into memory, and later calls for them are served from there without a request.
   oldest go first); keys this storage already served (so in Metaflow's blob cache) are skipped.
 - A reader of one artifact (or of a few) pays no extra request; a prefetch that fails is logged at DEBUG and
   the reads go on one at a time.
+
+Across the tasks of a step (the Client API reading a run, ``for task in step: task.data.x``,
+a join reading its inputs), each task usually misses only a few blobs of its own (the rest are
+shared with the step that started it, so already in the blob cache) and the per-task trigger
+never fires. When a second task of a step misses, :class:`Prefetcher` lists the step's tasks
+and fetches, for the next window of them (:data:`STEP_WINDOW` tasks, doubling each time the
+reader goes past it, at most :data:`MAX_STEP_WINDOW`), their ``0.data.json`` and then the
+artifacts of the names this reader has already read in that step (nothing else), in two
+concurrent batches, under the same limits.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
@@ -51,9 +61,44 @@ MAX_SERVED_KEYS = 1_000_000
 # such as a foreach task whose other artifacts its parent already stored, would not repay).
 TRIGGER_KNOWN = 2
 TRIGGER_UNKNOWN = 4
+# A step's first prefetch covers this many of its tasks, each later one twice as many as the
+# one before (up to MAX_STEP_WINDOW): a reader of a few tasks of a wide step pays for a window,
+# not for the step.
+STEP_WINDOW = 64
+MAX_STEP_WINDOW = 1024
 STACK_DEPTH = 8  # frames above load_bytes searched for the TaskDataStore
 
 Loaded = tuple[bytes, dict[str, Any] | None]  # stored bytes, user metadata
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    """Fetch the reading task's other small artifacts with the key being read."""
+
+    task_path: str
+    known: dict[str, Any] | None  # the task's data.json when its datastore holds it
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """Fetch the artifacts named ``names`` of the next tasks of the step at ``step_path``
+    with the key being read."""
+
+    step_path: str
+    task_id: str
+    names: frozenset[str]
+
+
+@dataclass
+class _StepReads:
+    """What one reader has missed in one step."""
+
+    tasks: set[str] = field(default_factory=set)  # tasks with a miss
+    names: set[str] = field(default_factory=set)  # the artifact names those misses were
+    covered: set[str] = field(default_factory=set)  # tasks a step prefetch has fetched for
+    listed: list[str] | None = None  # the step's task ids, once listed
+    window: int = STEP_WINDOW
+    busy: bool = False  # a step prefetch is running
 
 
 def reading_task(frame: FrameType | None) -> TaskDataStore | None:
@@ -91,6 +136,7 @@ class Prefetcher:
         self._served: set[str] = set()
         self._misses: dict[str, int] = {}
         self._tried: set[str] = set()
+        self._steps: dict[str, _StepReads] = {}
 
     def take(self, path: str) -> Loaded | None:
         """The prefetched bytes of ``path`` (removed from the store), or None."""
@@ -107,22 +153,40 @@ class Prefetcher:
             self._served.update(paths)
 
     def plan(
-        self, path: str, task: TaskDataStore | None, join: Callable[..., str]
-    ) -> tuple[str, dict[str, Any] | None] | None:
-        """Whether a single-key miss of ``path`` by ``task`` starts a prefetch: the task's
-        path and what its datastore already knows (its ``ds_metadata`` when that names more
-        than this key), or None."""
+        self, path: str, task: TaskDataStore | None, join: Callable[..., str], miss: bool = True
+    ) -> TaskPlan | StepPlan | None:
+        """Whether a single-key read of ``path`` by ``task`` starts a prefetch: of the task's
+        other artifacts (:class:`TaskPlan`), of the same names in the step's other tasks
+        (:class:`StepPlan`), or none. A read served from a prefetch (``miss`` false) only
+        records which artifact the reader read."""
         if task is None:
             return None
         try:
             flow = task.parent_datastore.flow_name
-            task_path = join(flow, task.run_id, task.step_name, task.task_id)
+            step_path = join(flow, task.run_id, task.step_name)
+            task_id = str(task.task_id)
+            task_path = join(step_path, task_id)
             known: dict[str, Any] | None = task.ds_metadata
+            objects = (known or {}).get("objects", {})
+            names = {name for name, key in objects.items() if path.endswith("/" + key)}
         except Exception:  # not the TaskDataStore this was written for: no prefetch
             return None
-        if known is not None and len(known.get("objects", {})) <= 1:
+        if known is not None and len(objects) <= 1:
             known = None  # the Client API's: only the artifact asked for
         with self._lock:
+            step = self._steps.setdefault(step_path, _StepReads())
+            step.tasks.add(task_id)
+            step.names |= names
+            if not miss:
+                return None
+            if (
+                len(step.tasks) >= 2
+                and step.names
+                and task_id not in step.covered
+                and not step.busy
+            ):
+                step.busy = True
+                return StepPlan(step_path, task_id, frozenset(step.names))
             if task_path in self._tried:
                 return None
             misses = self._misses[task_path] = self._misses.get(task_path, 0) + 1
@@ -130,7 +194,7 @@ class Prefetcher:
                 return None
             self._tried.add(task_path)
             self._misses.pop(task_path, None)
-        return task_path, known
+        return TaskPlan(task_path, known)
 
     def fetch(
         self,
@@ -165,6 +229,78 @@ class Prefetcher:
                     continue
                 wanted.append(key_path)
                 total += size
+        mine = self._get(s3, path, wanted)
+        logger.debug("prefetched %d artifacts of %s", len(wanted) - 1, task_path)
+        return mine
+
+    def fetch_step(
+        self,
+        s3: S3,
+        path: str,
+        plan: StepPlan,
+        split: Callable[[str], list[str]],
+        join: Callable[..., str],
+    ) -> Loaded | None:
+        """Fetch ``path`` and, for the next window of the step's tasks, the artifacts named
+        ``plan.names``; keep the others and return ``path``'s (None when it does not exist)."""
+        step = self._steps[plan.step_path]
+        try:
+            if step.listed is None:
+                listed = s3.list_paths([plan.step_path + "/"])
+                found = {o.key.rstrip("/").rsplit("/", 1)[-1] for o in listed if not o.exists}
+                step.listed = sorted(found, key=_task_order)
+            with self._lock:
+                done = step.covered | step.tasks  # prefetched for, or already read
+                todo = [t for t in step.listed if t not in done]
+                window = todo[: step.window]
+                step.window = min(step.window * 2, MAX_STEP_WINDOW)
+                step.covered.update(window)
+                step.covered.add(plan.task_id)
+            data = s3.get_many(
+                [join(plan.step_path, t, "0.data.json") for t in window],
+                return_missing=True,
+                in_memory=True,
+            )
+            prefix = split(path)[:-2]
+            with self._lock:
+                skip = self._served | set(self._pending)
+            wanted = [path]
+            total = 0
+            for got in data:
+                if not got.exists or got.blob is None:
+                    continue
+                meta = json.loads(got.blob)
+                info = meta.get("info", {})
+                objects = meta.get("objects", {})
+                for name in sorted(plan.names):
+                    key = objects.get(name)
+                    size = info.get(name, {}).get("size")
+                    if not isinstance(key, str) or not isinstance(size, int):
+                        continue
+                    key_path = join(*prefix, key[:2], key)
+                    if (
+                        size > MAX_OBJECT_BYTES
+                        or total + size > MAX_BATCH_BYTES
+                        or key_path in skip
+                        or key_path in wanted
+                    ):
+                        continue
+                    wanted.append(key_path)
+                    total += size
+            mine = self._get(s3, path, wanted)
+        finally:
+            step.busy = False
+        logger.debug(
+            "prefetched %d artifacts of %d tasks of %s",
+            len(wanted) - 1,
+            len(window),
+            plan.step_path,
+        )
+        return mine
+
+    def _get(self, s3: S3, path: str, wanted: list[str]) -> Loaded | None:
+        """``wanted`` (``path`` first) in one batch: ``path``'s bytes returned, the others
+        kept for later reads."""
         results = s3.get_many(wanted, return_missing=True, return_info=True, in_memory=True)
         mine: Loaded | None = None
         with self._lock:
@@ -180,7 +316,6 @@ class Prefetcher:
             while self._pending_bytes > MAX_PENDING_BYTES and self._pending:
                 _, (blob, _meta) = self._pending.popitem(last=False)
                 self._pending_bytes -= len(blob)
-        logger.debug("prefetched %d artifacts of %s", len(wanted) - 1, task_path)
         return mine
 
     @staticmethod
@@ -209,6 +344,11 @@ class Prefetcher:
             if attempt != 0 and (found := read(f"{attempt}.data.json")) is not None:
                 return found
         return None
+
+
+def _task_order(task_id: str) -> tuple[int, int | str]:
+    """Numeric task ids (the local runtime's) in numeric order, then the others."""
+    return (0, int(task_id)) if task_id.isdigit() else (1, task_id)
 
 
 def _is_data_json(name: str) -> bool:

@@ -38,7 +38,7 @@ from metaflow.plugins.datastores.s3_storage import S3Storage
 import s3fast
 from s3fast import S3, S3Object, S3PutObject
 
-from .s3fast_prefetch import Prefetcher, reading_task, write_temp
+from .s3fast_prefetch import Prefetcher, StepPlan, reading_task, write_temp
 
 logger = logging.getLogger(__name__)
 
@@ -203,20 +203,21 @@ class S3FastStorage(S3Storage):
         if len(paths) == 0:
             return CloseAfterUse(iter([]))
         files = _RemoveFiles()
-        # A single-key read may start a prefetch of the reading task's other artifacts
-        # (s3fast_prefetch); the caller is looked up now, while it is on the stack.
-        plan = None
-        if len(paths) == 1:
-            plan = self._prefetch.plan(paths[0], reading_task(sys._getframe(1)), self.path_join)
+        # A single-key miss may start a prefetch (s3fast_prefetch) of the reading task's
+        # other artifacts or of the step's other tasks'; the reader is looked up now, while
+        # it is on the stack.
+        task = reading_task(sys._getframe(1)) if len(paths) == 1 else None
 
         def iter_results() -> Iterator[tuple[str, str | None, dict[str, Any] | None]]:
             prefetched = {p: got for p in paths if (got := self._prefetch.take(p)) is not None}
             rest = [p for p in paths if p not in prefetched]
-            if plan is not None and rest:
-                got = self._fetch_with_task(rest[0], *plan)
+            if task is not None and rest:
+                got = self._prefetched(rest[0], task)
                 if got is not None:
                     prefetched[rest[0]] = got
                     rest = []
+            elif task is not None:
+                self._prefetch.plan(paths[0], task, self.path_join, miss=False)
             results: dict[str, S3Object] = {}
             if rest:
                 got_many = self._s3().get_many(rest, return_missing=True, return_info=True)
@@ -239,17 +240,23 @@ class S3FastStorage(S3Storage):
         # until the caller closes it.
         return CloseAfterUse(iter_results(), closer=files)
 
-    def _fetch_with_task(
-        self, path: str, task_path: str, known: dict[str, Any] | None
-    ) -> tuple[bytes, dict[str, Any] | None] | None:
-        """``path`` fetched with its task's other small artifacts; None when it does not
-        exist or the batch failed (then it is fetched alone)."""
+    def _prefetched(self, path: str, task: Any) -> tuple[bytes, dict[str, Any] | None] | None:
+        """``path`` fetched in a prefetch batch when this miss starts one; None when it does
+        not, when ``path`` does not exist, or when the batch failed (then it is fetched
+        alone)."""
+        plan = self._prefetch.plan(path, task, self.path_join)
+        if plan is None:
+            return None
         try:
+            if isinstance(plan, StepPlan):
+                return self._prefetch.fetch_step(
+                    self._s3(), path, plan, self.path_split, self.path_join
+                )
             return self._prefetch.fetch(
-                self._s3(), path, task_path, known, self.path_split, self.path_join
+                self._s3(), path, plan.task_path, plan.known, self.path_split, self.path_join
             )
         except Exception:
-            logger.debug("no prefetch for %s", task_path, exc_info=True)
+            logger.debug("no prefetch for %s", plan, exc_info=True)
             return None
 
 
