@@ -35,7 +35,7 @@ from .errors import (
     class_for,
 )
 from .limits import USER_METADATA_KEY
-from .objects import RangeInfo, S3Object, S3PutObject
+from .objects import RangeInfo, S3Object, S3PutObject, listed_objects
 from .progress import ProgressCallback, Tracker, on_bytes
 from .tempdirs import TempDirs
 from .urls import ByteRange, S3Path, byte_range, join, parse, resolve_root
@@ -703,11 +703,10 @@ class AsyncS3:
             for url, path in zip(prefixes, paths, strict=True)
         ]
         listed = await self._list_many(requests)
-        return [
-            S3Object(url, f"s3://{path.bucket}/{e.key}", None, size=e.size)
-            for url, path, entries in zip(prefixes, paths, listed, strict=True)
-            for e in entries
-        ]
+        out: list[S3Object] = []
+        for url, path, entries in zip(prefixes, paths, listed, strict=True):
+            out += listed_objects(url, path.bucket, entries)
+        return out
 
     async def _info(self, key: Any, return_missing: bool) -> S3Object:
         url = self._url(key)

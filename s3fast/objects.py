@@ -210,3 +210,24 @@ class S3Object:
         return f"<S3Object {self._url} (object does not exist)>"
 
     __repr__ = __str__
+
+
+def listed_objects(prefix: str, bucket: str, entries: Any) -> list[S3Object]:
+    """``S3Object(prefix, f"s3://{bucket}/{key}", None, size=size)`` for each ``(key, size)``
+    of a listing, made without the constructor's argument handling (a listing of millions of
+    keys spends its client time here); ``test_objects`` checks that the two agree."""
+    new = object.__new__
+    strip = len(prefix.rstrip("/")) + 1
+    out = []
+    for key, size in entries:
+        obj = new(S3Object)
+        obj._url = url = f"s3://{bucket}/{key}"
+        obj._path = obj._blob = obj._content_type = obj._last_modified = None
+        obj._encryption = obj._etag = obj._version_id = obj._metadata = obj._range_info = None
+        obj._size = size
+        if prefix == url:
+            obj._key, obj._prefix = url, None
+        else:
+            obj._key, obj._prefix = url[strip:].rstrip("/"), prefix
+        out.append(obj)
+    return out

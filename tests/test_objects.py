@@ -29,3 +29,28 @@ def test_s3object_fields() -> None:
     assert not S3Object(None, "s3://b/k", None).exists
     with pytest.raises(AttributeError):
         mem.size = 4  # type: ignore[misc]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "prefix",
+    ["s3://b/p/", "s3://b/p", "s3://b/", "s3://b", "s3://b/p/q/k", "s3://b/dir/"],
+)
+def test_listed_objects_are_what_the_constructor_makes(prefix: str) -> None:
+    """The listing's fast maker sets every field as ``S3Object(...)`` would."""
+    from s3fast.objects import listed_objects
+
+    entries = [("p/q/k", 3), ("p/q/", None), ("dir/", None), ("p/q/k", 0), ("a+b%2F", 7)]
+    fast = listed_objects(prefix, "b", entries)
+    slow = [S3Object(prefix, f"s3://b/{key}", None, size=size) for key, size in entries]
+    for one, other in zip(fast, slow, strict=True):
+        assert {n: getattr(one, n) for n in S3Object.__slots__} == {
+            n: getattr(other, n) for n in S3Object.__slots__
+        }
+        assert (one.key, one.url, one.prefix, one.exists, one.size) == (
+            other.key,
+            other.url,
+            other.prefix,
+            other.exists,
+            other.size,
+        )

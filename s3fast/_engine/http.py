@@ -563,9 +563,21 @@ def peek_token(body: bytes) -> str | None:
 
 # A ListObjectsV2 page in the shape S3 sends (see :func:`_scan_listing`): the fields read,
 # the two containers, and any markup outside that shape.
+# A whole <Contents> in the compact form S3 writes (its Key first, one Size, other fields
+# plain, empty or an Owner of plain fields) is one token: its key and size. Any other form is
+# read field by field.
+_OTHER_FIELD = (
+    rb"(?:<(?!Key>|Size>)[A-Za-z]+>[^<]*</[A-Za-z]+>|<[A-Za-z]+/>"
+    rb"|<Owner>(?:<[A-Za-z]+>[^<]*</[A-Za-z]+>)*</Owner>)"
+)
 _LISTING_TOKENS = re.compile(
-    rb"<(/?)(Contents|CommonPrefixes)>"
-    rb"|<(Key|Size|Prefix|EncodingType|IsTruncated|NextContinuationToken|KeyCount)>([^<]*)</\3>"
+    rb"<Contents><Key>([^<]+)</Key>"
+    + _OTHER_FIELD
+    + rb"*<Size>([0-9]+)</Size>"
+    + _OTHER_FIELD
+    + rb"*</Contents>"
+    rb"|<(/?)(Contents|CommonPrefixes)>"
+    rb"|<(Key|Size|Prefix|EncodingType|IsTruncated|NextContinuationToken|KeyCount)>([^<]*)</\5>"
 )
 _ODD_MARKUP = re.compile(rb"<(?!/?[A-Za-z][A-Za-z0-9]*/?>)")  # <Name>, </Name>, <Name/>
 _ROOT = re.compile(
@@ -617,7 +629,15 @@ def _scan_listing(
     prefixes: list[tuple[str, int | None]] = []
     truncated, url_encoded, token, count = False, False, None, None
     box, key, size = b"", None, 0
-    for close, container, tag, raw in _LISTING_TOKENS.findall(body, root.end()):
+    for whole_key, whole_size, close, container, tag, raw in _LISTING_TOKENS.findall(
+        body, root.end()
+    ):
+        if whole_key:
+            key = _text(whole_key)
+            if key is None or box:
+                return None
+            objects.append((key, int(whole_size)))
+            continue
         if container:
             if not close:
                 box, key, size = container, None, 0
@@ -656,7 +676,10 @@ def parse_listing(body: bytes) -> tuple[list[tuple[str, int | None]], str | None
     prefixes, and the continuation token (None on the last page)."""
     entries, truncated, token, url_encoded = _scan_listing(body) or _parse_listing_tree(body)
     if url_encoded:  # decoded as botocore decodes them
-        entries = [(unquote_plus(key), size) for key, size in entries]
+        entries = [
+            (unquote_plus(key), size) if "%" in key or "+" in key else (key, size)
+            for key, size in entries
+        ]
     if truncated and not token:
         raise ConnectionError("a truncated listing without a continuation token")
     return entries, token if truncated else None

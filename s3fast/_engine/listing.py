@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import botocore.exceptions
 
@@ -14,8 +15,7 @@ from .http import LeanHttp, ProtocolSurprise, parse_listing, peek_token
 from .retry import retrying
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     key: str
     size: int | None  # None for a common prefix ("directory")
 
@@ -59,7 +59,7 @@ async def _list_http(
                 fetching = page(ahead)
                 await asyncio.sleep(0)  # let it send its request before the parse below
             got, token = parse_listing(body)
-            entries.extend(Entry(key, size) for key, size in got)
+            entries.extend(map(Entry._make, got))
             if token is None or (limit and len(entries) >= limit):
                 del entries[limit or len(entries) :]
                 return
