@@ -183,8 +183,9 @@ def connections_to(endpoint_url: str) -> set[str]:
 
 
 def test_async_contexts_on_one_loop_borrow_the_client(seaweed: Server, seaweed_bucket: str) -> None:
-    """Contexts on a caller's loop borrow one started client, and leave no socket open: each
-    context's connections (the lean path's, and botocore's) close when its last user leaves."""
+    """Contexts on a caller's loop borrow one started client, one context at a time, and leave
+    no socket open: each context's connections (the lean path's, and botocore's) close when it
+    ends."""
     seaweed.seed(seaweed_bucket, {"k": b"a" * 1024})
     root = f"s3://{seaweed_bucket}"
     botocore = TransferConfig(transport="botocore")
@@ -214,10 +215,14 @@ def test_async_contexts_on_one_loop_borrow_the_client(seaweed: Server, seaweed_b
             async with AsyncS3(s3root=root) as b:
                 got = await asyncio.gather(a.get("k", in_memory=True), b.get("k", in_memory=True))
                 assert [o.blob for o in got] == [b"a" * 1024] * 2
-                assert botocore_client(a) is botocore_client(b) is first
-            assert open_connections(seaweed.endpoint_url) >= 1  # a still has them
+                # two live contexts do not share one botocore connection pool
+                assert botocore_client(a) is first and botocore_client(b) is not first
+            assert open_connections(seaweed.endpoint_url) >= 1  # a still has its own
             assert (await a.get("k", in_memory=True)).blob == b"a" * 1024
         assert open_connections(seaweed.endpoint_url) == 0
+        async with AsyncS3(s3root=root) as s3:
+            assert (await s3.get("k", in_memory=True)).blob == b"a" * 1024
+            assert botocore_client(s3) is first
 
     asyncio.run(main())
 
@@ -273,3 +278,28 @@ def test_loops_closed_by_hand_leave_nothing_behind(
     asyncio.run(one())  # the next loop's shelf drops the closed loops' shelves
     gc.collect()
     assert [ref for ref in loops if ref() is not None] == []
+
+
+def test_a_task_left_running_past_its_context_pins_nothing(
+    seaweed: Server, seaweed_bucket: str
+) -> None:
+    """A ``get_many`` still running when its ``async with`` ends fails with a clear error
+    instead of starting the client again, and later contexts still close their sockets."""
+    keys = {f"k{i}": b"c" * 1024 for i in range(40)}
+    seaweed.seed(seaweed_bucket, keys)
+    root = f"s3://{seaweed_bucket}"
+    seeding = connections_to(seaweed.endpoint_url)
+
+    async def main() -> None:
+        async with AsyncS3(s3root=root) as s3:
+            assert (await s3.get("k0", in_memory=True)).blob == keys["k0"]
+            stray = asyncio.ensure_future(s3.get_many(list(keys), in_memory=True))
+            await asyncio.sleep(0)  # started; the context ends before it does
+        with pytest.raises(RuntimeError, match="closed"):
+            await stray
+        for _ in range(2):
+            async with AsyncS3(s3root=root) as s3:
+                assert (await s3.get("k1", in_memory=True)).blob == keys["k1"]
+            assert connections_to(seaweed.endpoint_url) <= seeding
+
+    asyncio.run(main())

@@ -164,6 +164,7 @@ class Engine:
         self._client_cm: Any = None
         self._lease: SharedClient | None = None
         self._shelf: ClientShelf | None = None
+        self._closed = False
         self.limiter = AdaptiveLimiter(self.config.max_concurrency, self.concurrency)
         self.retries = 0  # requests retried (the engine's, and botocore's)
         self.gave_up = 0  # requests that ran out of attempts or time
@@ -213,6 +214,8 @@ class Engine:
         # caller's task, which makes the request right after this).
         CURRENT_ENGINE.set(self)
         if self._client is None:
+            if self._closed:  # (a task left running past the close of its client)
+                raise RuntimeError("this S3 client is closed")
             if self._start_lock is None:
                 self._start_lock = asyncio.Lock()
             async with self._start_lock:
@@ -279,8 +282,9 @@ class Engine:
 
             self._shelf = shelf()
             self._lease = await self._shelf.lease(key, make_shared)
-            self._client, self.transport = self._lease.client, self._lease.transport
-            return
+            if self._lease is not None:
+                self._client, self.transport = self._lease.client, self._lease.transport
+                return
         self._client_cm, self._client, self.transport = await make()
         self._client.meta.events.register_first("needs-retry.s3", self._botocore_retry)
         if self.faults is not None:
@@ -390,6 +394,7 @@ class Engine:
                 await asyncio.sleep(delay)
 
     async def close(self) -> None:
+        self._closed = True
         if self._lease is not None:  # the shared client stays for the next engine
             assert self._shelf is not None
             shared, self._lease, self._client, self.transport = (

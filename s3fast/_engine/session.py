@@ -28,6 +28,7 @@ import contextlib
 import contextvars
 import getpass
 import inspect
+import logging
 import os
 import re
 import sys
@@ -84,6 +85,8 @@ CLIENT_PARAMS = frozenset(
     }
 )
 MAX_SESSIONS = 16
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -438,45 +441,68 @@ class ClientShelf:
     def __init__(self, own: bool) -> None:
         self.own = own
         self.clients: OrderedDict[tuple[Any, ...], SharedClient] = OrderedDict()
+        self._closing: set[asyncio.Future[None]] = set()
 
-    async def lease(self, key: tuple[Any, ...], make: Any) -> SharedClient:
+    async def lease(self, key: tuple[Any, ...], make: Any) -> SharedClient | None:
         """The shared client for ``key`` (made by ``await make()`` if there is none), with
-        one more user. Idle clients beyond :data:`MAX_SHARED_CLIENTS` are closed."""
-        while (shared := self.clients.get(key)) is not None and shared.resting is not None:
-            await asyncio.wait([shared.resting])  # its connections closed, or it was dropped
-        if shared is None:
-            cm, client, transport = await make()
-            shared = self.clients.get(key)  # made meanwhile by another engine of the loop
-            if shared is None:
-                shared = self.clients[key] = SharedClient(key, cm, client, transport)
-            else:
-                await SharedClient(key, cm, client, transport).close()
-        self.clients.move_to_end(key)
+        one more user; None on a caller's loop while it is in use (two live contexts would
+        share one botocore connection pool: the caller makes a client of its own). Idle
+        clients beyond :data:`MAX_SHARED_CLIENTS` are closed."""
+        while True:
+            shared = self.clients.get(key)
+            if shared is not None and shared.resting is not None:
+                await asyncio.wait([shared.resting])  # its connections closed, or it was dropped
+                continue
+            if shared is not None:
+                break
+            made = SharedClient(key, *(await make()))
+            if key not in self.clients:
+                shared = self.clients[key] = made
+                break
+            self._close_later(made)  # made meanwhile by another engine of the loop
+        # From here to the return nothing is awaited: what was found is what is borrowed.
+        if shared.users and not self.own:
+            return None
         shared.users += 1
+        self.clients.move_to_end(key)
         idle = [s for s in self.clients.values() if s.users == 0 and s.resting is None]
         while len(self.clients) > MAX_SHARED_CLIENTS and idle:
             old = idle.pop(0)
             del self.clients[old.key]
-            await old.close()
+            self._close_later(old)
         return shared
 
+    def _close_later(self, shared: SharedClient) -> None:
+        """Close a client no engine uses, in a task of its own (no caller waits on it, and no
+        cancellation of a caller's cuts it short)."""
+        task = asyncio.ensure_future(shared.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closed_one)
+
+    def _closed_one(self, task: asyncio.Future[None]) -> None:
+        self._closing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.debug("closing an idle shared client failed: %r", task.exception())
+
     async def release(self, shared: SharedClient) -> None:
-        """One user less; on a caller's loop, the last one closes its connections."""
+        """One user less; on a caller's loop, the last one closes its connections (a failure
+        to do so drops the client: it is not raised into the caller's ``async with``)."""
         shared.users -= 1
         if shared.users or self.own:
             return
+        assert shared.resting is None
         shared.resting = asyncio.ensure_future(self._rest(shared))
-        await asyncio.shield(shared.resting)
+        await asyncio.wait([shared.resting])
 
     async def _rest(self, shared: SharedClient) -> None:
         try:
             await shared.rest()
-        except BaseException:
-            if self.clients.get(shared.key) is shared:  # not borrowed again: closed instead
+        except Exception as exc:
+            logger.debug("closing a shared client's connections failed (%r): closing it", exc)
+            if self.clients.get(shared.key) is shared:
                 del self.clients[shared.key]
             with contextlib.suppress(Exception):
                 await shared.close()
-            raise
         finally:
             shared.resting = None
 
@@ -501,7 +527,9 @@ def shelf() -> ClientShelf:
         if found is not None:
             return found
         for closed in [other for other in _SHELVES if other.is_closed()]:
-            del _SHELVES[closed]  # nothing on it holds a socket (see ClientShelf)
+            # Nothing on it holds a socket (see ClientShelf), unless the loop was stopped
+            # in the middle of a context: those are left to the garbage collector.
+            del _SHELVES[closed]
         own = _bridge.in_loop_thread()
         found = _SHELVES[loop] = ClientShelf(own)
         if own:
@@ -518,7 +546,11 @@ def shared_key(spec: ClientSpec, *settings: Any) -> tuple[Any, ...]:
         session_key(spec),
         spec.keys,
         spec.role,
-        id(spec.credentials) if spec.credentials is not None else None,
+        # the external client's own credentials object (alive while the shared client is,
+        # so its id is not reused), not the per-context wrapper around it
+        id(getattr(spec.credentials, "_creds", spec.credentials))
+        if spec.credentials is not None
+        else None,
         spec.region,
         spec.client_args,
         repr(sorted(options.items())) if options else None,
