@@ -562,10 +562,9 @@ def peek_token(body: bytes) -> str | None:
 
 
 # A ListObjectsV2 page in the shape S3 sends (see :func:`_scan_listing`): the fields read,
-# the two containers, and any markup outside that shape.
-# A whole <Contents> in the compact form S3 writes (its Key first, one Size, other fields
-# plain, empty or an Owner of plain fields) is one token: its key and size. Any other form is
-# read field by field.
+# the two containers, and any markup outside that shape. A whole <Contents> in the compact
+# form S3 writes (its Key first, one Size, other fields plain, empty or an Owner of plain
+# fields) is one token, its key and size; any other form is read field by field.
 _OTHER_FIELD = (
     rb"(?:<(?!Key>|Size>)[A-Za-z]+>[^<]*</[A-Za-z]+>|<[A-Za-z]+/>"
     rb"|<Owner>(?:<[A-Za-z]+>[^<]*</[A-Za-z]+>)*</Owner>)"
