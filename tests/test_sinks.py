@@ -105,3 +105,18 @@ async def test_memory_sink_returns_what_was_received(
         assert sink.settled(offset, len(chunk)) is None
     path, blob = await sink.commit()
     assert path is None and blob == body and type(blob) is bytes
+
+
+@pytest.mark.skipif(
+    sys.implementation.name != "cpython" or _huge_page_size() == 0,
+    reason="CPython on a kernel with transparent huge pages",
+)
+@pytest.mark.parametrize("value", ["0", "off"])
+def test_huge_page_advice_can_be_turned_off(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.delenv(KILL_SWITCH, raising=False)
+    monkeypatch.setenv("S3FAST_HUGE_PAGES", value)
+    calls: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(sinks, "_madvise", lambda *call: calls.append(call))
+    direct = writable_bytes(5 * _huge_page_size())
+    assert direct is not None and calls == []  # still received in place, without the advice
+    direct[1].release()

@@ -42,6 +42,7 @@ class Sink(Protocol):
 
 
 KILL_SWITCH = "S3FAST_NO_CTYPES"  # set (to anything but 0/false/no/off): never use ctypes
+HUGE_PAGES = "S3FAST_HUGE_PAGES"  # 0/false/no/off: no huge-page advice for in-memory GETs
 
 
 def writable_bytes(size: int) -> tuple[bytes, memoryview] | None:
@@ -72,7 +73,11 @@ def _huge_pages(address: int, size: int) -> None:
     fault per 4 KiB (an eighth of the client's CPU on a GET into memory, measured); huge pages
     take one per 2 MiB. Where malloc served it from its heap instead, the advice stays on that
     part of the heap (as with THP set to ``always``). Nothing happens where the kernel has no
-    THP or where it is set to ``never``."""
+    THP or where it is set to ``never``, or with ``S3FAST_HUGE_PAGES=0``: in a VM whose host
+    takes back the guest's free huge pages (free page reporting), a process's first batch
+    pays the host's faults on fresh huge pages (see docs/settings.md)."""
+    if os.environ.get(HUGE_PAGES, "").strip().lower() in ("0", "false", "no", "off"):
+        return
     huge = _huge_page_size()
     if not huge or size < 2 * huge:
         return
