@@ -74,7 +74,7 @@ def _huge_pages(address: int, size: int) -> None:
     take one per 2 MiB. Where malloc served it from its heap instead, the advice stays on that
     part of the heap (as with THP set to ``always``). Nothing happens where the kernel has no
     THP or where it is set to ``never``, or with ``S3FAST_HUGE_PAGES=0``: in a VM whose host
-    takes back the guest's free huge pages (free page reporting), a process's first batch
+    takes back the guest's free memory (free page reporting), a process's first batch
     pays the host's faults on fresh huge pages (see docs/settings.md)."""
     if os.environ.get(HUGE_PAGES, "").strip().lower() in ("0", "false", "no", "off"):
         return
