@@ -101,6 +101,29 @@ class _StepReads:
     busy: bool = False  # a step prefetch is running
 
 
+class _Batch:
+    """The keys of one prefetch batch, ``first`` (the artifact asked for) first: artifacts of
+    at most :data:`MAX_OBJECT_BYTES`, :data:`MAX_BATCH_BYTES` in all, none in ``skip`` (held
+    or served already) and none twice."""
+
+    def __init__(self, first: str) -> None:
+        self.keys = [first]
+        self.skip: set[str] = set()
+        self._total = 0
+
+    def add(self, key_path: str, size: Any) -> None:
+        if (
+            not isinstance(size, int)
+            or size > MAX_OBJECT_BYTES
+            or self._total + size > MAX_BATCH_BYTES
+            or key_path in self.skip
+            or key_path in self.keys
+        ):
+            return
+        self.keys.append(key_path)
+        self._total += size
+
+
 def reading_task(frame: FrameType | None) -> TaskDataStore | None:
     """The ``TaskDataStore`` on the call stack at or above ``frame``, if any."""
     for _ in range(STACK_DEPTH):
@@ -210,25 +233,14 @@ class Prefetcher:
         sha = split(path)[-1]
         prefix = split(path)[:-2]
         meta = known or self._task_metadata(s3, task_path, sha, join)
-        wanted = [path]
+        batch = _Batch(path)
         if meta is not None:
             with self._lock:
-                skip = self._served | set(self._pending)
-            total = 0
+                batch.skip = self._served | set(self._pending)
             info = meta.get("info", {})
             for name, key in meta.get("objects", {}).items():
-                size = info.get(name, {}).get("size")
-                key_path = join(*prefix, key[:2], key)
-                if (
-                    not isinstance(size, int)
-                    or size > MAX_OBJECT_BYTES
-                    or total + size > MAX_BATCH_BYTES
-                    or key_path in skip
-                    or key_path in wanted
-                ):
-                    continue
-                wanted.append(key_path)
-                total += size
+                batch.add(join(*prefix, key[:2], key), info.get(name, {}).get("size"))
+        wanted = batch.keys
         mine = self._get(s3, path, wanted)
         logger.debug("prefetched %d artifacts of %s", len(wanted) - 1, task_path)
         return mine
@@ -262,10 +274,9 @@ class Prefetcher:
                 in_memory=True,
             )
             prefix = split(path)[:-2]
+            batch = _Batch(path)
             with self._lock:
-                skip = self._served | set(self._pending)
-            wanted = [path]
-            total = 0
+                batch.skip = self._served | set(self._pending)
             for got in data:
                 if not got.exists or got.blob is None:
                     continue
@@ -274,19 +285,9 @@ class Prefetcher:
                 objects = meta.get("objects", {})
                 for name in sorted(plan.names):
                     key = objects.get(name)
-                    size = info.get(name, {}).get("size")
-                    if not isinstance(key, str) or not isinstance(size, int):
-                        continue
-                    key_path = join(*prefix, key[:2], key)
-                    if (
-                        size > MAX_OBJECT_BYTES
-                        or total + size > MAX_BATCH_BYTES
-                        or key_path in skip
-                        or key_path in wanted
-                    ):
-                        continue
-                    wanted.append(key_path)
-                    total += size
+                    if isinstance(key, str):
+                        batch.add(join(*prefix, key[:2], key), info.get(name, {}).get("size"))
+            wanted = batch.keys
             mine = self._get(s3, path, wanted)
         finally:
             step.busy = False
