@@ -9,6 +9,7 @@ lean path and botocore alike. The proxy's access log counts what it saw."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pathlib
 import socket
@@ -21,7 +22,7 @@ import proxy
 import pytest
 from proxy.http.proxy import HttpProxyBasePlugin
 
-from s3fast import S3, S3PutObject, TransferConfig
+from s3fast import S3, AsyncS3, S3PutObject, TransferConfig
 from s3fast.limits import KiB, MiB
 
 from .conftest import Server, _bucket_on
@@ -245,3 +246,32 @@ def test_proxy_basic_auth(
     finally:
         for _ in bucket_iter:
             pass
+
+
+def test_a_proxy_set_between_contexts_is_used(
+    target: tuple[Server, str], forward_proxy: ForwardProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy set in the environment after a first context (a later notebook cell) is used by
+    the next context, sync or async, as by a new metaflow.S3: contexts share a started client
+    only while the proxy variables are the same."""
+    _, bucket = target
+    root = f"s3://{bucket}"
+    with S3(s3root=root, config=_config()) as s3:
+        s3.put("k", b"direct")
+
+    async def one() -> bytes:
+        async with AsyncS3(s3root=root, config=_config()) as s3:
+            return (await s3.get("k", in_memory=True)).blob
+
+    async def both() -> None:
+        assert await one() == b"direct"  # on this loop, before the proxy is set
+        _via(monkeypatch, forward_proxy.url, "example.invalid")
+        before = len(forward_proxy.seen())
+        assert await one() == b"direct"
+        assert forward_proxy.seen_after(before, at_least=1), "the async context bypassed it"
+
+    asyncio.run(both())
+    before = len(forward_proxy.seen())
+    with S3(s3root=root, config=_config()) as s3:
+        assert s3.get("k", in_memory=True).blob == b"direct"
+    assert forward_proxy.seen_after(before, at_least=1), "the sync context bypassed it"

@@ -235,14 +235,22 @@ def _stamp(path: str) -> tuple[float, int] | None:
     return (st.st_mtime, st.st_size)
 
 
+PROXY_VARS = frozenset(
+    name
+    for base in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY")
+    for name in (base, base.lower())
+)
+
+
 def _environment_key() -> tuple[Any, ...]:
-    """What a session depends on besides its variables: the ``AWS_*`` environment, ``HOME``,
-    and the config and credentials files as they are now (edited, or rewritten by a login
-    tool: a new session reads them again, as a new metaflow.S3 would)."""
+    """What a session (and a client made from it) depends on besides its variables: the
+    ``AWS_*`` environment, the proxy variables, ``HOME``, and the config and credentials files
+    as they are now (edited, or rewritten by a login tool: a new session reads them again, as
+    a new metaflow.S3 would)."""
     env = os.environ
     return (
         env.get("HOME"),
-        tuple(sorted((k, v) for k, v in env.items() if k.startswith("AWS_"))),
+        tuple(sorted((k, v) for k, v in env.items() if k.startswith("AWS_") or k in PROXY_VARS)),
         _stamp(env.get("AWS_CONFIG_FILE") or "~/.aws/config"),
         _stamp(env.get("AWS_SHARED_CREDENTIALS_FILE") or "~/.aws/credentials"),
     )
