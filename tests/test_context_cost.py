@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import os
+import pathlib
+import subprocess
+import sys
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -73,6 +77,49 @@ def test_second_context_loads_nothing(seaweed: Server, seaweed_bucket: str, call
     assert session.loads == sessions
     # No directory scanned (the download's own private temp dir aside).
     assert [p for p in calls.listings if "s3fast." not in p] == []
+
+
+_FIRST_CONTEXT = """
+import json, os, sys
+import botocore
+from s3fast import S3
+from s3fast._engine import endpoint
+data = os.path.dirname(botocore.__file__)
+listed = []
+listdir = os.listdir
+def counting(path="."):
+    if str(path).startswith(data):
+        listed.append(str(path))
+    return listdir(path)
+os.listdir = counting
+with S3(s3root=sys.argv[1]) as s3:
+    body = s3.get("k").blob
+print(json.dumps({"listed": listed, "tls": len(endpoint._CONTEXTS), "ok": body == b"z" * 1024}))
+"""
+
+
+def test_a_process_first_context_scans_no_service_list(
+    seaweed: Server, seaweed_bucket: str, tmp_path: pathlib.Path
+) -> None:
+    """A fresh process's first context reads the ``s3`` model without listing the directory
+    of every service botocore knows (hundreds of ``listdir`` calls), and on plain HTTP makes
+    no TLS context (loading a CA bundle)."""
+    seaweed.seed(seaweed_bucket, {"k": b"z" * 1024})
+    script = tmp_path / "first.py"
+    script.write_text(_FIRST_CONTEXT)
+    out = subprocess.run(
+        [sys.executable, str(script), f"s3://{seaweed_bucket}"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **seaweed.env()},
+        timeout=120,
+        check=True,
+    )
+    got = json.loads(out.stdout.splitlines()[-1])
+    assert got["ok"]
+    assert got["tls"] == 0
+    assert len(got["listed"]) <= 4, got["listed"]  # s3's own directory, per type of data
+    assert all("/s3" in p for p in got["listed"]), got["listed"]
 
 
 def test_async_contexts_share_the_session(

@@ -10,8 +10,25 @@ import pathlib
 import pytest
 
 from s3fast import S3, MetaflowS3TransferError, TransferConfig
+from s3fast.testing import free_ports
 
 from .conftest import Server, _bucket_on
+
+
+def test_a_ca_bundle_that_cannot_be_read_is_named(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    # The TLS context is made at the first HTTPS connection; a bundle botocore cannot load is
+    # an OSError naming it, not a retried connection error (nothing listens on the port).
+    missing = tmp_path / "no-such-ca.pem"
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(missing))
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"https://127.0.0.1:{free_ports(1)[0]}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    for _ in range(2):  # the second context meets it as well
+        with S3(s3root="s3://bucket-x/") as s3:
+            with pytest.raises(FileNotFoundError, match=str(missing)):
+                s3.get("k")
 
 
 def test_profile_ca_bundle_is_trusted(

@@ -170,15 +170,21 @@ def _built_context(session: Any) -> ssl.SSLContext:
     with _CONTEXTS_LOCK:
         found = _CONTEXTS.get(trust)
         if found is None:
-            found, _ = session._build_ssl_contexts(None)
+            try:
+                found, _ = session._build_ssl_contexts(None)
+            except OSError as exc:  # a CA bundle or client certificate it cannot read
+                files = ", ".join(str(f) for f in trust if isinstance(f, str)) or "the default"
+                raise type(exc)(exc.errno, f"cannot load the TLS files ({files}): {exc}") from exc
             _CONTEXTS[trust] = found
         return found
 
 
 async def tls_context(client: Any) -> ssl.SSLContext:
     """The TLS context botocore's HTTP session uses for the endpoint: the same CA bundle
-    (or no verification) and the same client certificate."""
-    return await asyncio.to_thread(_built_context, _session(client))
+    (or no verification) and the same client certificate (built off the event loop)."""
+    session = _session(client)
+    found = _CONTEXTS.get((session._verify, session._cert_file, session._key_file))
+    return found if found is not None else await asyncio.to_thread(_built_context, session)
 
 
 class _TunnelProtocol(asyncio.Protocol):

@@ -751,14 +751,17 @@ class LeanHttp:
     def __init__(
         self,
         client: Any,
-        ssl_context: ssl.SSLContext | None,
+        tls: Callable[[], Awaitable[ssl.SSLContext]],
         timeouts: tuple[float, float],
         faults: Any = None,
     ) -> None:
         self._client = client
         self._faults = faults  # a FaultInjector (inject_failure_rate), asked per request
         self._signer = _Signer(client._request_signer._credentials)
-        self._ssl = ssl_context
+        # botocore's TLS context for the endpoint, made at the first TLS connection (loading
+        # the CA bundle costs ~20 ms, which a plain-HTTP endpoint never needs)
+        self._tls = tls
+        self._ssl: ssl.SSLContext | None = None
         self._connect_timeout, self._read_timeout = timeouts
         self._idle: dict[tuple[str, str, int], deque[_Conn]] = {}
         # (bucket, operation) -> where botocore sends it, and through which proxy
@@ -777,13 +780,18 @@ class LeanHttp:
             conn.close()
         loop = asyncio.get_running_loop()
         tls = scheme == "https"
+        context = None
+        if tls:
+            if self._ssl is None:
+                self._ssl = await self._tls()
+            context = self._ssl
         async with asyncio.timeout(self._connect_timeout):
             if proxy is None:
                 _, conn = await loop.create_connection(
                     lambda: _Conn(self._read_timeout),
                     host,
                     port,
-                    ssl=self._ssl if tls else None,
+                    ssl=context,
                     server_hostname=host if tls else None,
                 )
             elif not tls:  # plain HTTP through the proxy: absolute-form requests, as aiohttp
@@ -791,12 +799,11 @@ class LeanHttp:
                     lambda: _Conn(self._read_timeout), proxy.host, proxy.port
                 )
             else:  # HTTPS: a CONNECT tunnel, then TLS with the endpoint inside it
+                assert context is not None
                 raw = await open_tunnel(proxy, host, port)
                 conn = _Conn(self._read_timeout)
                 try:
-                    transport = await loop.start_tls(
-                        raw, conn, self._ssl or ssl.create_default_context(), server_hostname=host
-                    )
+                    transport = await loop.start_tls(raw, conn, context, server_hostname=host)
                 except BaseException:
                     raw.abort()
                     raise

@@ -149,7 +149,7 @@ class Transport:
         if self._off is None:
             self._off = _client_reason(client)
         if self._off is None:
-            self._http = LeanHttp(client, await tls_context(client), timeouts, faults)
+            self._http = LeanHttp(client, lambda: tls_context(client), timeouts, faults)
         else:
             logger.debug("every request takes botocore: %s", self._off)
 
