@@ -21,7 +21,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import uvloop
-from botocore.loaders import JSONFileLoader
+from botocore.exceptions import UnknownServiceError
+from botocore.loaders import JSONFileLoader, Loader
 
 from s3fast import S3, AsyncS3, MetaflowS3AccessDenied, TransferConfig
 from s3fast._engine import session
@@ -77,6 +78,19 @@ def test_second_context_loads_nothing(seaweed: Server, seaweed_bucket: str, call
     assert session.loads == sessions
     # No directory scanned (the download's own private temp dir aside).
     assert [p for p in calls.listings if "s3fast." not in p] == []
+
+
+@pytest.mark.unit
+def test_the_loader_loads_what_botocore_loads() -> None:
+    """s3fast's data loader skips botocore's scan of every service directory, and nothing
+    else: the same models, the same error for a service botocore does not know."""
+    ours, botocore_own = session._Loader.for_data_path(None), Loader()
+    for service, kind in [("s3", "service-2"), ("s3", "endpoint-rule-set-1"), ("sts", "service-2")]:
+        assert ours.load_service_model(service, kind) == botocore_own.load_service_model(
+            service, kind
+        )
+    with pytest.raises(UnknownServiceError):
+        ours.load_service_model("no-such-service", "service-2")
 
 
 _FIRST_CONTEXT = """
