@@ -10,6 +10,8 @@ import hashlib
 import os
 import pathlib
 import ssl
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -407,3 +409,34 @@ def test_no_tls_connection_outlives_its_loop(bucket: str, boto: object) -> None:
         leaked += [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
     assert leaked == []
     assert open_uploads(boto, bucket) == []
+
+
+_WITHOUT_CRT = """
+import os, sys
+import botocore.auth
+from s3fast import S3, TransferConfig
+from s3fast._engine import checksums
+assert botocore.auth.AUTH_TYPE_MAPS["s3v4"].__module__ == "botocore.auth"  # not awscrt's
+body = os.urandom(3 * 2**20 + 5)
+for transport in ("http", "botocore"):
+    config = TransferConfig(transport=transport, multipart_threshold=2**20 * 5, part_size=2**20 * 5)
+    with S3(s3root=sys.argv[1], config=config) as s3:
+        s3.put("crt-" + transport, body)
+        assert s3.get("crt-" + transport, in_memory=True).blob == body
+assert checksums.CRC64NVME.update is not None  # s3fast's own checks still have awscrt
+print("ok")
+"""
+
+
+def test_botocore_without_awscrt(seaweed_bucket: str, seaweed: Server) -> None:
+    """``BOTO_DISABLE_CRT=true`` (docs/settings.md) keeps botocore as it is without awscrt:
+    both transports still work, and s3fast's CRC32C/CRC64NVME checks still use awscrt."""
+    out = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_CRT, f"s3://{seaweed_bucket}"],
+        env={**os.environ, **seaweed.env(), "BOTO_DISABLE_CRT": "true"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("ok")
