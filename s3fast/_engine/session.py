@@ -250,7 +250,7 @@ class _Loader(Loader):
             versions = self.list_api_versions(service_name, type_name)  # its directory only
         except DataNotFoundError:
             return super().load_service_model(service_name, type_name, api_version)
-        version = api_version or max(versions)
+        version = max(versions) if api_version is None else api_version
         model = self.load_data(os.path.join(service_name, version, type_name))
         self._extras_processor.process(model, self._find_extras(service_name, type_name, version))
         return model
