@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 import uvloop
 from botocore.exceptions import UnknownServiceError
-from botocore.loaders import JSONFileLoader, Loader
+from botocore.loaders import JSONFileLoader, Loader, create_loader
 
 from s3fast import S3, AsyncS3, MetaflowS3AccessDenied, TransferConfig
 from s3fast._engine import session
@@ -81,9 +81,10 @@ def test_second_context_loads_nothing(seaweed: Server, seaweed_bucket: str, call
 
 
 @pytest.mark.unit
-def test_the_loader_loads_what_botocore_loads() -> None:
+def test_the_loader_loads_what_botocore_loads(tmp_path: pathlib.Path) -> None:
     """s3fast's data loader skips botocore's scan of every service directory, and nothing
-    else: the same models, the same error for a service botocore does not know."""
+    else: the same models, the same error for a service botocore does not know, and a model
+    of a later API version in ``AWS_DATA_PATH`` is the one taken."""
     ours, botocore_own = session._Loader.for_data_path(None), Loader()
     for service, kind in [("s3", "service-2"), ("s3", "endpoint-rule-set-1"), ("sts", "service-2")]:
         assert ours.load_service_model(service, kind) == botocore_own.load_service_model(
@@ -91,6 +92,19 @@ def test_the_loader_loads_what_botocore_loads() -> None:
         )
     with pytest.raises(UnknownServiceError):
         ours.load_service_model("no-such-service", "service-2")
+    model = botocore_own.load_service_model("s3", "service-2")
+    custom = tmp_path / "models" / "s3" / "2099-01-01"
+    custom.mkdir(parents=True)
+    (custom / "service-2.json").write_text(
+        json.dumps({**model, "metadata": {**model["metadata"], "apiVersion": "2099-01-01"}})
+    )
+    data_path = f"{tmp_path / 'models'}{os.pathsep}{tmp_path / 'none'}"
+    ours, botocore_own = session._Loader.for_data_path(data_path), create_loader(data_path)
+    for loader in (ours, botocore_own):
+        assert loader.load_service_model("s3", "service-2")["metadata"]["apiVersion"] == (
+            "2099-01-01"
+        )
+    assert ours.search_paths == botocore_own.search_paths
 
 
 _FIRST_CONTEXT = """
