@@ -56,8 +56,8 @@ _SCRIPT = textwrap.dedent(
 
     how, root, s3root, keys, options = sys.argv[1:6]
     keys, options = json.loads(keys), json.loads(options)
-    if options.pop("unmapped", False):  # as on a filesystem outside the mmap allow-list
-        sinks_module.MMAP_FILESYSTEMS = frozenset()
+    if options.pop("unallocated", False):  # as on a filesystem that does not preallocate
+        sinks_module.PREALLOCATING_FILESYSTEMS = frozenset()
     hog = options.pop("hog", None)
     hogged = []
 
@@ -137,13 +137,14 @@ def test_get_many_more_than_the_free_space(
     assert _files(small_fs) == []
 
 
-@pytest.mark.parametrize("unmapped", [False, True], ids=["mapped", "unmapped"])
+@pytest.mark.parametrize("unallocated", [False, True], ids=["preallocated", "unallocated"])
 def test_the_disk_fills_up_mid_download(
-    small_fs: str, seaweed: Server, seaweed_bucket: str, unmapped: bool
+    small_fs: str, seaweed: Server, seaweed_bucket: str, unallocated: bool
 ) -> None:
-    """After the first range lands, another writer takes all the free space. Mapped (the
-    space was allocated up front): the download completes, the other writer gets ENOSPC.
-    Unmapped (written range by range): the download fails, typed, and removes its file."""
+    """After the first range lands, another writer takes all the free space. Preallocated
+    (tmpfs, ext4, xfs: the space was allocated before the first byte was written): the
+    download completes, the other writer gets ENOSPC. Elsewhere (written as it comes): the
+    download fails, typed, and removes its file."""
     blob = os.urandom(12 * MiB)
     seaweed.seed(seaweed_bucket, {"obj": blob})
     hog = os.path.join(small_fs, "hog")
@@ -154,11 +155,11 @@ def test_the_disk_fills_up_mid_download(
         ["obj"],
         range_size=1 * MiB,
         max_concurrency=1,
-        unmapped=unmapped,
+        unallocated=unallocated,
         hog=hog,
     )
     assert report["hogged"] is not None  # the space ran out during the download
-    if unmapped:
+    if unallocated:
         assert report["error"] == "MetaflowS3InsufficientDiskSpace", report
         assert f"s3://{seaweed_bucket}/obj" in report["message"]
         assert report["files_after_error"] == []
@@ -192,8 +193,9 @@ _UNRESERVED = textwrap.dedent(
 
 
 def test_the_hazard_is_real_here(small_fs: str) -> None:
-    """What the sinks avoid: writing through a map of space that was never allocated, on a
-    full filesystem, is SIGBUS (so the exits checked above would show one)."""
+    """Why s3fast writes temp files with ``pwrite`` and never through a memory map: writing
+    through a map of space that was never allocated, on a full filesystem, is SIGBUS (so the
+    exits checked above would show one)."""
     out = subprocess.run([sys.executable, "-c", _UNRESERVED, small_fs], capture_output=True)
     assert out.returncode == -signal.SIGBUS
     for name in ("mapped", "hog"):
@@ -201,13 +203,13 @@ def test_the_hazard_is_real_here(small_fs: str) -> None:
 
 
 def test_filesystem_types_are_read_from_mountinfo(small_fs: str) -> None:
-    from s3fast._engine.sinks import MMAP_FILESYSTEMS, filesystem_of
+    from s3fast._engine.sinks import PREALLOCATING_FILESYSTEMS, filesystem_of
 
     inside = os.path.join(small_fs, f"d-{uuid.uuid4().hex[:6]}")
     os.mkdir(inside)
     try:
         assert filesystem_of(inside) == "tmpfs"
         assert filesystem_of("/proc/self") == "proc"
-        assert "proc" not in MMAP_FILESYSTEMS and "tmpfs" in MMAP_FILESYSTEMS
+        assert "proc" not in PREALLOCATING_FILESYSTEMS and "tmpfs" in PREALLOCATING_FILESYSTEMS
     finally:
         os.rmdir(inside)

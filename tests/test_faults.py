@@ -113,13 +113,13 @@ async def test_cancel_while_the_temp_file_is_made_leaks_no_descriptor(
     import s3fast._engine.sinks as sinks
 
     boto.put_object(Bucket=bucket, Key="x", Body=b"x" * 5000)  # type: ignore[attr-defined]
-    make = sinks.FileSink._create
+    make = sinks._create
 
-    def slow_create(part: str, size: int) -> object:
+    def slow_create(part: str) -> int:
         time.sleep(0.3)
-        return make(part, size)
+        return make(part)
 
-    monkeypatch.setattr(sinks.FileSink, "_create", staticmethod(slow_create))
+    monkeypatch.setattr(sinks, "_create", slow_create)
     async with AsyncS3(s3root=f"s3://{bucket}") as s3:
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.1):

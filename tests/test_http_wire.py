@@ -25,7 +25,7 @@ from s3fast import (
     S3GetObject,
     TransferConfig,
 )
-from s3fast._engine import http
+from s3fast._engine import http, sinks
 from s3fast._engine.http import ProtocolSurprise, _Conn
 from s3fast.limits import KiB, MiB
 from s3fast.testing import READER, SeaweedFS
@@ -123,6 +123,59 @@ def test_a_slow_body_is_not_a_timeout(
         assert s3.get("small", in_memory=True).blob == objs["small"]
     assert proxy.counts["trickle"] == 1
     assert proxy.requests == 1  # not timed out, nor resumed
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("transform", ["", "chunked", "close"])
+def test_file_downloads_span_several_receive_windows(
+    seaweed_bucket: str, seaweed: Server, proxy: FaultProxy, transform: str, transport: str
+) -> None:
+    """A download into a file is received a window at a time (``sinks.WINDOW``) and written
+    as each fills: one body over several windows, ranges that do not line up with them, and
+    a ranged read, through each framing (a chunked or close-delimited body is parsed, so its
+    chunks straddle the windows' ends), are exact."""
+    window = sinks.WINDOW
+    blob = os.urandom(2 * window + window // 2 + 3)
+    seaweed.seed(seaweed_bucket, {"multi": blob})
+    proxy.set(Faults(transform=transform, seconds=3600))
+    with _s3(seaweed_bucket, proxy, transport, range_size=8 * MiB) as s3:
+        assert _read(s3.get("multi").path) == blob  # one response, three windows
+        part = s3.get_many([S3GetObject("multi", window - 5, window + 10)])
+        assert _read(part[0].path) == blob[window - 5 : 2 * window + 5]
+    with _s3(seaweed_bucket, proxy, transport, range_size=window + 1000) as s3:
+        assert _read(s3.get("multi").path) == blob  # ranges straddling the windows
+    assert proxy.injected > 0 or not transform
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("clean", [False, True], ids=["reset", "short"])
+def test_a_file_download_broken_mid_window_resumes_after_what_landed(
+    seaweed_bucket: str, seaweed: Server, proxy: FaultProxy, transport: str, clean: bool
+) -> None:
+    """A body that breaks off inside its second window: what landed in that window is
+    written, and the body resumes after it (one more request, for the rest), not from the
+    window's start nor the object's."""
+    window = sinks.WINDOW
+    blob = os.urandom(3 * window + 11)
+    seaweed.seed(seaweed_bucket, {"broken": blob})
+    asked: list[str] = []
+    record = proxy.request_head
+
+    def request_head(head: bytes, method: str, target: str, headers: dict[str, str]) -> bytes:
+        asked.append(headers.get("range", ""))
+        return record(head, method, target, headers)
+
+    proxy.request_head = request_head  # type: ignore[method-assign]
+    cut = window + 300 * KiB + 7
+    proxy.set(Faults(cut_after=cut, clean=clean, times=1))
+    config = {"range_size": 8 * MiB, "verify_checksums": False}
+    with _s3(seaweed_bucket, proxy, transport, **config) as s3:
+        obj = s3.get_many([S3GetObject("broken", 0, len(blob))])[0]
+        assert _read(obj.path) == blob
+    assert proxy.counts["truncate" if clean else "cut"] == 1
+    assert len(asked) == 2, asked
+    resumed_at = int(asked[1].removeprefix("bytes=").split("-")[0])
+    assert window < resumed_at <= cut  # after the first window: what landed was kept
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

@@ -101,8 +101,7 @@ async def test_memory_sink_returns_what_was_received(
     await sink.open(len(body))
     for offset in range(0, len(body), 4096):
         chunk = body[offset : offset + 4096]
-        sink.view(offset, len(chunk))[:] = chunk
-        assert sink.settled(offset, len(chunk)) is None
+        sink.dest(offset, len(chunk))[:] = chunk
     path, blob = await sink.commit()
     assert path is None and blob == body and type(blob) is bytes
 

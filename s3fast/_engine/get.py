@@ -40,7 +40,7 @@ from .checksums import CRC32, Checksum, combined, full_object
 from .engine import FIRST_DOWNLOAD_WAIT, Engine
 from .http import Digest, ProtocolSurprise
 from .retry import RESUMABLE, RetryClock, backoff, retrying
-from .sinks import Sink
+from .sinks import Sink, Spool
 
 READ_CHUNK = 1 * MiB
 
@@ -158,8 +158,8 @@ async def _drain(
         raise ConnectionError(f"the server sent more than the {len(dest)} bytes expected")
 
 
-# Given a response's head: the buffer for its body, and maybe a digest to feed the body.
-Prepare = Callable[[ResponseMeta], Awaitable[tuple[memoryview, Digest | None]]]
+# Given a response's head: where its body goes, and maybe a digest to feed the body.
+Prepare = Callable[[ResponseMeta], Awaitable[tuple[memoryview | Spool, Digest | None]]]
 
 
 async def _exchange(
@@ -179,7 +179,9 @@ async def _exchange(
     http = await engine.lean(path.bucket, "GetObject")
     if http is not None:
 
-        async def prepare_fields(fields: dict[str, Any]) -> tuple[memoryview, Digest | None]:
+        async def prepare_fields(
+            fields: dict[str, Any],
+        ) -> tuple[memoryview | Spool, Digest | None]:
             return await prepare(ResponseMeta.from_response(fields, url))
 
         try:
@@ -204,8 +206,16 @@ async def _exchange(
         try:
             head = ResponseMeta.from_response(resp, url)
             dest, digest = await prepare(head)
+            whole = len(dest) == head.end + 1 - head.start
             try:
-                await _drain(body, dest, progress, digest, len(dest) == head.end + 1 - head.start)
+                if isinstance(dest, Spool):
+
+                    async def read(window: memoryview, last: bool, landed: list[int]) -> None:
+                        await _drain(body, window, landed, digest, last)
+
+                    await dest.receive(read, whole, progress)
+                else:
+                    await _drain(body, dest, progress, digest, whole)
             finally:
                 dest.release()
         finally:
@@ -271,7 +281,7 @@ class _Verifier:
 
     async def settle(self, start: int, end: int) -> None:
         """Absolute bytes ``start..end`` are complete: take their checksum from the bodies
-        that brought them, or compute it, then let the sink drop them from memory."""
+        that brought them, or compute it."""
         length = end + 1 - start
         if self.pending is not None:
             self.expected = (await asyncio.shield(self.pending)).checksum  # the HEAD says which
@@ -287,11 +297,8 @@ class _Verifier:
                     value, piece_length, _ = self.streamed.pop(piece_start)
                     self.pieces[piece_start] = (value, piece_length)
             else:
-                with self.sink.view(start - self.base, length) as view:
+                with self.sink.read(start - self.base, length) as view:
                     self.pieces[start] = (self.expected.algorithm.of(view), length)
-        writing = self.sink.settled(start - self.base, length)
-        if writing is not None:
-            await writing
 
     def mismatch(self, url: str) -> str | None:
         """None if the bytes match (or there is nothing to compare with), else why not."""
@@ -320,7 +327,7 @@ class _Range:
         self.progress = [start]
         self.piece: _Piece | None = None
 
-    async def prepare(self, head: ResponseMeta) -> tuple[memoryview, Digest | None]:
+    async def prepare(self, head: ResponseMeta) -> tuple[memoryview | Spool, Digest | None]:
         download, at, end = self.download, self.progress[0], self.end
         if (head.start, head.end) != (at, end):
             raise MetaflowS3TransferError(
@@ -331,7 +338,7 @@ class _Range:
         verifier = download.verifier
         self.piece = piece = verifier.piece(at) if verifier is not None else None
         digest = piece.update if piece is not None else None
-        return download.sink.view(at - download.base, end + 1 - at), digest
+        return download.sink.dest(at - download.base, end + 1 - at), digest
 
 
 class Download:
@@ -411,7 +418,7 @@ class Download:
             with contextlib.suppress(TimeoutError):  # a slow first one holds no one for long
                 await asyncio.wait_for(asyncio.shield(waiting), FIRST_DOWNLOAD_WAIT)
 
-    async def _prepare(self, head: ResponseMeta) -> tuple[memoryview, Digest | None]:
+    async def _prepare(self, head: ResponseMeta) -> tuple[memoryview | Spool, Digest | None]:
         """The first response's head: the size, the sink, and how its body is checked."""
         engine, brange = self.engine, self.brange
         self.last = final_end(brange, head.total)
@@ -434,7 +441,7 @@ class Download:
         rest = split(head.end + 1, self.last, self.range_size)
         if rest and self.later is None:
             self.later = asyncio.ensure_future(self._ranges([(a, b, True) for a, b in rest]))
-        return self.sink.view(0, head.end + 1 - head.start), piece.update if piece else None
+        return self.sink.dest(0, head.end + 1 - head.start), piece.update if piece else None
 
     async def _first(self) -> ResponseMeta:
         """The first request, which learns the object's size (and the first range's bytes,
@@ -535,10 +542,6 @@ class Download:
             await self._span(start, end)
         if self.verifier is not None:
             await self.verifier.settle(start, end)
-        else:
-            writing = self.sink.settled(start - self.base, end + 1 - start)
-            if writing is not None:
-                await writing
         if self.on_bytes is not None:
             self.on_bytes(end + 1 - start)
 

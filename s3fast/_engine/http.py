@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import hashlib
 import hmac
 import inspect
@@ -49,6 +50,7 @@ import httptools
 
 from .checksums import CRC32, FIELDS
 from .endpoint import Endpoint, Proxy, open_tunnel
+from .sinks import Spool
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +192,8 @@ class _Conn(asyncio.BufferedProtocol):
                 return
         elif not before and self.dest is None and not self.collect:
             self.transport.pause_reading()  # type: ignore[union-attr]  # until body_into
+        elif not self.whole and self.dest is not None and self.received >= len(self.dest):
+            self.transport.pause_reading()  # type: ignore[union-attr]  # a window is full
         self._poke()
 
     # llhttp's callbacks, from inside feed_data
@@ -236,7 +240,10 @@ class _Conn(asyncio.BufferedProtocol):
             return
         room = len(dest) - self.received
         if n > room:
-            self.overflow = True
+            if self.whole:
+                self.overflow = True
+            else:  # a window of the body (see body_into): the rest is for the next one
+                self.early += body[room:]
             body, n = body[:room], room
         if n:
             dest[self.received : self.received + n] = body
@@ -389,9 +396,10 @@ class _Conn(asyncio.BufferedProtocol):
         self, dest: memoryview, whole: bool = True, digest: Digest | None = None
     ) -> int:
         """Read the body into ``dest``, calling ``digest`` with each chunk as it lands:
-        exactly ``len(dest)`` bytes, or (not ``whole``) its first ``len(dest)`` bytes. Returns
-        the bytes received; raises ConnectionError if the body is shorter than ``dest``, or
-        (``whole``) longer; ``self.received`` then says how many bytes landed."""
+        exactly ``len(dest)`` bytes, or (not ``whole``) its next ``len(dest)`` bytes, so that
+        calls with ``whole`` false can take a body a window at a time, the last with ``whole``
+        true. Returns the bytes received; raises ConnectionError if the body is shorter than
+        ``dest``, or (``whole``) longer; ``self.received`` then says how many bytes landed."""
         self.received, self.whole, self.overflow = 0, whole, False
         early, self.early = self.early, bytearray()
         take = min(len(early), len(dest))
@@ -400,7 +408,11 @@ class _Conn(asyncio.BufferedProtocol):
             if digest is not None:
                 digest(dest[:take])
         self.received = take
-        self.overflow = len(early) > take
+        if len(early) > take:
+            if whole:
+                self.overflow = True
+            else:
+                self.early = early[take:]
         # A whole body read so far fills dest: its end (the last chunk, EOF) is still awaited.
         if not (self.complete or self.overflow or self.lost) and (take < len(dest) or whole):
             self.dest, self.digest = dest, digest
@@ -420,6 +432,16 @@ class _Conn(asyncio.BufferedProtocol):
             self.complete = False  # not reusable
             raise ConnectionError(f"the server sent more than the {len(dest)} bytes expected")
         return self.received
+
+    async def window_into(
+        self, window: memoryview, whole: bool, landed: list[int], digest: Digest | None
+    ) -> None:
+        """:meth:`body_into` for a :class:`~.sinks.Spool`: ``landed[0]`` is set to the bytes
+        that landed in ``window``, also when the body breaks off."""
+        try:
+            await self.body_into(window, whole, digest)
+        finally:
+            landed[0] = self.received
 
     def _filled(self) -> bool:
         if self.complete or self.overflow:
@@ -953,7 +975,7 @@ class LeanHttp:
         key: str,
         range_header: str | None,
         etag: str | None,
-        prepare: Callable[[dict[str, Any]], Awaitable[tuple[memoryview, Digest | None]]],
+        prepare: Callable[[dict[str, Any]], Awaitable[tuple[memoryview | Spool, Digest | None]]],
         progress: list[int],
         checksum: bool = False,
     ) -> None:
@@ -981,9 +1003,15 @@ class LeanHttp:
             try:
                 if length is not None and len(dest) > length:
                     raise ConnectionError(f"buffer of {len(dest)} bytes for a body of {length}")
-                await conn.body_into(dest, whole, digest)
+                if isinstance(dest, Spool):
+                    read = functools.partial(conn.window_into, digest=digest)
+                    await dest.receive(read, whole, progress)
+                else:
+                    try:
+                        await conn.body_into(dest, whole, digest)
+                    finally:
+                        progress[0] += conn.received
             finally:
-                progress[0] += conn.received
                 dest.release()
             conn.reusable = conn.finished
 

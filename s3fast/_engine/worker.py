@@ -48,14 +48,14 @@ from .procwire import (
 )
 from .put import Source, put
 from .session import ClientSpec
-from .sinks import FileSink, MemorySink
+from .sinks import FileSink, MemorySink, Spool
 
 ASK_TIMEOUT = 60.0  # seconds a worker waits for the parent's credentials
 
 
 class _Dirs:
     """The parent's private temp dirs as a worker sees them: the same order and margins, with
-    this worker's own reservations (the disk-full check is repeated by ``posix_fallocate``)."""
+    this worker's own reservations (a full disk is still found by the writes)."""
 
     def __init__(self, roots: list[tuple[str, str, bool]]) -> None:
         self.roots = roots
@@ -107,11 +107,11 @@ class _StagedSink:
         self._sink = MemorySink() if size <= INLINE_MAX else self._file
         await self._sink.open(size)
 
-    def view(self, offset: int, length: int) -> memoryview:
-        return cast(memoryview, self._sink.view(offset, length))
+    def dest(self, offset: int, length: int) -> memoryview | Spool:
+        return cast("memoryview | Spool", self._sink.dest(offset, length))
 
-    def settled(self, offset: int, length: int) -> asyncio.Future[None] | None:
-        return cast("asyncio.Future[None] | None", self._sink.settled(offset, length))
+    def read(self, offset: int, length: int) -> memoryview:
+        return cast(memoryview, self._sink.read(offset, length))
 
     async def commit(self) -> tuple[str | None, bytes | None]:
         return cast(tuple[str | None, bytes | None], await self._sink.commit())
