@@ -256,8 +256,9 @@ class Spool:
         async def hand_over(buf: bytearray, n: int) -> None:
             if writing:  # its buffer is needed again: wait for that write
                 await self._done(writing, free)
-            if n <= SMALL_WRITE and not writing:
-                self.sink.write(buf, n, at)  # a few microseconds: not worth a thread's hop
+            sink = self.sink
+            if n <= SMALL_WRITE and (sink.allocated or sink.size <= SMALL_WRITE):
+                sink.write(buf, n, at)  # a few microseconds: not worth a thread's hop
                 free.append(buf)
             else:
                 job = loop.run_in_executor(None, self.sink.write, buf, n, at)
@@ -387,7 +388,7 @@ class FileSink:
     async def commit(self) -> tuple[str | None, bytes | None]:
         assert self.path is not None
         if self.fd is not None and self.size:
-            # Every range was written; a short file means one was not.
+            # Every range was written: a short file (one not preallocated) means one was not.
             if os.fstat(self.fd).st_size != self.size:
                 raise MetaflowS3TransferError(f"{self.url}: incomplete local file", self.url)
         self._close()
