@@ -5,8 +5,9 @@ ListObjectsV2.
 Responses are framed by llhttp (``httptools``): status line and headers, chunked and
 close-delimited bodies, interim 1xx answers, HTTP/1.0 and the keep-alive rules. A body with a
 Content-Length (what S3 sends) is received by the kernel straight into the destination
-(``get_buffer`` hands out a slice of the caller's preallocated buffer or memory-mapped temp
-file), so each byte is copied once; other bodies are copied in from the parser. Request
+(``get_buffer`` hands out a slice of the caller's preallocated buffer, or of a window that is
+then written to a temp file), so each byte is copied once on the way in; other bodies are
+copied in from the parser. Request
 bodies are written a slice at a time under the transport's flow control; big ones are sent
 with ``Expect: 100-continue``. ``read_timeout`` is the longest silence from the server, not a
 deadline. A response the lean path does not take raises :class:`ProtocolSurprise`, and the
