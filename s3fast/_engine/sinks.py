@@ -261,7 +261,7 @@ class Spool:
                 sink.write(buf, n, at)  # a few microseconds: not worth a thread's hop
                 free.append(buf)
             else:
-                job = loop.run_in_executor(None, self.sink.write, buf, n, at)
+                job = loop.run_in_executor(None, sink.write, buf, n, at)
                 writing.append((job, buf))
             progress[0] += n
 
