@@ -12,6 +12,7 @@ import pathlib
 import ssl
 import subprocess
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -345,6 +346,59 @@ def test_ranged_download_is_checked_against_a_head(
                 await head_object(engine, parse(url), url, "0123456789abcdef", True)
 
         _bridge.run(head_of_another_version())
+
+
+@pytest.mark.parametrize("in_memory", [True, False], ids=["memory", "file"])
+def test_ranges_that_landed_before_the_head_are_checked_after_the_fact(
+    seaweed_bucket: str,
+    carried: dict[str, bytes],
+    proxy: FaultProxy,
+    monkeypatch: pytest.MonkeyPatch,
+    in_memory: bool,
+) -> None:
+    """While the HEAD has not said which checksum a ranged object carries, bodies are
+    checksummed with a guess (CRC32). A CRC32C object whose HEAD answers only after every
+    range has landed is then checked by reading the ranges back: from a file on a thread,
+    not on the event loop. The object comes back right, and a flipped byte is caught."""
+    import s3fast._engine.get as get
+    from s3fast._engine.sinks import FileSink, MemorySink
+
+    head = get.head_object
+
+    async def slow_head(*args: object) -> object:
+        await asyncio.sleep(0.5)
+        return await head(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(get, "head_object", slow_head)
+    sink = MemorySink if in_memory else FileSink
+    on_loop: list[int] = []  # the thread of each range read back, and where files were read
+    in_files: list[int] = []
+    read_back, read_file = sink.checksum, FileSink._checksum
+
+    async def checksum(self: object, *args: object) -> int:
+        on_loop.append(threading.get_ident())
+        return await read_back(self, *args)  # type: ignore[arg-type]
+
+    def file_checksum(self: FileSink, *args: object) -> int:
+        in_files.append(threading.get_ident())
+        return read_file(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sink, "checksum", checksum)
+    monkeypatch.setattr(FileSink, "_checksum", file_checksum)
+    url = f"s3://{seaweed_bucket}/CRC32C"
+    proxy.set(Faults())
+    with _client(seaweed_bucket, proxy, range_size=64 * 1024) as s3:
+        s3.get("CRC32C", in_memory=True)  # the client learns that objects span many ranges
+        on_loop.clear()
+        obj = s3.get("CRC32C", in_memory=in_memory)
+        got = obj.blob if in_memory else pathlib.Path(obj.path or "").read_bytes()
+        assert got == carried["CRC32C"]
+        assert len(on_loop) >= 2  # ranges were read back, not taken from their bodies
+        assert len(in_files) == (0 if in_memory else len(on_loop))
+        assert not set(in_files) & set(on_loop)  # files are read back off the loop
+        proxy.set(Faults(flip_at=1000, close=True, times=1000))
+        with pytest.raises(MetaflowS3TransferError, match=f"{url}: checksum mismatch"):
+            s3.get("CRC32C", in_memory=in_memory)
 
 
 @pytest.mark.parametrize("transport", ["http", "botocore"])

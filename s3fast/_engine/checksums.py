@@ -30,7 +30,7 @@ except ImportError:  # pragma: no cover - without awscrt these two are not check
 
 
 @dataclass(frozen=True)
-class _Algorithm:
+class Algorithm:
     name: str  # as in the header: x-amz-checksum-<name>
     width: int
     poly: int  # reflected
@@ -81,9 +81,9 @@ class _Algorithm:
         return base64.b64encode(crc.to_bytes(self.width // 8, "big")).decode()
 
 
-CRC32 = _Algorithm("crc32", 32, 0xEDB88320, _crc32)
-CRC32C = _Algorithm("crc32c", 32, 0x82F63B78, _crt.crc32c if _crt else None)
-CRC64NVME = _Algorithm("crc64nvme", 64, 0x9A6C9329AC4BC9B5, _crt.crc64nvme if _crt else None)
+CRC32 = Algorithm("crc32", 32, 0xEDB88320, _crc32)
+CRC32C = Algorithm("crc32c", 32, 0x82F63B78, _crt.crc32c if _crt else None)
+CRC64NVME = Algorithm("crc64nvme", 64, 0x9A6C9329AC4BC9B5, _crt.crc64nvme if _crt else None)
 ALGORITHMS = {a.name: a for a in (CRC32, CRC32C, CRC64NVME)}
 # botocore's response field for each, e.g. "ChecksumCRC32C"
 FIELDS = {"Checksum" + a.name.upper(): a for a in ALGORITHMS.values()}
@@ -93,7 +93,7 @@ FIELDS = {"Checksum" + a.name.upper(): a for a in ALGORITHMS.values()}
 class Checksum:
     """A full-object checksum an object carries."""
 
-    algorithm: _Algorithm
+    algorithm: Algorithm
     value: int
 
     def __str__(self) -> str:
@@ -121,7 +121,7 @@ def full_object(fields: dict[str, Any]) -> Checksum | None:
     return None
 
 
-def combined(algorithm: _Algorithm, pieces: Iterable[tuple[int, int]]) -> int:
+def combined(algorithm: Algorithm, pieces: Iterable[tuple[int, int]]) -> int:
     """The checksum of consecutive pieces, each given as ``(crc, length)``, in order."""
     crc = 0
     for piece_crc, length in pieces:

@@ -297,8 +297,8 @@ class _Verifier:
                     value, piece_length, _ = self.streamed.pop(piece_start)
                     self.pieces[piece_start] = (value, piece_length)
             else:
-                with self.sink.read(start - self.base, length) as view:
-                    self.pieces[start] = (self.expected.algorithm.of(view), length)
+                value = await self.sink.checksum(start - self.base, length, algorithm)
+                self.pieces[start] = (value, length)
 
     def mismatch(self, url: str) -> str | None:
         """None if the bytes match (or there is nothing to compare with), else why not."""

@@ -25,19 +25,20 @@ from typing import Any, Protocol
 from ..errors import MetaflowS3TransferError
 from ..limits import MiB
 from ..tempdirs import TempDirs
+from .checksums import Algorithm
 
 
 class Sink(Protocol):
     """Where the bytes of one download go: :meth:`open` with the download's size, then
     :meth:`dest` for each range's body (a view to receive into, or a :class:`Spool`),
-    :meth:`read` of completed bytes (a checksum computed after the fact), and :meth:`commit`
+    :meth:`checksum` of completed bytes (computed after the fact), and :meth:`commit`
     (``(path, None)`` or ``(None, bytes)``) or :meth:`discard` at the end."""
 
     async def open(self, size: int) -> None: ...
 
     def dest(self, offset: int, length: int) -> memoryview | Spool: ...
 
-    def read(self, offset: int, length: int) -> memoryview: ...
+    async def checksum(self, offset: int, length: int, algorithm: Algorithm) -> int: ...
 
     async def commit(self) -> tuple[str | None, bytes | None]: ...
 
@@ -171,7 +172,11 @@ class MemorySink:
     def dest(self, offset: int, length: int) -> memoryview:
         return memoryview(self.buf)[offset : offset + length]
 
-    read = dest
+    async def checksum(self, offset: int, length: int, algorithm: Algorithm) -> int:
+        """``algorithm``'s checksum of bytes already received (a few milliseconds at most,
+        for a range, on the loop: the bytes are in memory)."""
+        with memoryview(self.buf)[offset : offset + length] as view:
+            return algorithm.of(view)
 
     async def commit(self) -> tuple[str | None, bytes | None]:
         blob = self.blob if self.blob is not None else bytes(self.buf)
@@ -365,13 +370,25 @@ class FileSink:
     def dest(self, offset: int, length: int) -> Spool:
         return Spool(self, offset, length)
 
-    def read(self, offset: int, length: int) -> memoryview:
-        """Bytes already written, read back (a checksum computed after the fact)."""
-        assert self.fd is not None
-        data = os.pread(self.fd, length, offset)
+    async def checksum(self, offset: int, length: int, algorithm: Algorithm) -> int:
+        """``algorithm``'s checksum of bytes already written, read back on a thread (through
+        a descriptor of its own, as :meth:`write`; a read that may wait for the disk does
+        not hold up the loop)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self._checksum, offset, length, algorithm)
+
+    def _checksum(self, offset: int, length: int, algorithm: Algorithm) -> int:
+        with self.lock:
+            if self.fd is None:
+                raise MetaflowS3TransferError(f"{self.url}: the local file was closed", self.url)
+            fd = os.dup(self.fd)
+        try:
+            data = os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
         if len(data) != length:
             raise MetaflowS3TransferError(f"{self.url}: incomplete local file", self.url)
-        return memoryview(data)
+        return algorithm.of(data)
 
     def write(self, buf: bytearray, n: int, offset: int) -> None:
         """On a thread: the first ``n`` bytes of ``buf`` into the file at ``offset``, through

@@ -23,6 +23,7 @@ from ..limits import MiB
 from ..tempdirs import TempDirs, free_bytes, local_name, margin
 from ..urls import ByteRange, S3Path, parse
 from .batch import bounded_map
+from .checksums import Algorithm
 from .engine import Engine
 from .fanout import INLINE_MAX, Credentials
 from .get import Fetched, fetch
@@ -110,8 +111,8 @@ class _StagedSink:
     def dest(self, offset: int, length: int) -> memoryview | Spool:
         return cast("memoryview | Spool", self._sink.dest(offset, length))
 
-    def read(self, offset: int, length: int) -> memoryview:
-        return cast(memoryview, self._sink.read(offset, length))
+    async def checksum(self, offset: int, length: int, algorithm: Algorithm) -> int:
+        return cast(int, await self._sink.checksum(offset, length, algorithm))
 
     async def commit(self) -> tuple[str | None, bytes | None]:
         return cast(tuple[str | None, bytes | None], await self._sink.commit())
