@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -71,3 +72,37 @@ def test_bench_scaling_smoke(tmp_path: Path) -> None:
     assert "| get_mem | s3fast |" in proc.stdout and "Gbit/s" in proc.stdout
     assert "WRONG DATA" not in proc.stdout and "error" not in proc.stdout, proc.stdout
     assert list(tmp_path.glob("*-scaling.png")), list(tmp_path.iterdir())
+
+
+@pytest.mark.timeout(600)
+def test_metaflow_benchmark_smoke(tmp_path: Path) -> None:
+    """``python -m benchmarks.metaflow_flow`` with tiny data: every step runs with the
+    extension off and on, and each Client API read runs once per blob-cache filesystem."""
+    out = tmp_path / "mf.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METAFLOW_")}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.metaflow_flow",
+            *("--width", "2", "--max-workers", "2", "--small", "20", "--big-mib", "1"),
+            *("--out", str(out)),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    seconds = json.loads(out.read_text())["seconds"]
+    assert sorted(seconds) == ["off", "on"] and seconds["off"].keys() == seconds["on"].keys()
+    rows = list(seconds["on"])
+    for step in ("artifact save: 20 small", "artifact load: 1 artifact of 1 MiB", "2-way foreach"):
+        assert any(r.startswith(step) for r in rows), rows
+    client_api = [r for r in rows if r.startswith("Client API:")]
+    assert any("artifacts of a run (client cache on " in r for r in client_api), rows
+    assert any("artifacts of one task (client cache on " in r for r in client_api), rows
+    assert all(s > 0 for mode in seconds.values() for s in mode.values()), seconds
+    for row in rows:
+        assert row in proc.stdout
