@@ -134,10 +134,10 @@ def _new_bytes(size: int) -> bytes:
 
 @functools.cache
 def _bytes_from_size() -> Any:
-    make = ctypes.pythonapi.PyBytes_FromStringAndSize
-    make.restype = ctypes.py_object
-    make.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
-    return make
+    """A private prototype of the C API call (with the GIL held, raising what it raises, as
+    ``ctypes.pythonapi``), leaving ``ctypes.pythonapi``'s shared attribute untouched."""
+    prototype = ctypes.PYFUNCTYPE(ctypes.py_object, ctypes.c_void_p, ctypes.c_ssize_t)
+    return prototype(("PyBytes_FromStringAndSize", ctypes.pythonapi))
 
 
 @functools.cache
