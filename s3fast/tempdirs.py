@@ -17,6 +17,7 @@ Metaflow's ``parallel_map`` do) goes with the parent's. A child never removes th
 
 from __future__ import annotations
 
+import functools
 import itertools
 import multiprocessing.util
 import os
@@ -56,7 +57,9 @@ def _explicit_root(tmproot: str | None) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=16)
 def _is_tmpfs(path: str) -> bool:
+    """Is ``path`` a tmpfs mount point? Looked up once per place (not per client)."""
     try:
         with open("/proc/mounts") as f:
             mounts = [line.split() for line in f]

@@ -19,6 +19,9 @@ Inputs, and where they come from:
   not true, with a 0.3 s timeout, once per process, and never from a running event loop (a
   background thread asks instead, for clients made later). The type maps to its network
   bandwidth through :data:`INSTANCE_GBPS`, the one table of it.
+
+The clients made within a second of each other share one probe (:func:`this_machine`): a new
+``S3`` context reads no file.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import logging
 import math
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +46,7 @@ __all__ = [
     "instance_gbps",
     "plan",
     "probe",
+    "this_machine",
 ]
 
 log = logging.getLogger(__name__)
@@ -345,6 +350,35 @@ def probe(root: str = "/", *, imds: bool = True) -> Machine:
     return Machine(cpus, cpus_from, memory, memory_from, nic, nic_from, itype, itype_from)
 
 
+MACHINE_TTL = 1.0  # seconds: how long new clients reuse a probe of this machine
+
+_machine_lock = threading.Lock()
+_machine_seen: list[tuple[float, tuple[Any, ...], Machine]] = []  # (when, key, machine)
+
+
+def this_machine() -> Machine:
+    """:func:`probe` of this machine, shared by the clients made within :data:`MACHINE_TTL`
+    of it, so that a new client reads no file. Probed again after that (memory in use and
+    cgroup limits change under a running process), and at once when this process's CPU
+    affinity or a variable that :func:`probe` reads has changed."""
+    try:
+        affinity: int | None = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        affinity = None
+    env = os.environ
+    key = (affinity, env.get("S3FAST_INSTANCE_TYPE"), env.get("AWS_EC2_METADATA_DISABLED"))
+    now = time.monotonic()
+    with _machine_lock:
+        if _machine_seen:
+            when, seen_key, seen = _machine_seen[0]
+            if seen_key == key and now - when < MACHINE_TTL:
+                return seen
+    machine = probe()
+    with _machine_lock:
+        _machine_seen[:] = [(now, key, machine)]
+    return machine
+
+
 # --- the plan ------------------------------------------------------------------------------
 
 
@@ -438,9 +472,9 @@ def _given(name: str, value: object) -> str:
 
 def plan(config: TransferConfig | None = None, *, machine: Machine | None = None) -> Plan:
     """The settings for this machine. ``config`` (default ``TransferConfig.from_env()``)
-    overrides any of them; ``machine`` (default :func:`probe`) is what the rules see."""
+    overrides any of them; ``machine`` (default :func:`this_machine`) is what the rules see."""
     cfg = config if config is not None else TransferConfig.from_env()
-    m = machine if machine is not None else probe()
+    m = machine if machine is not None else this_machine()
     why: dict[str, str] = {}
     nic = m.nic_gbps
     fast = nic is not None and nic >= FAST_NIC_GBPS

@@ -8,6 +8,7 @@ Functional, not timed: counted through botocore's loader and the file-system cal
 from __future__ import annotations
 
 import asyncio
+import builtins
 import gc
 import json
 import os
@@ -19,12 +20,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+import botocore
 import pytest
 import uvloop
 from botocore.exceptions import UnknownServiceError
 from botocore.loaders import JSONFileLoader, Loader, create_loader
 
-from s3fast import S3, AsyncS3, MetaflowS3AccessDenied, TransferConfig
+from s3fast import S3, AsyncS3, MetaflowS3AccessDenied, TransferConfig, tuning
 from s3fast._engine import session
 from s3fast.testing import READER
 
@@ -36,48 +38,67 @@ class Calls:
     def __init__(self) -> None:
         self.model_files: list[str] = []
         self.listings: list[str] = []
+        self.opened: list[str] = []
 
 
 @pytest.fixture
 def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[Calls]:
-    """Observes (and passes through) botocore's model-file loads and directory listings."""
+    """Observes (and passes through) botocore's model-file loads (by botocore's file loader
+    and s3fast's), directory listings and files opened by path."""
     seen = Calls()
-    load_file = JSONFileLoader.load_file
 
-    def counting_load(self: JSONFileLoader, file_path: str, *a: Any, **kw: Any) -> Any:
-        seen.model_files.append(file_path)
-        return load_file(self, file_path, *a, **kw)
+    def counting_load(load_file: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(self: JSONFileLoader, file_path: str, *a: Any, **kw: Any) -> Any:
+            seen.model_files.append(file_path)
+            return load_file(self, file_path, *a, **kw)
 
-    def counting(fn: Callable[..., Any]) -> Callable[..., Any]:
+        return wrapper
+
+    def counting(fn: Callable[..., Any], into: list[str]) -> Callable[..., Any]:
         def wrapper(path: Any = ".", *a: Any, **kw: Any) -> Any:
             if not isinstance(path, int):  # (an fd: rmtree inside the private temp dir)
-                seen.listings.append(str(path))
+                into.append(str(path))
             return fn(path, *a, **kw)
 
         return wrapper
 
-    monkeypatch.setattr(JSONFileLoader, "load_file", counting_load)
-    monkeypatch.setattr(os, "listdir", counting(os.listdir))
-    monkeypatch.setattr(os, "scandir", counting(os.scandir))
+    for loader in (JSONFileLoader, session._FileLoader):
+        monkeypatch.setattr(loader, "load_file", counting_load(loader.load_file))
+    monkeypatch.setattr(os, "listdir", counting(os.listdir, seen.listings))
+    monkeypatch.setattr(os, "scandir", counting(os.scandir, seen.listings))
+    monkeypatch.setattr(builtins, "open", counting(builtins.open, seen.opened))
     yield seen
 
 
-def test_second_context_loads_nothing(seaweed: Server, seaweed_bucket: str, calls: Calls) -> None:
+def test_the_loaders_are_observed(calls: Calls) -> None:
+    """(The fixture above sees the loads of both file loaders.)"""
+    session._FileLoader().load_file(os.path.join(os.path.dirname(botocore.__file__), "data/_retry"))
+    JSONFileLoader().load_file(os.path.join(os.path.dirname(botocore.__file__), "data/_retry"))
+    assert len(calls.model_files) == 2
+
+
+def test_second_context_loads_nothing(
+    seaweed: Server, seaweed_bucket: str, calls: Calls, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seaweed.seed(seaweed_bucket, {"k": b"x" * 1024})
+    monkeypatch.setattr(tuning, "MACHINE_TTL", 3600.0)  # (however slow this machine is)
     root = f"s3://{seaweed_bucket}"
     with S3(s3root=root) as s3:
         assert s3.get("k").blob == b"x" * 1024
         first = botocore_client(s3)
     sessions = session.loads
+    assert any(p.startswith(("/proc/", "/sys/")) for p in calls.opened)  # the machine's probe
     calls.model_files.clear()
     calls.listings.clear()
+    calls.opened.clear()
     with S3(s3root=root) as s3:
         assert s3.get("k").blob == b"x" * 1024
         assert botocore_client(s3) is first  # the started client, borrowed again
     assert calls.model_files == []
     assert session.loads == sessions
-    # No directory scanned (the download's own private temp dir aside).
+    # No directory scanned and no file opened (the download's own private temp dir aside).
     assert [p for p in calls.listings if "s3fast." not in p] == []
+    assert [p for p in calls.opened if "s3fast." not in p] == []
 
 
 @pytest.mark.unit

@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import os
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -152,6 +153,37 @@ def test_this_machine_sends_nothing(no_imds: list[float], monkeypatch: pytest.Mo
     assert p.machine.instance_type is None
     assert "metadata service not asked" in p.machine.instance_from
     assert p.reasons["max_concurrency"] and p.config.max_concurrency == p.max_concurrency
+
+
+@pytest.mark.unit
+def test_new_clients_share_one_probe(no_imds: list[float], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Clients made within MACHINE_TTL of each other share one probe; a later one, or one made
+    after the CPU affinity or a variable the probe reads changed, probes again."""
+    probes: list[Machine] = []
+
+    def counting(root: str = "/", *, imds: bool = True) -> Machine:
+        probes.append(probe(root, imds=imds))
+        return probes[-1]
+
+    now = [1000.0]
+    monkeypatch.setattr(tuning, "probe", counting)
+    monkeypatch.setattr(tuning, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    monkeypatch.setattr(tuning, "_machine_seen", [])
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    first = plan(TransferConfig())
+    now[0] += tuning.MACHINE_TTL / 2
+    assert plan(TransferConfig()).machine is first.machine
+    assert len(probes) == 1
+    now[0] += tuning.MACHINE_TTL
+    plan(TransferConfig())
+    assert len(probes) == 2
+    monkeypatch.setenv("S3FAST_INSTANCE_TYPE", "c5n.18xlarge")
+    assert plan(TransferConfig()).machine.instance_type == "c5n.18xlarge"
+    monkeypatch.setattr(tuning.os, "sched_getaffinity", lambda pid: set(range(3)))
+    assert plan(TransferConfig()).machine.cpus <= 3
+    assert len(probes) == 4
+    plan(TransferConfig())
+    assert len(probes) == 4
 
 
 @pytest.mark.unit

@@ -13,6 +13,7 @@ with one table of ``x^(2^k) mod P`` per polynomial.
 from __future__ import annotations
 
 import base64
+import functools
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -36,13 +37,15 @@ class Algorithm:
     poly: int  # reflected
     update: Callable[[Any, int], int] | None
 
-    def __post_init__(self) -> None:
-        # x2n[k] = x^(2^k) mod P, reflected; x^1 is the bit one below the top
+    @functools.cached_property
+    def _x2n(self) -> list[int]:
+        """x2n[k] = x^(2^k) mod P, reflected; x^1 is the bit one below the top. Made on first
+        use (3 ms of pure Python for the three algorithms, not paid at import)."""
         table, p = [], 1 << (self.width - 2)
         for _ in range(self.width + 40):
             table.append(p)
             p = self._mult(p, p)
-        object.__setattr__(self, "_x2n", table)
+        return table
 
     def _mult(self, a: int, b: int) -> int:
         """a * b mod P (reflected bit order)."""
@@ -57,7 +60,7 @@ class Algorithm:
 
     def combine(self, crc1: int, crc2: int, len2: int) -> int:
         """The checksum of A + B from ``crc1 = crc(A)``, ``crc2 = crc(B)`` and ``len(B)``."""
-        x2n: list[int] = self._x2n  # type: ignore[attr-defined]
+        x2n = self._x2n
         p, k, n = 1 << (self.width - 1), 3, len2  # x^0; 2^3 bits per byte
         while n:
             if n & 1:

@@ -27,7 +27,9 @@ import atexit
 import contextlib
 import contextvars
 import getpass
+import gzip
 import inspect
+import json
 import logging
 import os
 import re
@@ -50,7 +52,7 @@ from aiobotocore.credentials import (
 from aiobotocore.httpsession import AIOHTTPSession
 from aiobotocore.session import AioSession
 from botocore.exceptions import DataNotFoundError
-from botocore.loaders import Loader, instance_cache
+from botocore.loaders import JSONFileLoader, Loader, instance_cache
 
 from .. import _bridge, _fork
 
@@ -228,19 +230,40 @@ _ROLES: weakref.WeakKeyDictionary[
 loads = 0  # botocore sessions made (each loads what its loader has not)
 
 
+# botocore's file forms, in its order
+_JSON_OPENERS: tuple[tuple[str, Any], ...] = ((".json", open), (".json.gz", gzip.open))
+
+
+class _FileLoader(JSONFileLoader):
+    """botocore's JSON file loader, decoding into plain dicts instead of ``OrderedDict``s:
+    the same order (dicts keep it), in half the time (S3's model, its endpoint rules and
+    ``endpoints.json``: 10 ms of a process's first client)."""
+
+    def load_file(self, file_path: str) -> Any:
+        for ext, opener in _JSON_OPENERS:
+            path = file_path + ext
+            if os.path.isfile(path):
+                with opener(path, "rb") as fp:
+                    return json.loads(fp.read().decode("utf-8"))
+        return None
+
+
 class _Loader(Loader):
     """botocore's data loader, less its scan of every service's directory (about 900
     ``listdir`` calls, 15 ms of a process's first client) to find that ``s3`` exists: a
     service with a model of its own is loaded as botocore loads it; any other name goes to
-    botocore's check, and its ``UnknownServiceError``."""
+    botocore's check, and its ``UnknownServiceError``. Files are read by :class:`_FileLoader`."""
 
     @classmethod
     def for_data_path(cls, data_path: str | None) -> _Loader:
         """As ``botocore.loaders.create_loader``: ``data_path`` is ``AWS_DATA_PATH``'s form."""
         if data_path is None:
-            return cls()
+            return cls(file_loader=_FileLoader())
         paths = data_path.split(os.pathsep)
-        return cls(extra_search_paths=[os.path.expanduser(os.path.expandvars(p)) for p in paths])
+        return cls(
+            extra_search_paths=[os.path.expanduser(os.path.expandvars(p)) for p in paths],
+            file_loader=_FileLoader(),
+        )
 
     @instance_cache
     def load_service_model(
@@ -279,7 +302,8 @@ def _environment_key() -> tuple[Any, ...]:
     env = os.environ
     return (
         env.get("HOME"),
-        tuple(sorted((k, v) for k, v in env.items() if k.startswith("AWS_") or k in PROXY_VARS)),
+        # names first, values of the few that matter (decoding every value costs 3x more)
+        tuple(sorted((k, env[k]) for k in env if k.startswith("AWS_") or k in PROXY_VARS)),
         _stamp(env.get("AWS_CONFIG_FILE") or "~/.aws/config"),
         _stamp(env.get("AWS_SHARED_CREDENTIALS_FILE") or "~/.aws/credentials"),
     )

@@ -240,7 +240,10 @@ def filesystem_of(directory: str) -> str | None:
 
 
 def _preallocates(directory: str) -> bool:
-    return hasattr(os, "posix_fallocate") and filesystem_of(directory) in PREALLOCATING_FILESYSTEMS
+    # ``directory`` is a client's private dir: look up the place it is in (once per place,
+    # not once per client)
+    place = os.path.dirname(directory)
+    return hasattr(os, "posix_fallocate") and filesystem_of(place) in PREALLOCATING_FILESYSTEMS
 
 
 # Fills a window from a response body: ``read(window, last, landed)``, where ``last`` says the
