@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mmap
+import pathlib
 import sys
 
 import pytest
@@ -53,6 +54,7 @@ def _vma_flags(address: int) -> set[str]:
 )
 def test_large_bodies_ask_for_huge_pages(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(KILL_SWITCH, raising=False)
+    monkeypatch.setenv("S3FAST_HUGE_PAGES", "1")  # (also where the host takes back memory)
     huge = _huge_page_size()
     direct = writable_bytes(8 * huge)
     assert direct is not None
@@ -73,6 +75,7 @@ def test_huge_page_advice_covers_whole_huge_pages_inside_the_body(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv(KILL_SWITCH, raising=False)
+    monkeypatch.setenv("S3FAST_HUGE_PAGES", "1")
     calls: list[tuple[int, int, int]] = []
     monkeypatch.setattr(sinks, "_madvise", lambda *call: calls.append(call))
     huge = _huge_page_size()
@@ -122,3 +125,37 @@ def test_huge_page_advice_can_be_turned_off(monkeypatch: pytest.MonkeyPatch, val
     direct = writable_bytes(5 * _huge_page_size())
     assert direct is not None and calls == []  # still received in place, without the advice
     direct[1].release()
+
+
+@pytest.mark.skipif(
+    sys.implementation.name != "cpython" or _huge_page_size() == 0,
+    reason="CPython on a kernel with transparent huge pages",
+)
+@pytest.mark.parametrize("host_takes_back", [False, True])
+def test_huge_page_advice_by_default_unless_the_host_takes_back_memory(
+    monkeypatch: pytest.MonkeyPatch, host_takes_back: bool
+) -> None:
+    monkeypatch.delenv(KILL_SWITCH, raising=False)
+    monkeypatch.delenv("S3FAST_HUGE_PAGES", raising=False)
+    monkeypatch.setattr(sinks, "host_takes_back_free_memory", lambda: host_takes_back)
+    calls: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(sinks, "_madvise", lambda *call: calls.append(call))
+    direct = writable_bytes(5 * _huge_page_size())
+    assert direct is not None
+    direct[1].release()
+    assert len(calls) == (0 if host_takes_back else 1)
+
+
+@pytest.mark.unit
+def test_free_page_reporting_is_read_from_the_virtio_balloon(tmp_path: pathlib.Path) -> None:
+    """The balloon's feature bits, one character each, bit 0 first: bit 5 is free page
+    reporting (VIRTIO_BALLOON_F_REPORTING)."""
+    assert not sinks.host_takes_back_free_memory(str(tmp_path / "none"))  # no balloon
+    for name, bits, reports in [
+        ("stats", "0110000000000000000000000000000010", False),
+        ("reporting", "0110010000000000000000000000000010", True),  # this project's VM
+    ]:
+        device = tmp_path / name / "sys/bus/virtio/drivers/virtio_balloon/virtio0"
+        device.mkdir(parents=True)
+        (device / "features").write_text(bits + "\n")
+        assert sinks.host_takes_back_free_memory(str(tmp_path / name)) is reports
