@@ -116,10 +116,10 @@ def host_takes_back_free_memory(root: str = "/") -> bool:
     """Does this kernel report its free memory to the hypervisor (a virtio balloon with free
     page reporting)? The host then drops the pages of the guest's large free blocks, which
     are what a fresh huge page is taken from: each 2 MiB page's first write is hundreds of
-    faults on the host. Measured on such a VM (2-core Firecracker, 24 x 16 MiB into memory
-    per batch, 4 batches 3 s apart in fresh processes, medians): 0.92, 0.50, 0.37 and 0.34 s
-    a batch with the advice, 0.32, 0.30, 0.22 and 0.21 s without. Back to back, the advice
-    only wins after the first batch. ``root`` prefixes the ``/sys`` path (tests)."""
+    faults on the host. Measured on such a VM (``python -m benchmarks.batch_gaps``, 24 x 16
+    MiB into memory, 4 batches 3 s apart in fresh processes): 0.42-0.94 s a batch with the
+    advice, 0.23-0.34 s without; back to back, the advice wins only after a process's first
+    batch. ``root`` prefixes the ``/sys`` path (tests)."""
     pattern = os.path.join(root, "sys/bus/virtio/drivers/virtio_balloon/*/features")
     for path in glob.glob(pattern):
         try:
