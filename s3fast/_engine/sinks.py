@@ -117,8 +117,8 @@ def host_takes_back_free_memory(root: str = "/") -> bool:
     page reporting)? The host then drops the pages of the guest's large free blocks, which
     are what a fresh huge page is taken from: each 2 MiB page's first write is hundreds of
     faults on the host. Measured on such a VM (``python -m benchmarks.batch_gaps``, 24 x 16
-    MiB into memory, 4 batches 3 s apart in fresh processes): 0.42-0.94 s a batch with the
-    advice, 0.23-0.34 s without; back to back, the advice wins only after a process's first
+    MiB into memory, 4 batches 3 s apart in fresh processes): 0.51-0.95 s a batch with the
+    advice, 0.21-0.32 s without; back to back, the advice wins only after a process's first
     batch. ``root`` prefixes the ``/sys`` path (tests)."""
     pattern = os.path.join(root, "sys/bus/virtio/drivers/virtio_balloon/*/features")
     for path in glob.glob(pattern):
