@@ -106,3 +106,36 @@ def test_metaflow_benchmark_smoke(tmp_path: Path) -> None:
     assert all(s > 0 for mode in seconds.values() for s in mode.values()), seconds
     for row in rows:
         assert row in proc.stdout
+
+
+@pytest.mark.timeout(300)
+def test_batch_gaps_smoke() -> None:
+    """``python -m benchmarks.batch_gaps`` with tiny data: every client runs its batches in
+    fresh processes (their bytes checked for count and size) and gets a row."""
+    env = {k: v for k, v in os.environ.items() if k != "S3FAST_HUGE_PAGES"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.batch_gaps",
+            *("--gap", "0", "--batches", "2", "--count", "2", "--size-mib", "1", "--rounds", "1"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")][1:]
+    labels = [row.split(" | ")[0].removeprefix("| ") for row in rows]
+    assert labels == [
+        "S3",
+        "S3 advice on",
+        "S3 advice off",
+        "AsyncS3",
+        "AsyncS3 advice on",
+        "AsyncS3 advice off",
+        "obstore",
+    ]
+    assert all(row.count("faults") == 2 for row in rows), rows
