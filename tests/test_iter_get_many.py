@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from typing import Any
 
 import pytest
 
@@ -49,14 +50,27 @@ async def test_iter_get_many_break_cancels_and_cleans_up(bucket: str) -> None:
         assert _files_in(s3.tmpdirs) == [first.path]
         await asyncio.sleep(0.2)
         assert _files_in(s3.tmpdirs) == [first.path]
-        # Without aclosing: the abandoned iterator is finalized by the loop.
+        # Without aclosing: the abandoned iterator is finalized by the loop. Its downloads
+        # still in flight may create a temp file after the break; the check waits until the
+        # loop has closed the iterator: every task started since (its downloads, the
+        # finalizer's aclose) has ended.
+        before = asyncio.all_tasks()
         async for second in s3.iter_get_many(keys):  # noqa: B007
             break
-        for _ in range(100):
-            if sorted(_files_in(s3.tmpdirs)) == sorted([first.path, second.path]):
-                break
-            await asyncio.sleep(0.02)
+        assert await _tasks_end(before)
         assert sorted(_files_in(s3.tmpdirs)) == sorted([first.path, second.path])
+
+
+async def _tasks_end(before: set[asyncio.Task[Any]]) -> bool:
+    """Whether every task but those in ``before`` (and this one) ends within 10 s; tasks
+    they start meanwhile included."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + 10
+    while others := asyncio.all_tasks() - before - {asyncio.current_task()}:
+        _, pending = await asyncio.wait(others, timeout=max(0.0, until - loop.time()))
+        if pending:
+            return False
+    return True
 
 
 def test_sync_iter_get_many(bucket: str) -> None:
