@@ -64,6 +64,7 @@ async def test_multipart_copy_aborts_when_cancelled(bucket: str, boto: object) -
     data = os.urandom(40 * MiB)
     async with AsyncS3(s3root=f"s3://{bucket}", config=TransferConfig(max_concurrency=1)) as s3:
         await s3.put("big", data)
+        first_part = asyncio.Event()
         task = asyncio.ensure_future(
             copy_object(
                 engine_of(s3),
@@ -71,12 +72,10 @@ async def test_multipart_copy_aborts_when_cancelled(bucket: str, boto: object) -
                 parse(f"s3://{bucket}/copy"),
                 multipart_threshold=6 * MiB,
                 part_size=5 * MiB,
+                on_bytes=lambda n: first_part.set(),
             )
         )
-        for _ in range(400):
-            if await asyncio.to_thread(open_uploads, boto, bucket) or task.done():
-                break
-            await asyncio.sleep(0.005)
+        await first_part.wait()  # one of 8 parts, one at a time: the upload is open
         assert not task.done(), "the copy finished before it could be cancelled"
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -10,6 +10,7 @@ import hashlib
 import os
 import ssl
 import stat
+import threading
 import time
 from collections.abc import Iterator
 
@@ -114,32 +115,46 @@ async def test_cancel_while_the_temp_file_is_made_leaks_no_descriptor(
 
     boto.put_object(Bucket=bucket, Key="x", Body=b"x" * 5000)  # type: ignore[attr-defined]
     make = sinks._create
+    entered, go, made = threading.Event(), threading.Event(), threading.Event()
 
-    def slow_create(part: str) -> int:
-        time.sleep(0.3)
-        return make(part)
+    def held_create(part: str) -> int:
+        entered.set()
+        go.wait(30)  # until the test's cancels have landed
+        try:
+            return make(part)
+        finally:
+            made.set()
 
-    monkeypatch.setattr(sinks, "_create", slow_create)
-    async with AsyncS3(s3root=f"s3://{bucket}") as s3:
-        with pytest.raises(TimeoutError):
-            async with asyncio.timeout(0.1):
-                await s3.get("x")
-        task = asyncio.ensure_future(s3.get("x"))  # cancelled twice, as a batch may do
-        await asyncio.sleep(0.1)
-        task.cancel()
-        await asyncio.sleep(0)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        await asyncio.sleep(0.7)  # the threads are done by now
+    def leftovers(s3: AsyncS3) -> list[str]:
         fds = []
         for fd in os.listdir("/proc/self/fd"):
             try:
                 fds.append(os.readlink(f"/proc/self/fd/{fd}"))
             except FileNotFoundError:  # the listing's own descriptor
                 pass
-        assert not [f for f in fds if ".part" in f or "s3fast." in f], fds
-        assert _files(s3.tmpdirs) == set()
+        return [f for f in fds if ".part" in f or "s3fast." in f] + sorted(_files(s3.tmpdirs))
+
+    monkeypatch.setattr(sinks, "_create", held_create)
+    async with AsyncS3(s3root=f"s3://{bucket}") as s3:
+        for cancels in (1, 2):  # twice, as a batch may do: the second stops the wait
+            entered.clear()
+            go.clear()
+            made.clear()
+            task = asyncio.ensure_future(s3.get("x"))
+            assert await asyncio.to_thread(entered.wait, 30)  # the thread is making the file
+            for _ in range(cancels):
+                task.cancel()
+                await asyncio.sleep(0)
+            go.set()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            # The file was made; it is closed and removed once the thread returns.
+            assert await asyncio.to_thread(made.wait, 30)
+            for _ in range(500):
+                if not leftovers(s3):
+                    break
+                await asyncio.sleep(0.01)
+            assert not leftovers(s3)
 
 
 def test_a_lost_create_answer_leaves_no_orphaned_upload(
@@ -173,9 +188,11 @@ def test_retries_are_bounded_in_attempts_and_in_time(
     assert (stats.retries, stats.gave_up) == (3, 1)  # three sleeps: none after the last try
     # Bounded in time: with attempts to spare, each call gives up after max_retry_time.
     with _s3(seaweed_bucket, proxy, max_attempts=1000, max_retry_time=1.5) as s3:
+        proxy.set(Faults())
+        s3.info("o1")  # the client is started before the clock (a loaded machine is slow to)
         for call, slack in [
-            (lambda: s3.get("o1"), 1.0),  # the engine's own retries
-            (lambda: s3.info("o1"), 1.0),
+            (lambda: s3.get("o1"), 3.0),  # the engine's own retries (1000 would take minutes)
+            (lambda: s3.info("o1"), 3.0),
             (lambda: s3.put("new", b"x"), 9.0),  # botocore's, whose last sleep may overrun
         ]:
             proxy.set(Faults(answer=SLOWDOWN, seconds=600))

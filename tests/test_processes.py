@@ -16,6 +16,7 @@ import sys
 import textwrap
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -324,8 +325,11 @@ async def test_a_dead_worker_fails_the_batch_and_the_pool_restarts(
     async with AsyncS3(s3root=f"s3://{seaweed_bucket}", config=cfg) as s3:
         await s3.get_many(keys[:2])
         pids = worker_pids(s3)
-        task = asyncio.ensure_future(s3.get_many(keys))
-        await asyncio.sleep(0.1)  # 512 requests in a row for each worker
+        moving = asyncio.Event()
+        task = asyncio.ensure_future(
+            s3.get_many(keys, progress=lambda p: p.bytes_done and moving.set())
+        )
+        await moving.wait()  # the workers have the batch: 512 requests in a row for each
         os.kill(pids[0], signal.SIGKILL)
         with pytest.raises(MetaflowS3TransferError, match="exited unexpectedly"):
             await task
@@ -334,6 +338,40 @@ async def test_a_dead_worker_fails_the_batch_and_the_pool_restarts(
         assert len(worker_pids(s3)) == 2 and not set(worker_pids(s3)) & set(pids)
         dirs = s3.tmpdirs
     assert not any(map(_alive, pids)) and not any(map(os.path.exists, dirs))
+
+
+@pytest.mark.asyncio
+async def test_a_worker_that_dies_before_the_batch_is_registered_fails_it(
+    seaweed_bucket: str, seaweed: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker dies after the batch found the pool running but before the batch was
+    registered (while the credentials are fetched): the batch fails at once, not hangs."""
+    monkeypatch.setattr(engine_of(s3fast).fanout, "MIN_BATCH", 2)
+    boto = seaweed.client()
+    for i in range(4):
+        boto.put_object(Bucket=seaweed_bucket, Key=f"k{i}", Body=os.urandom(1 * MiB))  # type: ignore[attr-defined]
+    boto.close()  # type: ignore[attr-defined]
+    keys = [f"k{i}" for i in range(4)]
+    cfg = TransferConfig(processes=2, max_concurrency=2)
+    async with AsyncS3(s3root=f"s3://{seaweed_bucket}", config=cfg) as s3:
+        await s3.get_many(keys[:2])
+        pids = worker_pids(s3)
+        engine = engine_of(s3)
+        fetch = engine.frozen_credentials
+
+        async def dying_meanwhile() -> Any:
+            os.kill(pids[0], signal.SIGKILL)
+            pump = s3._procs._procs[0].pump
+            await asyncio.wait_for(asyncio.shield(pump), 30)  # it has seen the worker go
+            return await fetch()
+
+        monkeypatch.setattr(engine, "frozen_credentials", dying_meanwhile)
+        async with asyncio.timeout(60):
+            with pytest.raises(MetaflowS3TransferError, match="exited unexpectedly"):
+                await s3.get_many(keys)
+        monkeypatch.setattr(engine, "frozen_credentials", fetch)
+        assert [o.size for o in await s3.get_many(keys)] == [1 * MiB] * 4  # a fresh pool
+        assert not set(worker_pids(s3)) & set(pids)
 
 
 _CTRL_C_SCRIPT = textwrap.dedent(

@@ -19,6 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 
+import s3fast._engine.get
 from s3fast import S3, AsyncS3, MetaflowS3TransferError, S3GetObject, TransferConfig, _bridge
 from s3fast._engine.copy import copy_object
 from s3fast._engine.get import head_object
@@ -43,8 +44,10 @@ def _client(bucket: str, proxy: FaultProxy, **cfg: object) -> S3:
 
 
 def test_keep_alive_reuses_one_connection(
-    seaweed_bucket: str, data: dict[str, bytes], proxy: FaultProxy
+    seaweed_bucket: str, data: dict[str, bytes], proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The others wait for the first download's size however slow a loaded machine is.
+    monkeypatch.setattr(s3fast._engine.get, "FIRST_DOWNLOAD_WAIT", 30.0)
     proxy.set(Faults())
     with _client(seaweed_bucket, proxy, verify_checksums=False) as s3:
         objs = s3.get_many(list(data), in_memory=True)
@@ -76,12 +79,14 @@ def test_keep_alive_reuses_one_connection(
 
 
 def test_a_new_client_downloads_one_object_first_for_its_size(
-    seaweed_bucket: str, data: dict[str, bytes], proxy: FaultProxy
+    seaweed_bucket: str, data: dict[str, bytes], proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A new client's batch of checked downloads: one object goes first (unranged, its
     response carries the checksum and tells the size); the others wait for that size, and
     being big, are read in ranges with the checksum from a HEAD. Small objects: one unranged
     GET each."""
+    wait = s3fast._engine.get.FIRST_DOWNLOAD_WAIT
+    monkeypatch.setattr(s3fast._engine.get, "FIRST_DOWNLOAD_WAIT", 30.0)  # however slow
     proxy.set(Faults())
     with _client(seaweed_bucket, proxy, max_concurrency=8) as s3:
         objs = s3.get_many(list(data), in_memory=True)
@@ -99,6 +104,7 @@ def test_a_new_client_downloads_one_object_first_for_its_size(
     assert dict(proxy.kinds) == {"GET whole": len(small)}
     # A first download whose answer is slow holds the others for a second at most: they go
     # ahead unranged, as if none had gone first.
+    monkeypatch.setattr(s3fast._engine.get, "FIRST_DOWNLOAD_WAIT", wait)
     proxy.set(Faults(stall=3.0, times=1))
     with _client(seaweed_bucket, proxy, max_concurrency=8) as s3:
         objs = s3.get_many(list(data), in_memory=True)

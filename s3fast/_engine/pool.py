@@ -171,6 +171,7 @@ class _Proc:
     writer: asyncio.StreamWriter
     pid: int
     pump: asyncio.Task[None] | None = None
+    gone: bool = False  # its pump has seen the connection end
 
 
 class Pool:
@@ -262,7 +263,7 @@ class Pool:
                     queue.put_nowait((idx, msg))
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
-        self._broken = True
+        proc.gone = self._broken = True
         for queue in self._batches.values():
             queue.put_nowait((idx, _Lost()))
 
@@ -338,6 +339,9 @@ class Pool:
         batch = next(self._ids)
         queue: asyncio.Queue[tuple[int, _Routed]] = asyncio.Queue()
         self._batches[batch] = queue
+        for idx, proc in enumerate(self._procs):
+            if proc.gone:  # it died after _ensure: its pump told only the batches before this
+                queue.put_nowait((idx, _Lost()))
         busy: set[int] = set()
         try:
             for idx, part in enumerate(parts):
