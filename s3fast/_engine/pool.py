@@ -339,8 +339,8 @@ class Pool:
         batch = next(self._ids)
         queue: asyncio.Queue[tuple[int, _Routed]] = asyncio.Queue()
         self._batches[batch] = queue
-        for idx, proc in enumerate(self._procs):
-            if proc.gone:  # it died after _ensure: its pump told only the batches before this
+        for idx, worker in enumerate(self._procs):
+            if worker.gone:  # it died after _ensure: its pump told only the batches before this
                 queue.put_nowait((idx, _Lost()))
         busy: set[int] = set()
         try:
