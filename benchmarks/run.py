@@ -423,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
             for net in nets
             for prof in args.profiles
             for w in args.workloads
-            for c in args.clients
+            for c in client_order(args.clients, rnd)
             if network.runs_under(net.name, impl[c], w, args.networks_explicit)
         ]
         live = [p for p in plan if w_supported(impl[p[4]], p[3]) and not missing[p[4]]]
@@ -623,6 +623,14 @@ def _networks(
         desc = network.describe_s3like(args.latency_ms, args.conn_mb_s) + f", at {url}"
         out.append(network.Network(name, url, desc, worker_env, path))
     return out
+
+
+def client_order(clients: list[str], rnd: int) -> list[str]:
+    """The clients in round ``rnd`` (from 1): rotated by one each round, so no client always
+    runs first after another workload or right after the same neighbour (the server may
+    still be settling the previous run's writes)."""
+    shift = (rnd - 1) % len(clients) if clients else 0
+    return clients[shift:] + clients[:shift]
 
 
 def _expected_s(runs: int, min_time: float) -> float:

@@ -75,3 +75,15 @@ def test_context_metadata_and_s3like_run_and_report(tmp_path: Path) -> None:
     # the proxy's latency is in every request: a context's GET cannot beat it
     assert summary[("s3like", "context", "boto3")]["wall_s"] >= 0.005
     assert list(tmp_path.glob("*.png"))
+
+
+@pytest.mark.unit
+def test_each_round_rotates_the_client_order() -> None:
+    from benchmarks.run import client_order
+
+    clients = ["s3fast_sync", "s3fast_async", "obstore"]
+    rounds = [client_order(clients, rnd) for rnd in (1, 2, 3, 4)]
+    assert rounds[0] == clients and rounds[3] == clients  # round 1 as asked; then it cycles
+    for position in range(3):  # over 3 rounds every client runs once in every position
+        assert sorted(r[position] for r in rounds[:3]) == sorted(clients)
+    assert client_order([], 2) == []
