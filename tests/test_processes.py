@@ -316,11 +316,7 @@ async def test_a_dead_worker_fails_the_batch_and_the_pool_restarts(
     seaweed_bucket: str, seaweed: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(engine_of(s3fast).fanout, "MIN_BATCH", 2)
-    boto = seaweed.client()
-    for i in range(8):
-        boto.put_object(Bucket=seaweed_bucket, Key=f"k{i}", Body=os.urandom(8 * MiB))  # type: ignore[attr-defined]
-    boto.close()  # type: ignore[attr-defined]
-    keys = [f"k{i}" for i in range(8)]
+    keys = list(seaweed.seed(seaweed_bucket, {f"k{i}": os.urandom(8 * MiB) for i in range(8)}))
     cfg = TransferConfig(processes=2, max_concurrency=2, range_size=64 * 1024)
     async with AsyncS3(s3root=f"s3://{seaweed_bucket}", config=cfg) as s3:
         await s3.get_many(keys[:2])
@@ -347,11 +343,7 @@ async def test_a_worker_that_dies_before_the_batch_is_registered_fails_it(
     """A worker dies after the batch found the pool running but before the batch was
     registered (while the credentials are fetched): the batch fails at once, not hangs."""
     monkeypatch.setattr(engine_of(s3fast).fanout, "MIN_BATCH", 2)
-    boto = seaweed.client()
-    for i in range(4):
-        boto.put_object(Bucket=seaweed_bucket, Key=f"k{i}", Body=os.urandom(1 * MiB))  # type: ignore[attr-defined]
-    boto.close()  # type: ignore[attr-defined]
-    keys = [f"k{i}" for i in range(4)]
+    keys = list(seaweed.seed(seaweed_bucket, {f"k{i}": os.urandom(1 * MiB) for i in range(4)}))
     cfg = TransferConfig(processes=2, max_concurrency=2)
     async with AsyncS3(s3root=f"s3://{seaweed_bucket}", config=cfg) as s3:
         await s3.get_many(keys[:2])

@@ -110,13 +110,19 @@ def _huge_pages(address: int, size: int) -> None:
         _madvise(lo, hi - lo, mmap.MADV_HUGEPAGE)
 
 
-def _advise_huge_pages() -> bool:
-    value = os.environ.get(HUGE_PAGES, "").strip().lower()
-    if value in ("0", "false", "no", "off"):
-        return False
+def _switch(name: str) -> bool | None:
+    """An on/off setting: 1/true/yes/on, 0/false/no/off, else None (unset)."""
+    value = os.environ.get(name, "").strip().lower()
     if value in ("1", "true", "yes", "on"):
         return True
-    return not host_takes_back_free_memory()
+    if value in ("0", "false", "no", "off"):
+        return False
+    return None
+
+
+def _advise_huge_pages() -> bool:
+    chosen = _switch(HUGE_PAGES)
+    return not host_takes_back_free_memory() if chosen is None else chosen
 
 
 _kept: bool | None = None  # None: not asked for yet; then whether glibc took the settings
@@ -135,7 +141,7 @@ def keep_freed_memory() -> bool:
     asked for (and with ``S3FAST_NO_CTYPES``). Returns whether glibc took the settings."""
     global _kept
     if _kept is None:
-        if os.environ.get(KEEP_FREED_MEMORY, "").strip().lower() not in ("1", "true", "yes", "on"):
+        if not _switch(KEEP_FREED_MEMORY):
             return False
         try:
             mallopt = _libc().mallopt
