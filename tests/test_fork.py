@@ -21,7 +21,9 @@ from typing import Any
 import pytest
 
 from s3fast import S3, AsyncS3
+from s3fast._engine import sinks
 from s3fast._engine.fanout import MIN_BATCH
+from s3fast.limits import MiB
 
 from ._internals import loop_slots, worker_pids
 from .test_api import SMALL_PARTS
@@ -238,6 +240,33 @@ def test_async_client_in_forked_child(seaweed_bucket: str) -> None:
     finally:
         loop.run_until_complete(s3.close())
         loop.close()
+
+
+def test_prefault_threads_in_forked_child(
+    seaweed_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The threads that prefault big in-memory GETs (``S3FAST_PREFAULT=1``) are the parent's:
+    a child gets its own, and the parent keeps using its own."""
+    monkeypatch.setenv("S3FAST_PREFAULT", "1")
+    body = os.urandom(2 * MiB)  # over PREFAULT_MIN
+    s3 = S3(s3root=f"s3://{seaweed_bucket}/fork")
+    try:
+        s3.put("big", body)
+        assert s3.get("big", in_memory=True).blob == body
+        parent = sinks._prefaulter
+        assert parent is not None and parent.submit(os.getpid).result(10) == os.getpid()
+
+        def child() -> bool:
+            assert s3.get("big", in_memory=True).blob == body
+            mine = sinks._prefaulter
+            assert mine is not None and mine is not parent
+            return mine.submit(os.getpid).result(10) == os.getpid()  # its threads run
+
+        assert in_child(child)
+        assert s3.get("big", in_memory=True).blob == body
+        assert sinks._prefaulter is parent and parent.submit(os.getpid).result(10)
+    finally:
+        s3.close()
 
 
 def test_metaflow_parallel_map(seaweed_bucket: str) -> None:
