@@ -104,9 +104,11 @@ class S3:
         for the next ``S3`` with the same settings in this process."""
         if not self._aio._closed:
             try:
-                _bridge.run(self._aio.close())
-            finally:
-                self._finalizer()
+                _bridge.run(self._aio.close())  # removes the temp dirs, whatever happens
+            except BaseException:
+                self._finalizer()  # also if the close was interrupted before it got there
+                raise
+            self._finalizer.detach()
 
     @property
     def tmpdirs(self) -> list[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
+import signal
 import threading
 import warnings
 
@@ -112,3 +113,50 @@ def test_warning_made_an_error_leaves_no_coroutine(
         assert s3.list_recursive() == []
     finally:
         s3.close()
+
+
+def test_interrupted_as_the_call_ends_hands_its_result_to_discard() -> None:
+    """Ctrl-C that lands after the coroutine finished but before its result reached the
+    caller: the result goes to ``discard`` (a download's files are removed), and the
+    interrupt is raised."""
+    main = threading.main_thread()
+    assert threading.current_thread() is main
+    discarded: list[str] = []
+
+    async def ends_as_interrupted() -> str:
+        assert main.ident is not None
+        signal.pthread_kill(main.ident, signal.SIGINT)
+        return "result"
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _bridge.run(ends_as_interrupted(), discarded.append)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert discarded == ["result"]
+
+
+def test_interrupted_call_is_cancelled_and_cleaned_up_first() -> None:
+    """Ctrl-C while the coroutine runs: it is cancelled, its cleanup runs before the
+    interrupt reaches the caller, and nothing goes to ``discard``."""
+    main = threading.main_thread()
+    steps: list[str] = []
+
+    async def long_call() -> str:
+        assert main.ident is not None
+        signal.pthread_kill(main.ident, signal.SIGINT)
+        try:
+            await asyncio.sleep(60)
+        finally:
+            await asyncio.sleep(0.2)  # cleanup that takes a while
+            steps.append("cleaned up")
+        return "result"
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _bridge.run(long_call(), steps.append)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert steps == ["cleaned up"]
