@@ -77,6 +77,16 @@ class Server:
         }
 
 
+def thp_always() -> bool:
+    """Transparent huge pages for every mapping (a large new ``bytes`` then takes few page
+    faults whatever s3fast does)."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return "[always]" in f.read()
+    except OSError:
+        return False
+
+
 def self_signed(tmp: pathlib.Path) -> tuple[str, str]:
     """A self-signed CA certificate for localhost, and its key: (cert path, key path)."""
     from cryptography import x509

@@ -11,7 +11,7 @@ import pytest
 
 from s3fast.limits import MiB
 
-from .conftest import Server
+from .conftest import Server, thp_always
 
 COUNT, SIZE = 8, 16 * MiB
 PAGES = COUNT * SIZE // 4096
@@ -68,14 +68,6 @@ def _later_batches(server: Server, bucket: str, how: str, keep: bool) -> tuple[i
     return int(faults), kept == "True"
 
 
-def _thp_always() -> bool:
-    try:
-        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-            return "[always]" in f.read()
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 @pytest.mark.parametrize("how", ["sync", "async"])
 def test_batches_reuse_the_memory_the_last_one_freed(
@@ -87,6 +79,6 @@ def test_batches_reuse_the_memory_the_last_one_freed(
     # however glibc laid out its heaps (seen: 24,582-98,573).
     faults, kept = _later_batches(seaweed, seaweed_bucket, how, keep=True)
     assert kept and faults < PAGES // 2, (faults, PAGES)
-    if not _thp_always():  # with huge pages everywhere, few faults either way
+    if not thp_always():  # with huge pages everywhere, few faults either way
         faults, kept = _later_batches(seaweed, seaweed_bucket, how, keep=False)
         assert not kept and faults > PAGES // 2, (faults, PAGES)

@@ -13,7 +13,7 @@ import pytest
 
 from s3fast.limits import MiB
 
-from .conftest import Server
+from .conftest import Server, thp_always
 from .proxy import FaultProxy, Faults
 
 # Above glibc's largest mmap threshold (32 MiB): every download of it is fresh memory from
@@ -63,14 +63,6 @@ def _loop_faults(server: Server, endpoint: str, bucket: str, prefault: bool) -> 
     return int(faults), digest
 
 
-def _thp_always() -> bool:
-    try:
-        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-            return "[always]" in f.read()
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MADV_POPULATE_WRITE")
 def test_the_event_loop_takes_few_of_a_big_download_s_page_faults(
     seaweed: Server, seaweed_bucket: str, proxy: FaultProxy
@@ -86,7 +78,7 @@ def test_the_event_loop_takes_few_of_a_big_download_s_page_faults(
     assert digest == want
     assert faults < PAGES // 8, (faults, PAGES)
     assert proxy.counts["pause"] >= 1
-    if not _thp_always():  # with huge pages everywhere, few faults either way
+    if not thp_always():  # with huge pages everywhere, few faults either way
         faults, digest = _loop_faults(seaweed, proxy.url, seaweed_bucket, prefault=False)
         assert digest == want
         assert faults > PAGES * 3 // 4, (faults, PAGES)

@@ -5,10 +5,12 @@ warned once. Only a call from s3fast's own loop thread is refused, with a clear 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pathlib
 import signal
 import threading
 import warnings
+from collections.abc import Iterator
 
 import pytest
 
@@ -115,37 +117,48 @@ def test_warning_made_an_error_leaves_no_coroutine(
         s3.close()
 
 
+def _ctrl_c() -> None:
+    """Ctrl-C for the main thread (where the test runs), sent from the loop's thread."""
+    main = threading.main_thread().ident
+    assert main is not None
+    signal.pthread_kill(main, signal.SIGINT)
+
+
+@contextlib.contextmanager
+def _interrupted() -> Iterator[None]:
+    """The block raises the KeyboardInterrupt that ``_ctrl_c`` causes (Python's own SIGINT
+    handler, whatever the test runner installed)."""
+    assert threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_interrupted_as_the_call_ends_hands_its_result_to_discard() -> None:
     """Ctrl-C that lands after the coroutine finished but before its result reached the
     caller: the result goes to ``discard`` (a download's files are removed), and the
     interrupt is raised."""
-    main = threading.main_thread()
-    assert threading.current_thread() is main
     discarded: list[str] = []
 
     async def ends_as_interrupted() -> str:
-        assert main.ident is not None
-        signal.pthread_kill(main.ident, signal.SIGINT)
+        _ctrl_c()
         return "result"
 
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            _bridge.run(ends_as_interrupted(), discarded.append)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    with _interrupted():
+        _bridge.run(ends_as_interrupted(), discarded.append)
     assert discarded == ["result"]
 
 
 def test_interrupted_call_is_cancelled_and_cleaned_up_first() -> None:
     """Ctrl-C while the coroutine runs: it is cancelled, its cleanup runs before the
     interrupt reaches the caller, and nothing goes to ``discard``."""
-    main = threading.main_thread()
     steps: list[str] = []
 
     async def long_call() -> str:
-        assert main.ident is not None
-        signal.pthread_kill(main.ident, signal.SIGINT)
+        _ctrl_c()
         try:
             await asyncio.sleep(60)
         finally:
@@ -153,10 +166,6 @@ def test_interrupted_call_is_cancelled_and_cleaned_up_first() -> None:
             steps.append("cleaned up")
         return "result"
 
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            _bridge.run(long_call(), steps.append)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    with _interrupted():
+        _bridge.run(long_call(), steps.append)
     assert steps == ["cleaned up"]
