@@ -5,6 +5,7 @@ cancellation reaching every worker, and no worker left running after close."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -484,11 +485,29 @@ def test_workers_exit_with_their_parent(seaweed_bucket: str, tmp_path: pathlib.P
         timeout=60,
     )
     pids = [int(p) for p in done.stdout.split()]
-    assert len(pids) == 2, done.stderr
+    assert len(pids) == 2, (done.returncode, done.stdout, done.stderr[-3000:])
     deadline = time.monotonic() + 15
     while any(map(_alive, pids)) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any(map(_alive, pids))
+    assert not any(map(_alive, pids)), [_where(pid) for pid in pids if _alive(pid)]
+
+
+def _where(pid: int) -> str:
+    """What a process that should have gone is doing: its state, its kernel wait channel and
+    its threads' names (for the assertion's message)."""
+    seen = []
+    for name in ("stat", "wchan"):
+        try:
+            with open(f"/proc/{pid}/{name}") as f:
+                text = f.read().strip()
+            seen.append("state " + text.rsplit(")", 1)[1].split()[0] if name == "stat" else text)
+        except (OSError, IndexError) as exc:
+            seen.append(repr(exc))
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                seen.append(f"thread {tid}: {f.read().strip()}")
+    return f"{pid}: " + " | ".join(seen)
 
 
 def test_no_fds_left_after_close(seaweed_bucket: str, seaweed: object) -> None:
