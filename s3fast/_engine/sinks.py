@@ -151,14 +151,9 @@ def _prefault(blob: bytes, address: int, size: int) -> None:
 def _populate(blob: bytes, address: int, size: int) -> None:
     global _prefault_works
     start = address & ~(mmap.PAGESIZE - 1)
-    length = ctypes.c_size_t(address + size - start)
-    try:
-        failed = _libc().madvise(ctypes.c_void_p(start), length, MADV_POPULATE_WRITE)
-    except (OSError, AttributeError):  # not glibc
-        _prefault_works = False
-        return
-    if failed and ctypes.get_errno() == errno.EINVAL:  # a kernel older than 5.14
-        _prefault_works = False
+    if not _madvise(start, address + size - start, MADV_POPULATE_WRITE):
+        if ctypes.get_errno() == errno.EINVAL:  # a kernel older than 5.14
+            _prefault_works = False
 
 
 def _prefault_on() -> bool:
@@ -248,11 +243,12 @@ def _huge_page_size() -> int:
         return 0
 
 
-def _madvise(address: int, length: int, advice: int) -> None:
+def _madvise(address: int, length: int, advice: int) -> bool:
+    """Whether the kernel took the advice (if not: ``ctypes.get_errno()`` says why)."""
     try:
-        _libc().madvise(ctypes.c_void_p(address), ctypes.c_size_t(length), advice)
+        return _libc().madvise(ctypes.c_void_p(address), ctypes.c_size_t(length), advice) == 0
     except (OSError, AttributeError):  # advice only: nothing changes without it
-        pass
+        return False
 
 
 @functools.cache
